@@ -1,0 +1,1 @@
+"""Prefect blocks: connection settings plus the few I/O methods the tasks need."""

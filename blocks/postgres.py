@@ -1,0 +1,383 @@
+"""PostgreSQL as a migration target (and home of the job ledger).
+
+`PostgresTarget` keeps the connection settings (the password as a `SecretStr`) apart from
+the I/O: create a table from a source schema, guard and truncate it, and load one chunk in
+one transaction together with its ledger row, by COPY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+import uuid
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from prefect.blocks.core import Block
+from psycopg import sql
+from psycopg.rows import dict_row
+from pydantic import BaseModel, Field, SecretStr
+
+from blocks import pg_ledger
+from blocks.columns import Column, LogicalType
+from blocks.errors import ConnectionCheckError, DataConversionError, TargetGuardError, ValidationFailed
+from blocks.pg_copy import batch_to_copy_csv
+
+
+class LoadMode(StrEnum):
+    APPEND = "append"
+    UPSERT = "upsert"
+    REPLACE = "replace"
+
+
+_PG_TYPE = {
+    LogicalType.INTEGER: "bigint",
+    LogicalType.FLOAT: "double precision",
+    LogicalType.STRING: "text",
+    LogicalType.BOOLEAN: "boolean",
+    LogicalType.DATE: "date",
+    LogicalType.TIME: "time",
+    LogicalType.TIMESTAMP: "timestamp",
+    LogicalType.TIMESTAMP_TZ: "timestamptz",
+    LogicalType.JSON: "jsonb",
+    LogicalType.BINARY: "bytea",
+}
+
+
+def pg_type(column: Column) -> str:
+    """The PostgreSQL type a source column is created with (see the README's type table)."""
+    if column.logical is LogicalType.DECIMAL:
+        return f"numeric({column.precision},{column.scale})"
+    return _PG_TYPE[column.logical]
+
+
+class TargetTable(BaseModel, frozen=True):
+    """Where one source table lands, in target names."""
+
+    schema_name: str
+    name: str
+    columns: tuple[Column, ...]
+    chunk_column: str
+    primary_key: tuple[str, ...] = ()
+    type_overrides: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema_name}.{self.name}"
+
+    def ident(self) -> sql.Composed:
+        return sql.Identifier(self.schema_name, self.name)
+
+
+class PreparedTable(BaseModel):
+    created: bool
+    truncated: bool
+    resumed: bool
+
+
+class ChunkLoad(BaseModel):
+    """What one chunk's load transaction did."""
+
+    rows_loaded: int
+    rows_before: int
+    rows_after: int
+    already_loaded: bool
+
+
+class PostgresTarget(Block):
+    """A PostgreSQL database that migrations load into."""
+
+    _block_type_name = "Migration PostgreSQL Target"
+    _block_type_slug = "migration-postgres-target"
+
+    host: str = "localhost"
+    port: int = 5432
+    dbname: str = "postgres"
+    user: str = "postgres"
+    password: SecretStr | None = None
+    sslmode: str = "prefer"
+    connect_timeout: int = 10
+
+    def describe_target(self) -> str:
+        return f"PostgreSQL {self.user}@{self.host}:{self.port}/{self.dbname}"
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        """A connection in one transaction: committed on success, rolled back on any error."""
+        try:
+            conn = psycopg.connect(
+                host=self.host, port=self.port, dbname=self.dbname, user=self.user,
+                password=self.password.get_secret_value() if self.password else None,
+                sslmode=self.sslmode, connect_timeout=self.connect_timeout,
+                application_name="prefect-migrate",
+            )
+        except psycopg.OperationalError as exc:
+            # psycopg's message names host, port and user, never the password.
+            raise ConnectionCheckError(f"cannot connect to {self.describe_target()}: {exc}".strip()) from None
+        with conn:
+            yield conn
+
+    def check(self) -> None:
+        with self.connect() as conn:
+            conn.execute("SELECT 1")
+
+    def start_job(
+        self, *, job_id: str | None, migration: str, job_name: str | None, fingerprint: str,
+        parameters: dict[str, Any], flow_run_id: str | None, no_resume: bool, resumable_within: timedelta,
+    ) -> tuple[str, bool]:
+        """Create the job's ledger row, or pick up the job to resume. Returns (job_id, resumed).
+
+        With a job_id that exists, that job resumes (a different fingerprint, meaning other
+        tables, modes or window, raises `TargetGuardError`). Without one, the newest
+        unfinished job of this migration with the same fingerprint, started within
+        `resumable_within`, resumes, unless `no_resume`.
+        """
+        with self.connect() as conn:
+            pg_ledger.ensure_ledger(conn)
+            pg_ledger.lock(conn, f"job/{migration}")
+            run = None
+            if job_id:
+                run = pg_ledger.get_run(conn, job_id)
+                if run and run["migration"] != migration:
+                    raise TargetGuardError(f"job {job_id} belongs to migration {run['migration']!r}, not {migration!r}")
+                if run and run["fingerprint"] != fingerprint:
+                    raise TargetGuardError(
+                        f"job {job_id} was started with other tables, modes or time window; "
+                        "rerun it with its original parameters, or start a new job"
+                    )
+            elif not no_resume:
+                since = datetime.now(UTC) - resumable_within
+                run = pg_ledger.newest_unfinished_run(conn, migration, fingerprint, since)
+            if run:
+                if run["status"] == "rolled_back":
+                    raise TargetGuardError(f"job {run['job_id']} was rolled back; start a new job")
+                if run["status"] != "completed":
+                    pg_ledger.set_run_status(conn, run["job_id"], "running")
+                return run["job_id"], True
+            new_id = job_id or f"{migration}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+            pg_ledger.insert_run(conn, new_id, migration, job_name, fingerprint, parameters, flow_run_id)
+            return new_id, False
+
+    def record_plan(self, job_id: str, rows: list[tuple]) -> None:
+        with self.connect() as conn:
+            pg_ledger.plan_chunks(conn, job_id, rows)
+
+    def planned_chunks(self, job_id: str) -> list[dict[str, Any]]:
+        with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT * FROM migration_status.migration_chunk_status WHERE job_id = %s ORDER BY table_name, chunk_id",
+                (job_id,),
+            )
+            return cur.fetchall()
+
+    def set_job_status(self, job_id: str, status: str, error: str | None = None) -> None:
+        with self.connect() as conn:
+            pg_ledger.set_run_status(conn, job_id, status, error)
+
+    def job_run(self, job_id: str) -> dict[str, Any] | None:
+        with self.connect() as conn:
+            return pg_ledger.get_run(conn, job_id)
+
+    def table_exists(self, conn: psycopg.Connection, table: TargetTable) -> bool:
+        row = conn.execute("SELECT to_regclass(%s)", (table.ident().as_string(conn),)).fetchone()
+        return row[0] is not None
+
+    def existing_columns(self, conn: psycopg.Connection, table: TargetTable) -> dict[str, str]:
+        rows = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s",
+            (table.schema_name, table.name),
+        ).fetchall()
+        return dict(rows)
+
+    def create_table_sql(self, table: TargetTable) -> sql.Composed:
+        cols = [
+            sql.SQL("{} {}{}").format(
+                sql.Identifier(c.name),
+                sql.SQL(table.type_overrides.get(c.name) or pg_type(c)),
+                sql.SQL("" if c.nullable else " NOT NULL"),
+            )
+            for c in table.columns
+        ]
+        if table.primary_key:
+            cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))
+        return sql.SQL("CREATE TABLE {} ({})").format(table.ident(), sql.SQL(", ").join(cols))
+
+    def prepare_table(
+        self, job_id: str, source_table: str, migration: str, table: TargetTable, mode: LoadMode,
+        allow_foreign_rows: bool, resumable_within: timedelta,
+    ) -> PreparedTable:
+        """Create the target table if missing; for `replace`, truncate it once per job, behind the guard.
+
+        Idempotent per job: a resumed job finds its ledger row and changes nothing.
+        The truncation guard refuses (`TargetGuardError`) while another unfinished, still
+        resumable job has prepared this table, and when the table holds rows that this
+        migration did not write, unless `allow_foreign_rows` is set.
+        """
+        with self.connect() as conn:
+            pg_ledger.lock(conn, f"prepare/{table.qualified}")
+            if pg_ledger.get_table_status(conn, job_id, source_table):
+                return PreparedTable(created=False, truncated=False, resumed=True)
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema_name)))
+            created = not self.table_exists(conn, table)
+            if created:
+                conn.execute(self.create_table_sql(table))
+            else:
+                self._check_columns(conn, table)
+            if mode is LoadMode.UPSERT:
+                self._check_unique_key(conn, table)
+            truncated = False
+            if mode is LoadMode.REPLACE and not created:
+                self._truncation_guard(conn, job_id, migration, table, allow_foreign_rows, resumable_within)
+                conn.execute(sql.SQL("TRUNCATE {}").format(table.ident()))
+                truncated = True
+            pg_ledger.record_table_prepared(conn, job_id, source_table, table.qualified, mode, created, truncated)
+            return PreparedTable(created=created, truncated=truncated, resumed=False)
+
+    def _check_columns(self, conn: psycopg.Connection, table: TargetTable) -> None:
+        existing = self.existing_columns(conn, table)
+        missing = [c.name for c in table.columns if c.name not in existing]
+        if missing:
+            raise TargetGuardError(f"target table {table.qualified} exists but lacks column(s) {missing}")
+
+    def _check_unique_key(self, conn: psycopg.Connection, table: TargetTable) -> None:
+        if not table.primary_key:
+            raise TargetGuardError(f"upsert into {table.qualified} needs primary_key in the config")
+        rows = conn.execute(
+            "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = to_regclass(%s) AND i.indisunique GROUP BY i.indexrelid",
+            (table.ident().as_string(conn),),
+        ).fetchall()
+        if sorted(table.primary_key) not in [r[0] for r in rows]:
+            raise TargetGuardError(
+                f"upsert into {table.qualified} needs a unique index or primary key on {list(table.primary_key)}"
+            )
+
+    def _truncation_guard(
+        self, conn: psycopg.Connection, job_id: str, migration: str, table: TargetTable,
+        allow_foreign_rows: bool, resumable_within: timedelta,
+    ) -> None:
+        others = pg_ledger.other_jobs_for_target(conn, job_id, table.qualified)
+        since = datetime.now(UTC) - resumable_within
+        blocking = [o for o in others if o["status"] in pg_ledger.UNFINISHED and o["started_at"] >= since]
+        if blocking:
+            raise TargetGuardError(
+                f"refusing to truncate {table.qualified}: job {blocking[0]['job_id']} "
+                f"({blocking[0]['status']}) is unfinished and can still resume; finish or roll it back first"
+            )
+        if allow_foreign_rows:
+            return
+        ours: list[str] = []
+        for other in others:  # newest first, back to the last truncation by this migration
+            if other["migration"] != migration or other["status"] == "rolled_back":
+                continue
+            ours.append(other["job_id"])
+            if other["truncated"]:
+                break
+        chunks = pg_ledger.loaded_chunks_for_target(conn, ours, table.qualified) if ours else []
+        written = sum(c["rows_after"] - c["rows_before"] for c in chunks)
+        present = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table.ident())).fetchone()[0]
+        if present > written:
+            raise TargetGuardError(
+                f"refusing to truncate {table.qualified}: it holds {present} rows but migration "
+                f"{migration!r} wrote only {written} of them; set allow_truncate_foreign_rows: true "
+                "on the table to replace them anyway"
+            )
+
+    def count_range(self, conn: psycopg.Connection, table: TargetTable, lower: Any, upper: Any) -> int:
+        where, params = self._range_clause(table, lower, upper)
+        query = sql.SQL("SELECT count(*) FROM {}").format(table.ident()) + where
+        return conn.execute(query, params).fetchone()[0]
+
+    @staticmethod
+    def _range_clause(table: TargetTable, lower: Any, upper: Any) -> tuple[sql.Composable, list[Any]]:
+        parts, params = [], []
+        col = sql.Identifier(table.chunk_column)
+        if lower is not None:
+            parts.append(sql.SQL("{} >= %s").format(col))
+            params.append(lower)
+        if upper is not None:
+            parts.append(sql.SQL("{} < %s").format(col))
+            params.append(upper)
+        if not parts:
+            return sql.SQL(""), params
+        return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts), params
+
+    def load_chunk(
+        self, *, job_id: str, source_table: str, chunk_id: str, table: TargetTable, mode: LoadMode,
+        batches: Iterable[pa.RecordBatch], staged_rows: int, staged_uri: str, lower: Any, upper: Any,
+    ) -> ChunkLoad:
+        """Load one chunk exactly once: rows and ledger row commit together, or not at all.
+
+        If the ledger already shows this job's chunk as loaded (a crash after commit, before
+        Prefect persisted the result), nothing is written and the recorded counts are returned.
+        """
+        with self.connect() as conn:
+            pg_ledger.lock(conn, f"chunk/{job_id}/{source_table}/{chunk_id}")
+            prior = pg_ledger.get_chunk(conn, job_id, source_table, chunk_id)
+            if prior is None:
+                raise ValidationFailed(f"chunk {chunk_id} of {source_table} is not in job {job_id}'s plan")
+            if prior["status"] == "loaded":
+                return ChunkLoad(
+                    rows_loaded=prior["rows_loaded"], rows_before=prior["rows_before"],
+                    rows_after=prior["rows_after"], already_loaded=True,
+                )
+            before = self.count_range(conn, table, lower, upper)
+            if mode is LoadMode.UPSERT:
+                copied = self._upsert(conn, table, batches)
+            else:
+                copied = self._copy(conn, table.ident(), table, batches)
+            if copied != staged_rows:
+                raise ValidationFailed(
+                    f"chunk {chunk_id} of {source_table}: COPY sent {copied} rows, staged file holds {staged_rows}"
+                )
+            after = self.count_range(conn, table, lower, upper)
+            pg_ledger.mark_chunk_loaded(conn, job_id, source_table, chunk_id, copied, before, after, staged_uri)
+            return ChunkLoad(rows_loaded=copied, rows_before=before, rows_after=after, already_loaded=False)
+
+    def _copy(
+        self, conn: psycopg.Connection, ident: sql.Composable, table: TargetTable, batches: Iterable[pa.RecordBatch]
+    ) -> int:
+        columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(ident, columns)
+        rows = 0
+        with conn.cursor() as cur:
+            try:
+                with cur.copy(statement) as copy:
+                    for batch in batches:
+                        copy.write(batch_to_copy_csv(batch))
+                        rows += batch.num_rows
+            except psycopg.errors.DataError as exc:
+                raise DataConversionError(f"{table.qualified} rejected a value: {exc}".strip()) from None
+        return rows
+
+    def _upsert(self, conn: psycopg.Connection, table: TargetTable, batches: Iterable[pa.RecordBatch]) -> int:
+        staging = sql.Identifier(f"_migrate_stage_{table.name}"[:63])
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(staging, table.ident())
+        )
+        rows = self._copy(conn, staging, table, batches)
+        names = [c.name for c in table.columns]
+        updates = [n for n in names if n not in table.primary_key]
+        conflict = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
+        action = (
+            sql.SQL("DO UPDATE SET ")
+            + sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in updates)
+            if updates
+            else sql.SQL("DO NOTHING")
+        )
+        cols = sql.SQL(", ").join(map(sql.Identifier, names))
+        statement = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) ").format(
+            table.ident(), cols, cols, staging, conflict
+        ) + action
+        try:
+            conn.execute(statement)
+        except psycopg.errors.CardinalityViolation:
+            raise DataConversionError(
+                f"upsert into {table.qualified}: the chunk holds the same {list(table.primary_key)} more than once"
+            ) from None
+        return rows

@@ -1,0 +1,143 @@
+"""Where chunks wait as Parquet files between export and load: a local folder or an S3 bucket.
+
+Files are written under a temporary name and then renamed or uploaded, so a crash never
+leaves a half-written file under a chunk's final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect.blocks.core import Block
+from prefect_aws import S3Bucket
+from pydantic import BaseModel, Field
+
+from blocks.errors import ConnectionCheckError
+
+PARQUET_COMPRESSION = "zstd"
+
+
+class StagedFile(BaseModel):
+    uri: str
+    rows: int
+    bytes: int
+
+
+def write_parquet(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+    """Stream batches into one Parquet file; returns the row count. Memory holds one batch."""
+    rows = 0
+    with pq.ParquetWriter(path, schema, compression=PARQUET_COMPRESSION) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+class LocalStaging(Block):
+    """Staging on local disk (the default): `<path>/<job_id>/<table>/<chunk_id>.parquet`."""
+
+    _block_type_name = "Migration Local Staging"
+    _block_type_slug = "migration-local-staging"
+
+    path: str = Field(default="staging", description="Folder for staged Parquet files")
+
+    def describe_target(self) -> str:
+        return f"local staging folder {os.path.abspath(self.path)}"
+
+    def check(self) -> None:
+        root = Path(self.path)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=root):
+                pass
+        except OSError as exc:
+            raise ConnectionCheckError(f"cannot write to {self.describe_target()}: {exc}") from None
+
+    def uri(self, key: str) -> str:
+        return str(Path(self.path).resolve() / key)
+
+    def write(self, key: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> StagedFile:
+        final = Path(self.uri(key))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(final.name + ".partial")
+        rows = write_parquet(tmp, schema, batches)
+        os.replace(tmp, final)
+        return StagedFile(uri=str(final), rows=rows, bytes=final.stat().st_size)
+
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        yield Path(self.uri(key))
+
+    def exists(self, key: str) -> bool:
+        return Path(self.uri(key)).exists()
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(Path(self.uri(prefix)), ignore_errors=True)
+
+
+class S3Staging(Block):
+    """Staging in S3 through prefect-aws's `S3Bucket` (its `bucket_folder` prefixes every key)."""
+
+    _block_type_name = "Migration S3 Staging"
+    _block_type_slug = "migration-s3-staging"
+
+    bucket: S3Bucket
+
+    def describe_target(self) -> str:
+        return f"S3 staging bucket s3://{self.bucket.bucket_name}/{self.bucket.bucket_folder}"
+
+    def _client(self):
+        return self.bucket.credentials.get_s3_client()
+
+    def _key(self, key: str) -> str:
+        folder = self.bucket.bucket_folder.strip("/")
+        return f"{folder}/{key}" if folder else key
+
+    def check(self) -> None:
+        try:
+            self._client().head_bucket(Bucket=self.bucket.bucket_name)
+        except Exception as exc:
+            raise ConnectionCheckError(f"cannot reach {self.describe_target()}: {exc}") from None
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket.bucket_name}/{self._key(key)}"
+
+    def write(self, key: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> StagedFile:
+        with tempfile.TemporaryDirectory(prefix="migrate-") as tmp:
+            local = Path(tmp) / "chunk.parquet"
+            rows = write_parquet(local, schema, batches)
+            size = local.stat().st_size
+            self._client().upload_file(str(local), self.bucket.bucket_name, self._key(key))
+        return StagedFile(uri=self.uri(key), rows=rows, bytes=size)
+
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="migrate-") as tmp:
+            local = Path(tmp) / "chunk.parquet"
+            self._client().download_file(self.bucket.bucket_name, self._key(key), str(local))
+            yield local
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._client().head_object(Bucket=self.bucket.bucket_name, Key=self._key(key))
+            return True
+        except Exception:
+            return False
+
+    def delete_prefix(self, prefix: str) -> None:
+        client = self._client()
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket.bucket_name, Prefix=self._key(prefix)):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=self.bucket.bucket_name, Delete={"Objects": keys})
+
+
+Staging = LocalStaging | S3Staging

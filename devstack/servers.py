@@ -1,0 +1,149 @@
+"""Start and stop private throwaway servers on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready:\n{tail}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} was not ready within {timeout} s")
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return resp.status == 200
+
+
+def port_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    proc: subprocess.Popen | None = None
+    extra: dict = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _spawn(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+
+
+def pg_bin(name: str) -> str:
+    for folder in PG_BIN_CANDIDATES:
+        if (folder / name).exists():
+            return str(folder / name)
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed; run scripts/setup.sh (apt-get install postgresql)")
+    return found
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster: superuser `postgres` with a password, TCP on a free port."""
+
+    def __init__(self, root: Path, password: str, port: int | None = None):
+        self.root = root
+        self.data = root / "data"
+        self.password = password
+        self.port = port or free_port()
+        self.as_postgres = os.geteuid() == 0
+
+    def _run(self, args: list[str]) -> None:
+        cmd = (["runuser", "-u", "postgres", "--"] if self.as_postgres else []) + args
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> PostgresServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        pwfile = self.root / "pwfile"
+        if not (self.data / "PG_VERSION").exists():
+            pwfile.write_text(self.password + "\n")
+            if self.as_postgres:
+                shutil.chown(self.root, "postgres")
+                shutil.chown(pwfile, "postgres")
+            self._run([pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--pwfile", str(pwfile),
+                       "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8"])
+            pwfile.unlink()
+        self._run([pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-o",
+                   f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200", "start"])
+        return self
+
+    def stop(self) -> None:
+        try:
+            self._run([pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        except subprocess.CalledProcessError:
+            pass
+
+
+def start_fakesnow(log: Path, port: int | None = None) -> Service:
+    port = port or free_port()
+    proc = _spawn([sys.executable, "-m", "devstack.fakesnow_server", "--port", str(port)], log,
+                  env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    wait_for(lambda: port_open(port), "fakesnow server", 60, proc, log)
+    return Service("fakesnow", port, proc)
+
+
+def start_moto(log: Path, port: int | None = None) -> Service:
+    port = port or free_port()
+    proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log)
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/moto-api/"), "moto server", 60, proc, log)
+    return Service("moto", port, proc)
+
+
+def start_prefect_server(home: Path, log: Path, port: int | None = None) -> Service:
+    """A Prefect API server with its own PREFECT_HOME (SQLite), ready when /api/health answers."""
+    port = port or free_port()
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+    }
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    proc = _spawn([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], log, env=env)
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/health"), "Prefect server", 120, proc, log)
+    return Service("prefect", port, proc, extra={"api_url": f"http://127.0.0.1:{port}/api"})

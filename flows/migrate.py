@@ -1,0 +1,96 @@
+"""The `migrate` flow: one named migration, chunk by chunk, exact and resumable."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.config import MigrationSpec, load_migration, migrations_path, run_window
+from tasks.connections import check_connections
+from tasks.jobs import finish_job, load_recorded_plan, prepare_targets, record_plan, start_job
+from tasks.pipeline import ChunkReport, migrate_chunk
+from tasks.plan import inspect_source, plan_chunks
+from tasks.progress import ProgressTracker
+from tasks.report import MigrationReport, build_report, publish_report
+from prefect import task
+
+
+@task(name="validate-config", retries=0)
+def validate_config(source_name: str, migrations_file: str | None) -> MigrationSpec:
+    return load_migration(source_name, migrations_path(migrations_file))
+
+
+@flow(name="migrate", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=64))
+def migrate(
+    source_name: str = "analytics",
+    job_id: str | None = None,
+    job_name: str | None = None,
+    start_time: str | None = None,
+    end_time: str | None = None,
+    batch_size: int | None = None,
+    validation_enabled: bool = True,
+    rollback_enabled: bool = False,
+    no_resume: bool = False,
+    resume_max_age_hours: float = 12,
+    migrations_file: str | None = None,
+) -> MigrationReport:
+    """Move the tables of migration `source_name` into its target, chunk by chunk.
+
+    Bad config, bad times and unreachable servers fail before anything is written. A rerun
+    with the same job_id (or, without one, within resume_max_age_hours) skips finished chunks.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    window = run_window(start_time, end_time, batch_size)
+    spec = validate_config(source_name, migrations_file)
+    check_connections(spec)
+    tables = inspect_source(spec)
+
+    job_id, resumed = start_job(spec, window, job_id, job_name, no_resume, resume_max_age_hours)
+    logger.info("%s job %s", "Resuming" if resumed else "Starting", job_id)
+    plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(spec, tables, window)
+    record_plan(spec, job_id, plans)
+    prepare_targets(spec, job_id, plans, resume_max_age_hours)
+
+    total = sum(len(p.chunks) for p in plans)
+    progress = ProgressTracker(job_id, spec.name, total)
+    reports: list[ChunkReport] = []
+    error: str | None = None
+    try:
+        futures = []
+        pending = [(p.model_copy(update={"chunks": []}), c) for p in plans for c in p.chunks]
+        # Submitting at most `concurrency` chunks at a time keeps memory and connections bounded.
+        while pending or futures:
+            while pending and len(futures) < spec.concurrency:
+                plan, chunk = pending.pop(0)
+                futures.append(migrate_chunk.submit(spec, job_id, plan, chunk, validation_enabled))
+            done = next(as_completed(futures))
+            futures.remove(done)
+            try:
+                reports.append(done.result())
+            except Exception as exc:  # stop feeding new chunks; let the in-flight ones finish
+                error = error or str(exc)
+                pending.clear()
+    finally:
+        progress.close()
+
+    status = "failed" if error else "completed"
+    finish_job(spec, job_id, status, error)
+    report = build_report(job_id, spec.name, status, resumed, reports, time.perf_counter() - started, error)
+    publish_report(report)
+    logger.info(report.summary())
+    if error:
+        if rollback_enabled:
+            logger.warning("rollback_enabled is set, but the rollback subflow is not available yet; job %s "
+                           "keeps its loaded chunks and can be resumed", job_id)
+        raise RuntimeError(f"migration {spec.name!r} job {job_id} failed: {error}")
+    return report
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(migrate(source_name=sys.argv[1] if len(sys.argv) > 1 else "analytics").summary())

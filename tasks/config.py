@@ -1,0 +1,270 @@
+"""The `migrations.yaml` model: named migrations, parsed and checked at flow start.
+
+Secrets never live in the file: inline settings name the environment variable that holds
+each one (`password_env: SNOWFLAKE_PASSWORD`), or a saved Prefect block holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from blocks.errors import ConfigError
+from blocks.postgres import LoadMode
+
+DEFAULT_MIGRATIONS_FILE = Path(__file__).resolve().parent.parent / "migrations.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RetryPolicy(_Strict):
+    attempts: int = Field(default=3, ge=0, le=20, description="Retries after the first try")
+    delay_seconds: float = Field(default=2.0, ge=0, description="First backoff delay; doubles each retry")
+    jitter: float = Field(default=0.5, ge=0, le=1, description="Random spread as a fraction of the delay")
+
+
+class SnowflakeSettings(_Strict):
+    type: Literal["snowflake"]
+    block: str | None = Field(default=None, description="Name of a saved prefect-snowflake SnowflakeConnector")
+    account: str | None = None
+    user: str | None = None
+    password_env: str | None = Field(default=None, description="Environment variable holding the password")
+    database: str | None = None
+    schema_name: str | None = Field(default=None, alias="schema")
+    warehouse: str | None = None
+    role: str | None = None
+    host: str | None = None
+    port: int | None = None
+    protocol: Literal["http", "https"] | None = None
+    login_timeout: int = 30
+
+    @model_validator(mode="after")
+    def _block_or_inline(self) -> SnowflakeSettings:
+        if self.block is None:
+            missing = [k for k in ("account", "user", "database", "schema_name") if getattr(self, k) is None]
+            if missing:
+                names = ["schema" if m == "schema_name" else m for m in missing]
+                raise ValueError(f"inline Snowflake settings need {', '.join(names)} (or set block)")
+        return self
+
+
+class PostgresSettings(_Strict):
+    type: Literal["postgres"]
+    block: str | None = Field(default=None, description="Name of a saved migration-postgres-target block")
+    host: str = "localhost"
+    port: int = 5432
+    dbname: str = "postgres"
+    user: str = "postgres"
+    password_env: str | None = None
+    sslmode: str = "prefer"
+    schema_name: str = Field(default="public", alias="schema", description="Schema the tables land in")
+    connect_timeout: int = 10
+
+
+class LocalStagingSettings(_Strict):
+    type: Literal["local"] = "local"
+    path: str = Field(default="staging", description="Folder (relative to the working directory)")
+
+
+class S3StagingSettings(_Strict):
+    type: Literal["s3"]
+    bucket_block: str | None = Field(default=None, description="Name of a saved prefect-aws S3Bucket block")
+    bucket: str | None = None
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _block_or_bucket(self) -> S3StagingSettings:
+        if self.bucket_block is None and self.bucket is None:
+            raise ValueError("S3 staging needs bucket or bucket_block")
+        return self
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class TableSpec(_Strict):
+    name: str = Field(description="Source table, spelled as the source stores it")
+    target: str | None = Field(default=None, description="Target table name (default: name, lowercased)")
+    chunk_column: str = Field(description="Integer key or timestamp column that chunks split on")
+    chunk_size: int | None = Field(default=None, gt=0, description="Key span per chunk (integer keys)")
+    chunk_interval: timedelta | None = Field(default=None, description="Time span per chunk, e.g. 1d, 6h")
+    load_mode: LoadMode = LoadMode.APPEND
+    primary_key: list[str] = Field(default_factory=list)
+    columns: list[str] | None = Field(default=None, description="Subset of columns (default: all)")
+    type_overrides: dict[str, str] = Field(default_factory=dict, description="Source column -> target SQL type")
+    allow_truncate_foreign_rows: bool = False
+
+    @field_validator("chunk_interval", mode="before")
+    @classmethod
+    def _parse_duration(cls, value):
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if not match:
+                raise ValueError("use a number and a unit: 30m, 6h, 1d, 1w")
+            return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        return value
+
+    @field_validator("chunk_interval")
+    @classmethod
+    def _positive(cls, value):
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _upsert_needs_key(self) -> TableSpec:
+        if self.load_mode is LoadMode.UPSERT and not self.primary_key:
+            raise ValueError("load_mode upsert needs primary_key")
+        return self
+
+
+class MigrationSpec(_Strict):
+    name: str = ""
+    description: str = ""
+    source: Annotated[SnowflakeSettings, Field(discriminator="type")]
+    target: Annotated[PostgresSettings, Field(discriminator="type")]
+    staging: Annotated[LocalStagingSettings | S3StagingSettings, Field(discriminator="type")] = Field(
+        default_factory=LocalStagingSettings
+    )
+    tables: list[TableSpec] = Field(min_length=1)
+    concurrency: int = Field(default=2, ge=1, le=64, description="Chunks in flight at once")
+    retries: RetryPolicy = Field(default_factory=RetryPolicy)
+    lowercase_identifiers: bool = Field(default=True, description="Lowercase target table and column names")
+    keep_staged_files: bool = Field(default=True, description="Keep Parquet files after a job completes")
+
+    @model_validator(mode="after")
+    def _unique_tables(self) -> MigrationSpec:
+        names = [t.name for t in self.tables]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"table(s) listed twice: {dupes}")
+        return self
+
+
+class MigrationsFile(_Strict):
+    migrations: dict[str, MigrationSpec] = Field(min_length=1)
+
+
+class RunWindow(BaseModel):
+    """The flow's run parameters, checked."""
+
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    batch_size: int | None = None
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        lines.append(f"{loc or '(top level)'}: {err['msg']}")
+    return f"{source} is invalid:\n  " + "\n  ".join(lines)
+
+
+def migrations_path(override: str | None = None) -> Path:
+    return Path(override or os.environ.get("MIGRATIONS_FILE") or DEFAULT_MIGRATIONS_FILE)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value, where: str = ""):
+    """Replace `${NAME}` / `${NAME:-default}` in string values; a value that expands to "" becomes None.
+
+    Meant for hosts, ports and names that differ between environments. Secrets stay out of
+    the file altogether: use the `*_env` settings for them.
+    """
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}.{i}") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"{where}: environment variable {name} is not set and has no default")
+        return default
+
+    expanded = _ENV_REF.sub(substitute, value)
+    return None if expanded == "" else expanded
+
+
+def load_migrations(path: Path) -> MigrationsFile:
+    """Parse and check the whole file; any problem raises `ConfigError` naming the key."""
+    if not path.exists():
+        raise ConfigError(f"migrations file {path} does not exist (set MIGRATIONS_FILE or migrations_file)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raise ConfigError(f"{path} is empty: it needs a top-level 'migrations:' mapping")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with a 'migrations:' key, not a {type(raw).__name__}")
+    try:
+        parsed = MigrationsFile.model_validate(expand_env(raw))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(str(path), exc)) from None
+    for name, spec in parsed.migrations.items():
+        spec.name = name
+    return parsed
+
+
+def load_migration(source_name: str, path: Path) -> MigrationSpec:
+    migrations = load_migrations(path).migrations
+    if source_name not in migrations:
+        raise ConfigError(
+            f"unknown source_name {source_name!r}: {path} defines {', '.join(sorted(migrations))}"
+        )
+    return migrations[source_name]
+
+
+def parse_time(name: str, value: str | datetime | None) -> datetime | None:
+    """ISO 8601 to an aware UTC datetime (naive input is taken as UTC); bad input raises ConfigError."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"{name} {value!r} is not an ISO 8601 time (e.g. 2024-01-31T00:00:00Z)") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def run_window(start_time, end_time, batch_size) -> RunWindow:
+    start = parse_time("start_time", start_time)
+    end = parse_time("end_time", end_time)
+    if start and end and end <= start:
+        raise ConfigError(f"end_time {end.isoformat()} is not after start_time {start.isoformat()}")
+    if batch_size is not None and int(batch_size) <= 0:
+        raise ConfigError(f"batch_size must be a positive number of rows, got {batch_size}")
+    return RunWindow(start_time=start, end_time=end, batch_size=batch_size)
+
+
+def secret_from_env(variable: str | None, setting: str) -> str | None:
+    """The secret held in `variable`; a named but unset variable raises ConfigError (value never shown)."""
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if value is None:
+        raise ConfigError(f"environment variable {variable} (named by {setting}) is not set")
+    return value

@@ -1,0 +1,87 @@
+"""Job bookkeeping in the target's ledger: start or resume a job, fix its plan, prepare tables."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+
+from prefect import task
+from prefect.context import get_run_context
+
+from tasks.config import MigrationSpec, RunWindow
+from tasks.connections import build_target
+from tasks.plan import Chunk, TablePlan, bound_text, parse_bound
+
+
+def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
+    """What decides which rows a job moves and how; a job only resumes with the same fingerprint."""
+    tables = [t.model_dump(mode="json", exclude={"allow_truncate_foreign_rows"}) for t in spec.tables]
+    target = {"schema": spec.target.schema_name, "lowercase": spec.lowercase_identifiers}
+    blob = json.dumps({"tables": tables, "target": target, "window": window.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@task(name="start-job", retries=2, retry_delay_seconds=2)
+def start_job(
+    spec: MigrationSpec, window: RunWindow, job_id: str | None, job_name: str | None, no_resume: bool,
+    resume_max_age_hours: float,
+) -> tuple[str, bool]:
+    """The job to run: the given one, the newest resumable one, or a new one. Returns (job_id, resumed)."""
+    context = get_run_context()
+    flow_run = getattr(context.task_run, "flow_run_id", None)
+    return build_target(spec).start_job(
+        job_id=job_id, migration=spec.name, job_name=job_name, fingerprint=fingerprint(spec, window),
+        parameters={"window": window.model_dump(mode="json"), "job_name": job_name},
+        flow_run_id=str(flow_run) if flow_run else None, no_resume=no_resume,
+        resumable_within=timedelta(hours=resume_max_age_hours),
+    )
+
+
+@task(name="record-plan", retries=2, retry_delay_seconds=2)
+def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> None:
+    rows = [
+        (c.table, c.chunk_id, p.target.qualified, p.spec.chunk_column, bound_text(c.lower), bound_text(c.upper))
+        for p in plans
+        for c in p.chunks
+    ]
+    build_target(spec).record_plan(job_id, rows)
+
+
+@task(name="load-plan", retries=2, retry_delay_seconds=2)
+def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> list[TablePlan] | None:
+    """The chunks a resumed job planned when it first ran, or None if it recorded none."""
+    rows = build_target(spec).planned_chunks(job_id)
+    if not rows:
+        return None
+    resumed = []
+    for plan in plans:
+        mine = sorted((r for r in rows if r["table_name"] == plan.spec.name), key=lambda r: r["chunk_id"])
+        chunks = [
+            Chunk(
+                table=plan.spec.name, chunk_id=r["chunk_id"], index=int(r["chunk_id"].split("-")[0]),
+                lower=parse_bound(plan.chunk_kind, r["lower_bound"]),
+                upper=parse_bound(plan.chunk_kind, r["upper_bound"]),
+            )
+            for r in mine
+        ]
+        resumed.append(plan.model_copy(update={"chunks": chunks}))
+    return resumed
+
+
+@task(name="prepare-targets", retries=2, retry_delay_seconds=2)
+def prepare_targets(spec: MigrationSpec, job_id: str, plans: list[TablePlan], resume_max_age_hours: float) -> None:
+    """Create missing tables; truncate `replace` tables once per job behind the truncation guard."""
+    target = build_target(spec)
+    for plan in plans:
+        target.prepare_table(
+            job_id, plan.spec.name, spec.name, plan.target, plan.spec.load_mode,
+            plan.spec.allow_truncate_foreign_rows, timedelta(hours=resume_max_age_hours),
+        )
+
+
+@task(name="finish-job", retries=2, retry_delay_seconds=2)
+def finish_job(spec: MigrationSpec, job_id: str, status: str, error: str | None = None) -> dict:
+    target = build_target(spec)
+    target.set_job_status(job_id, status, error)
+    return target.job_run(job_id) or {}

@@ -1,0 +1,67 @@
+"""One chunk's whole path: export, validate, load, reconcile, each a cached task."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.config import MigrationSpec
+from tasks.export import export_chunk
+from tasks.load import load_chunk, reconcile_chunk
+from tasks.plan import Chunk, TablePlan
+from tasks.policy import retry_options
+from tasks.progress import report_chunk_done, report_stage
+from tasks.validate import ChunkManifest, validate_chunk
+
+
+class ChunkReport(BaseModel):
+    table: str
+    target: str
+    chunk_id: str
+    lower: str | None
+    upper: str | None
+    rows: int
+    bytes: int
+    export_seconds: float
+    validate_seconds: float
+    load_seconds: float
+    already_loaded: bool
+
+
+@task(name="migrate-chunk", task_run_name="{plan.spec.name}/{chunk.chunk_id}")
+def migrate_chunk(
+    spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, validation_enabled: bool
+) -> ChunkReport:
+    """Export → validate → load → reconcile one chunk. Steps done in an earlier run are skipped."""
+    options = retry_options(spec.retries)
+    args = {"spec": spec, "job_id": job_id, "plan": plan, "chunk": chunk}
+    table, cid = plan.spec.name, chunk.chunk_id
+
+    report_stage(job_id, table, cid, "export", "started")
+    staged = export_chunk.with_options(**options)(**args)
+    report_stage(job_id, table, cid, "export", "finished", rows=staged.rows, bytes=staged.bytes)
+
+    if validation_enabled:
+        report_stage(job_id, table, cid, "validation", "started")
+        manifest = validate_chunk.with_options(**options)(**args, staged=staged)
+        report_stage(job_id, table, cid, "validation", "finished", rows=manifest.rows)
+    else:
+        manifest = ChunkManifest(key=staged.key, uri=staged.uri, rows=staged.rows, bytes=staged.bytes,
+                                 source_rows=staged.rows, export_seconds=staged.seconds, validate_seconds=0.0)
+
+    report_stage(job_id, table, cid, "migration", "started")
+    started = time.perf_counter()
+    loaded = load_chunk.with_options(**options)(**args, manifest=manifest)
+    reconcile_chunk.with_options(**options)(**args, manifest=manifest, loaded=loaded)
+    report_stage(job_id, table, cid, "migration", "finished", rows=loaded.rows_loaded)
+    report_chunk_done(job_id, table, cid, loaded.rows_loaded)
+    return ChunkReport(
+        table=table, target=plan.target.qualified, chunk_id=cid,
+        lower=None if chunk.lower is None else str(chunk.lower),
+        upper=None if chunk.upper is None else str(chunk.upper),
+        rows=loaded.rows_loaded, bytes=manifest.bytes, export_seconds=manifest.export_seconds,
+        validate_seconds=manifest.validate_seconds, load_seconds=time.perf_counter() - started,
+        already_loaded=loaded.already_loaded,
+    )

@@ -1,0 +1,187 @@
+"""Inspect the source tables and split each into chunks with deterministic ids.
+
+A chunk is the half-open range `lower <= chunk_column < upper` of one table. Integer keys
+split by key span (`chunk_size`, or the flow's `batch_size`); timestamps by `chunk_interval`
+within the run's start_time/end_time. The same inputs always give the same chunk ids, and a
+resumed job takes its chunks from the ledger, so the plan never shifts under a job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import task
+from pydantic import BaseModel
+
+from blocks.columns import Column, LogicalType, TableSchema
+from blocks.errors import ConfigError, SourceSchemaError
+from blocks.postgres import TargetTable
+from tasks.config import MigrationSpec, RunWindow, TableSpec
+from tasks.connections import build_source
+
+DEFAULT_CHUNK_SIZE = 100_000
+DEFAULT_CHUNK_INTERVAL = timedelta(days=1)
+MAX_CHUNKS_PER_TABLE = 100_000
+CHUNKABLE = (LogicalType.INTEGER, LogicalType.TIMESTAMP, LogicalType.TIMESTAMP_TZ)
+Bound = int | datetime | None
+
+
+class Chunk(BaseModel, frozen=True):
+    table: str
+    chunk_id: str
+    index: int
+    lower: Bound
+    upper: Bound
+
+
+class TablePlan(BaseModel):
+    """One source table, the columns we move, where they land, and its chunks."""
+
+    spec: TableSpec
+    source_columns: tuple[Column, ...]
+    target: TargetTable
+    chunk_kind: LogicalType
+    chunks: list[Chunk] = []
+
+    @property
+    def source_names(self) -> list[str]:
+        return [c.name for c in self.source_columns]
+
+
+def chunk_id(table: str, column: str, index: int, lower: Bound, upper: Bound) -> str:
+    digest = hashlib.sha1(f"{table}|{column}|{bound_text(lower)}|{bound_text(upper)}".encode()).hexdigest()
+    return f"{index:05d}-{digest[:10]}"
+
+
+def bound_text(value: Bound) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def parse_bound(kind: LogicalType, text: str | None) -> Bound:
+    if text is None:
+        return None
+    if kind is LogicalType.INTEGER:
+        return int(text)
+    return datetime.fromisoformat(text)
+
+
+def split_range(lower: Any, upper: Any, step: Any) -> list[tuple[Any, Any]]:
+    """[lower, upper) cut into consecutive pieces of `step` (the last one may be shorter)."""
+    pieces = []
+    start = lower
+    while start < upper:
+        end = min(start + step, upper)
+        pieces.append((start, end))
+        start = end
+        if len(pieces) > MAX_CHUNKS_PER_TABLE:
+            raise ConfigError(f"more than {MAX_CHUNKS_PER_TABLE} chunks: raise chunk_size or chunk_interval")
+    return pieces
+
+
+def _to_column_time(value: datetime | None, kind: LogicalType) -> datetime | None:
+    """Run-window times are aware UTC; TIMESTAMP_NTZ columns compare against naive UTC."""
+    if value is None:
+        return None
+    value = value.astimezone(UTC)
+    return value.replace(tzinfo=None) if kind is LogicalType.TIMESTAMP else value
+
+
+def plan_table_chunks(
+    plan: TablePlan, window: RunWindow, data_min: Any, data_max: Any
+) -> list[Chunk]:
+    """The chunks of one table for this run. Pure: same inputs, same chunks and ids."""
+    spec, kind = plan.spec, plan.chunk_kind
+    if kind is LogicalType.INTEGER:
+        step = window.batch_size or spec.chunk_size or DEFAULT_CHUNK_SIZE
+        lower = data_min
+        upper = data_max + 1 if data_max is not None else None
+    else:
+        step = spec.chunk_interval or DEFAULT_CHUNK_INTERVAL
+        lower = _to_column_time(window.start_time, kind) or data_min
+        upper = _to_column_time(window.end_time, kind)
+        if upper is None and data_max is not None:
+            upper = data_max + timedelta(microseconds=1)
+    if lower is None or upper is None:
+        ranges = [(None, None)]  # empty table: one chunk, so the table is still created and reconciled
+    else:
+        ranges = split_range(lower, upper, step) or [(lower, upper)]
+    return [
+        Chunk(table=spec.name, chunk_id=chunk_id(spec.name, spec.chunk_column, i, lo, hi), index=i, lower=lo, upper=hi)
+        for i, (lo, hi) in enumerate(ranges)
+    ]
+
+
+def target_name(name: str, lowercase: bool) -> str:
+    return name.lower() if lowercase else name
+
+
+def table_plan(spec: MigrationSpec, table: TableSpec, schema: TableSchema) -> TablePlan:
+    """Check a table spec against the source schema; any unknown name raises SourceSchemaError."""
+    known = {c.name for c in schema.columns}
+
+    def require(names: list[str], what: str) -> None:
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise SourceSchemaError(
+                f"table {table.name}: {what} {missing} not found; the source has {sorted(known)}"
+            )
+
+    require([table.chunk_column], "chunk_column")
+    require(table.columns or [], "column(s)")
+    require(table.primary_key, "primary_key column(s)")
+    require(list(table.type_overrides), "type_overrides column(s)")
+    wanted = table.columns or [c.name for c in schema.columns]
+    if table.chunk_column not in wanted:
+        wanted = [*wanted, table.chunk_column]
+    source_columns = tuple(c for c in schema.columns if c.name in wanted)
+    chunk_col = schema.column(table.chunk_column)
+    if chunk_col.logical not in CHUNKABLE:
+        raise SourceSchemaError(
+            f"table {table.name}: chunk_column {table.chunk_column} is {chunk_col.source_type}; "
+            "it must be an integer or a timestamp"
+        )
+    low = spec.lowercase_identifiers
+    target_columns = tuple(c.model_copy(update={"name": target_name(c.name, low)}) for c in source_columns)
+    target = TargetTable(
+        schema_name=spec.target.schema_name,
+        name=table.target or target_name(table.name, low),
+        columns=target_columns,
+        chunk_column=target_name(table.chunk_column, low),
+        primary_key=tuple(target_name(k, low) for k in table.primary_key),
+        type_overrides={target_name(k, low): v for k, v in table.type_overrides.items()},
+    )
+    return TablePlan(spec=table, source_columns=source_columns, target=target, chunk_kind=chunk_col.logical)
+
+
+@task(name="inspect-source", retries=2, retry_delay_seconds=2)
+def inspect_source(spec: MigrationSpec) -> list[TablePlan]:
+    """Describe every table and check names and chunk columns, reading the source only."""
+    source = build_source(spec)
+    plans = []
+    for table in spec.tables:
+        plan = table_plan(spec, table, source.describe(table.name))
+        chunk_col = next(c for c in plan.source_columns if c.name == table.chunk_column)
+        if chunk_col.nullable:
+            nulls = source.count_nulls(table.name, table.chunk_column)
+            if nulls:
+                raise SourceSchemaError(
+                    f"table {table.name}: {nulls} rows have NULL in chunk_column {table.chunk_column}; "
+                    "they would fall outside every chunk. Choose a NOT NULL column"
+                )
+        plans.append(plan)
+    return plans
+
+
+@task(name="plan-chunks", retries=2, retry_delay_seconds=2)
+def plan_chunks(spec: MigrationSpec, plans: list[TablePlan], window: RunWindow) -> list[TablePlan]:
+    """Fresh chunk plans from the source's current bounds (a new job)."""
+    source = build_source(spec)
+    planned = []
+    for plan in plans:
+        data_min, data_max = source.bounds(plan.spec.name, plan.spec.chunk_column)
+        planned.append(plan.model_copy(update={"chunks": plan_table_chunks(plan, window, data_min, data_max)}))
+    return planned

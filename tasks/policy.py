@@ -1,0 +1,52 @@
+"""Retries and cache keys for the chunk steps, declared once here.
+
+Cache keys are built from the job id, the table, the chunk id and its bounds, and the step,
+and results are persisted: a rerun of the same job finds a finished step's result and skips
+the step. Retries back off exponentially with jitter, and never retry a `MigrationError`
+(bad config, bad data, a guard refusing), which would only fail again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Task
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+
+from blocks.errors import MigrationError
+from tasks.config import RetryPolicy
+
+
+def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry unless the failure is a permanent `MigrationError`."""
+    try:
+        state.result()
+    except MigrationError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def chunk_cache_key(step: str):
+    def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+        chunk = parameters["chunk"]
+        return f"migrate/{parameters['job_id']}/{chunk.table}/{chunk.chunk_id}/{chunk.lower}/{chunk.upper}/{step}"
+
+    return key
+
+
+def retry_options(policy: RetryPolicy) -> dict[str, Any]:
+    return {
+        "retries": policy.attempts,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=policy.delay_seconds)(policy.attempts)
+        if policy.attempts
+        else 0,
+        "retry_jitter_factor": policy.jitter,
+        "retry_condition_fn": is_transient,
+    }
+
+

@@ -1,0 +1,89 @@
+"""Progress of a running job: a Prefect progress artifact plus an event per chunk stage.
+
+The tracker lives in the flow's process; chunk tasks report stage changes to it through
+`report_stage`. Artifact updates are throttled, except when a chunk finishes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.events import emit_event
+
+STAGES = ("export", "validation", "migration")
+_TRACKERS: dict[str, ProgressTracker] = {}
+
+
+class ProgressTracker:
+    def __init__(self, job_id: str, migration: str, total_chunks: int, done_chunks: int = 0):
+        self.job_id = job_id
+        self.migration = migration
+        self.total = max(total_chunks, 1)
+        self.done = done_chunks
+        self.rows = 0
+        self.in_stage: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._last_push = 0.0
+        self.artifact_id = create_progress_artifact(
+            progress=self.percent, key=f"migration-progress-{_slug(migration)}", description=self.description()
+        )
+        _TRACKERS[job_id] = self
+
+    @property
+    def percent(self) -> float:
+        return round(100.0 * self.done / self.total, 1)
+
+    def description(self) -> str:
+        stages = Counter(self.in_stage.values())
+        current = ", ".join(f"{stage}: {stages[stage]}" for stage in STAGES if stages[stage]) or "idle"
+        return (
+            f"Job `{self.job_id}`: {self.done}/{self.total} chunks done, {self.rows:,} rows moved. "
+            f"Current stage: {current}."
+        )
+
+    def stage(self, chunk_key: str, stage: str) -> None:
+        with self._lock:
+            self.in_stage[chunk_key] = stage
+            self._push(force=False)
+
+    def chunk_done(self, chunk_key: str, rows: int) -> None:
+        with self._lock:
+            self.in_stage.pop(chunk_key, None)
+            self.done += 1
+            self.rows += rows
+            self._push(force=True)
+
+    def _push(self, force: bool) -> None:
+        now = time.monotonic()
+        if force or now - self._last_push > 1.0:
+            self._last_push = now
+            update_progress_artifact(self.artifact_id, progress=self.percent, description=self.description())
+
+    def close(self) -> None:
+        _TRACKERS.pop(self.job_id, None)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-") or "job"
+
+
+def report_stage(job_id: str, table: str, chunk_id: str, stage: str, phase: str, **payload) -> None:
+    """Emit `migration.chunk.<stage>.<phase>` and update the job's progress artifact, if any."""
+    emit_event(
+        event=f"migration.chunk.{stage}.{phase}",
+        resource={"prefect.resource.id": f"migration.job.{job_id}", "migration.table": table,
+                  "migration.chunk": chunk_id},
+        payload=payload,
+    )
+    tracker = _TRACKERS.get(job_id)
+    if tracker and phase == "started":
+        tracker.stage(f"{table}/{chunk_id}", stage)
+
+
+def report_chunk_done(job_id: str, table: str, chunk_id: str, rows: int) -> None:
+    tracker = _TRACKERS.get(job_id)
+    if tracker:
+        tracker.chunk_done(f"{table}/{chunk_id}", rows)

@@ -1,0 +1,75 @@
+"""The job report: returned by the flow and published as a table artifact."""
+
+from __future__ import annotations
+
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel
+
+from tasks.pipeline import ChunkReport
+from tasks.progress import _slug
+
+
+class TableTotals(BaseModel):
+    table: str
+    target: str
+    chunks: int
+    rows: int
+    bytes: int
+
+
+class MigrationReport(BaseModel):
+    job_id: str
+    migration: str
+    status: str
+    resumed: bool
+    rows: int
+    bytes: int
+    seconds: float
+    tables: list[TableTotals]
+    chunks: list[ChunkReport]
+    error: str | None = None
+
+    def summary(self) -> str:
+        lines = [
+            f"Migration {self.migration!r}, job {self.job_id}: {self.status}"
+            f"{' (resumed)' if self.resumed else ''}, {self.rows:,} rows, {self.bytes:,} staged bytes, "
+            f"{self.seconds:.1f} s"
+        ]
+        for t in self.tables:
+            lines.append(f"  {t.table} -> {t.target}: {t.rows:,} rows in {t.chunks} chunks")
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return "\n".join(lines)
+
+
+def build_report(
+    job_id: str, migration: str, status: str, resumed: bool, chunks: list[ChunkReport], seconds: float,
+    error: str | None = None,
+) -> MigrationReport:
+    totals: dict[str, TableTotals] = {}
+    for c in chunks:
+        t = totals.setdefault(c.table, TableTotals(table=c.table, target=c.target, chunks=0, rows=0, bytes=0))
+        t.chunks += 1
+        t.rows += c.rows
+        t.bytes += c.bytes
+    return MigrationReport(
+        job_id=job_id, migration=migration, status=status, resumed=resumed,
+        rows=sum(c.rows for c in chunks), bytes=sum(c.bytes for c in chunks), seconds=seconds,
+        tables=list(totals.values()), chunks=sorted(chunks, key=lambda c: (c.table, c.chunk_id)), error=error,
+    )
+
+
+def publish_report(report: MigrationReport) -> None:
+    rows = [
+        {
+            "table": c.table, "chunk": c.chunk_id, "lower": c.lower, "upper": c.upper, "rows": c.rows,
+            "bytes": c.bytes, "export_s": round(c.export_seconds, 3), "validate_s": round(c.validate_seconds, 3),
+            "load_s": round(c.load_seconds, 3), "skipped_reload": c.already_loaded,
+        }
+        for c in report.chunks
+    ]
+    create_table_artifact(
+        table=rows or [{"table": "(no chunks)"}],
+        key=f"migration-report-{_slug(report.migration)}",
+        description=f"```\n{report.summary()}\n```",
+    )
