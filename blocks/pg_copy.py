@@ -31,14 +31,18 @@ def binary_to_bytea_hex(arr: pa.Array) -> pa.Array:
     hex_offsets = ((offsets - start) * 2).astype(np.int64)
     hex_arr = pa.LargeStringArray.from_buffers(len(arr), pa.py_buffer(hex_offsets), pa.py_buffer(hex_bytes))
     hex_arr = pc.if_else(arr.is_null(), pa.scalar(None, pa.large_string()), hex_arr)
-    return pc.binary_join_element_wise(pa.scalar("\\x", pa.large_string()), hex_arr, pa.scalar("", pa.large_string()))
+    return pc.binary_join_element_wise(
+        pa.scalar("\\x", pa.large_string()), hex_arr, pa.scalar("", pa.large_string())
+    )
 
 
 def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
     arrays = []
     for arr in batch.columns:
-        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type) or pa.types.is_fixed_size_binary(
-            arr.type
+        if (
+            pa.types.is_binary(arr.type)
+            or pa.types.is_large_binary(arr.type)
+            or pa.types.is_fixed_size_binary(arr.type)
         ):
             arr = binary_to_bytea_hex(arr)
         arrays.append(arr)

@@ -94,8 +94,13 @@ def newest_unfinished_run(
 
 
 def insert_run(
-    conn: psycopg.Connection, job_id: str, migration: str, job_name: str | None, fingerprint: str,
-    parameters: dict[str, Any], flow_run_id: str | None,
+    conn: psycopg.Connection,
+    job_id: str,
+    migration: str,
+    job_name: str | None,
+    fingerprint: str,
+    parameters: dict[str, Any],
+    flow_run_id: str | None,
 ) -> None:
     conn.execute(
         "INSERT INTO migration_status.migration_runs "
@@ -142,8 +147,14 @@ def get_chunk(conn: psycopg.Connection, job_id: str, table: str, chunk_id: str) 
 
 
 def mark_chunk_loaded(
-    conn: psycopg.Connection, job_id: str, table: str, chunk_id: str, rows_loaded: int,
-    rows_before: int, rows_after: int, staged_uri: str,
+    conn: psycopg.Connection,
+    job_id: str,
+    table: str,
+    chunk_id: str,
+    rows_loaded: int,
+    rows_before: int,
+    rows_after: int,
+    staged_uri: str,
 ) -> None:
     conn.execute(
         "UPDATE migration_status.migration_chunk_status SET status = 'loaded', rows_loaded = %s, "
@@ -184,7 +195,9 @@ def other_jobs_for_target(conn: psycopg.Connection, job_id: str, target: str) ->
         return cur.fetchall()
 
 
-def loaded_chunks_for_target(conn: psycopg.Connection, job_ids: list[str], target: str) -> list[dict[str, Any]]:
+def loaded_chunks_for_target(
+    conn: psycopg.Connection, job_ids: list[str], target: str
+) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT job_id, chunk_id, lower_bound, upper_bound, rows_loaded, rows_before, rows_after "

@@ -7,11 +7,11 @@ one transaction together with its ledger row, by COPY.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-import uuid
 from typing import Any
 
 import psycopg
@@ -109,9 +109,13 @@ class PostgresTarget(Block):
         """A connection in one transaction: committed on success, rolled back on any error."""
         try:
             conn = psycopg.connect(
-                host=self.host, port=self.port, dbname=self.dbname, user=self.user,
+                host=self.host,
+                port=self.port,
+                dbname=self.dbname,
+                user=self.user,
                 password=self.password.get_secret_value() if self.password else None,
-                sslmode=self.sslmode, connect_timeout=self.connect_timeout,
+                sslmode=self.sslmode,
+                connect_timeout=self.connect_timeout,
                 application_name="prefect-migrate",
             )
         except psycopg.OperationalError as exc:
@@ -125,8 +129,16 @@ class PostgresTarget(Block):
             conn.execute("SELECT 1")
 
     def start_job(
-        self, *, job_id: str | None, migration: str, job_name: str | None, fingerprint: str,
-        parameters: dict[str, Any], flow_run_id: str | None, no_resume: bool, resumable_within: timedelta,
+        self,
+        *,
+        job_id: str | None,
+        migration: str,
+        job_name: str | None,
+        fingerprint: str,
+        parameters: dict[str, Any],
+        flow_run_id: str | None,
+        no_resume: bool,
+        resumable_within: timedelta,
     ) -> tuple[str, bool]:
         """Create the job's ledger row, or pick up the job to resume. Returns (job_id, resumed).
 
@@ -142,7 +154,9 @@ class PostgresTarget(Block):
             if job_id:
                 run = pg_ledger.get_run(conn, job_id)
                 if run and run["migration"] != migration:
-                    raise TargetGuardError(f"job {job_id} belongs to migration {run['migration']!r}, not {migration!r}")
+                    raise TargetGuardError(
+                        f"job {job_id} belongs to migration {run['migration']!r}, not {migration!r}"
+                    )
                 if run and run["fingerprint"] != fingerprint:
                     raise TargetGuardError(
                         f"job {job_id} was started with other tables, modes or time window; "
@@ -203,12 +217,20 @@ class PostgresTarget(Block):
             for c in table.columns
         ]
         if table.primary_key:
-            cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))
+            cols.append(
+                sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key)))
+            )
         return sql.SQL("CREATE TABLE {} ({})").format(table.ident(), sql.SQL(", ").join(cols))
 
     def prepare_table(
-        self, job_id: str, source_table: str, migration: str, table: TargetTable, mode: LoadMode,
-        allow_foreign_rows: bool, resumable_within: timedelta,
+        self,
+        job_id: str,
+        source_table: str,
+        migration: str,
+        table: TargetTable,
+        mode: LoadMode,
+        allow_foreign_rows: bool,
+        resumable_within: timedelta,
     ) -> PreparedTable:
         """Create the target table if missing; for `replace`, truncate it once per job, behind the guard.
 
@@ -234,7 +256,9 @@ class PostgresTarget(Block):
                 self._truncation_guard(conn, job_id, migration, table, allow_foreign_rows, resumable_within)
                 conn.execute(sql.SQL("TRUNCATE {}").format(table.ident()))
                 truncated = True
-            pg_ledger.record_table_prepared(conn, job_id, source_table, table.qualified, mode, created, truncated)
+            pg_ledger.record_table_prepared(
+                conn, job_id, source_table, table.qualified, mode, created, truncated
+            )
             return PreparedTable(created=created, truncated=truncated, resumed=False)
 
     def _check_columns(self, conn: psycopg.Connection, table: TargetTable) -> None:
@@ -258,8 +282,13 @@ class PostgresTarget(Block):
             )
 
     def _truncation_guard(
-        self, conn: psycopg.Connection, job_id: str, migration: str, table: TargetTable,
-        allow_foreign_rows: bool, resumable_within: timedelta,
+        self,
+        conn: psycopg.Connection,
+        job_id: str,
+        migration: str,
+        table: TargetTable,
+        allow_foreign_rows: bool,
+        resumable_within: timedelta,
     ) -> None:
         others = pg_ledger.other_jobs_for_target(conn, job_id, table.qualified)
         since = datetime.now(UTC) - resumable_within
@@ -308,8 +337,18 @@ class PostgresTarget(Block):
         return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts), params
 
     def load_chunk(
-        self, *, job_id: str, source_table: str, chunk_id: str, table: TargetTable, mode: LoadMode,
-        batches: Iterable[pa.RecordBatch], staged_rows: int, staged_uri: str, lower: Any, upper: Any,
+        self,
+        *,
+        job_id: str,
+        source_table: str,
+        chunk_id: str,
+        table: TargetTable,
+        mode: LoadMode,
+        batches: Iterable[pa.RecordBatch],
+        staged_rows: int,
+        staged_uri: str,
+        lower: Any,
+        upper: Any,
     ) -> ChunkLoad:
         """Load one chunk exactly once: rows and ledger row commit together, or not at all.
 
@@ -323,8 +362,10 @@ class PostgresTarget(Block):
                 raise ValidationFailed(f"chunk {chunk_id} of {source_table} is not in job {job_id}'s plan")
             if prior["status"] == "loaded":
                 return ChunkLoad(
-                    rows_loaded=prior["rows_loaded"], rows_before=prior["rows_before"],
-                    rows_after=prior["rows_after"], already_loaded=True,
+                    rows_loaded=prior["rows_loaded"],
+                    rows_before=prior["rows_before"],
+                    rows_after=prior["rows_after"],
+                    already_loaded=True,
                 )
             before = self.count_range(conn, table, lower, upper)
             if mode is LoadMode.UPSERT:
@@ -336,11 +377,17 @@ class PostgresTarget(Block):
                     f"chunk {chunk_id} of {source_table}: COPY sent {copied} rows, staged file holds {staged_rows}"
                 )
             after = self.count_range(conn, table, lower, upper)
-            pg_ledger.mark_chunk_loaded(conn, job_id, source_table, chunk_id, copied, before, after, staged_uri)
+            pg_ledger.mark_chunk_loaded(
+                conn, job_id, source_table, chunk_id, copied, before, after, staged_uri
+            )
             return ChunkLoad(rows_loaded=copied, rows_before=before, rows_after=after, already_loaded=False)
 
     def _copy(
-        self, conn: psycopg.Connection, ident: sql.Composable, table: TargetTable, batches: Iterable[pa.RecordBatch]
+        self,
+        conn: psycopg.Connection,
+        ident: sql.Composable,
+        table: TargetTable,
+        batches: Iterable[pa.RecordBatch],
     ) -> int:
         columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(ident, columns)
@@ -358,7 +405,9 @@ class PostgresTarget(Block):
     def _upsert(self, conn: psycopg.Connection, table: TargetTable, batches: Iterable[pa.RecordBatch]) -> int:
         staging = sql.Identifier(f"_migrate_stage_{table.name}"[:63])
         conn.execute(
-            sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(staging, table.ident())
+            sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+                staging, table.ident()
+            )
         )
         rows = self._copy(conn, staging, table, batches)
         names = [c.name for c in table.columns]
@@ -371,9 +420,12 @@ class PostgresTarget(Block):
             else sql.SQL("DO NOTHING")
         )
         cols = sql.SQL(", ").join(map(sql.Identifier, names))
-        statement = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) ").format(
-            table.ident(), cols, cols, staging, conflict
-        ) + action
+        statement = (
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) ").format(
+                table.ident(), cols, cols, staging, conflict
+            )
+            + action
+        )
         try:
             conn.execute(statement)
         except psycopg.errors.CardinalityViolation:

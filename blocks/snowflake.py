@@ -57,8 +57,14 @@ def snowflake_column(name: str, data_type: str, precision: Any, scale: Any, null
         p = int(precision) if precision is not None else 38
         s = int(scale) if scale is not None else 0
         logical = LogicalType.INTEGER if s == 0 else LogicalType.DECIMAL
-        return Column(name=name, logical=logical, precision=p, scale=s, nullable=nullable == "YES",
-                      source_type=f"NUMBER({p},{s})")
+        return Column(
+            name=name,
+            logical=logical,
+            precision=p,
+            scale=s,
+            nullable=nullable == "YES",
+            source_type=f"NUMBER({p},{s})",
+        )
     logical = _LOGICAL_BY_SNOWFLAKE_TYPE.get(kind)
     if logical is None:
         raise SourceSchemaError(f"column {name!r} has Snowflake type {data_type}, which has no mapping")
@@ -98,7 +104,9 @@ class SnowflakeSource(Block):
         try:
             conn = self.connector.credentials.get_client(**self._connect_kwargs())
         except Exception as exc:  # the connector raises many types; all mean "cannot connect"
-            raise ConnectionCheckError(f"cannot connect to Snowflake {self.describe_target()}: {exc}") from None
+            raise ConnectionCheckError(
+                f"cannot connect to Snowflake {self.describe_target()}: {exc}"
+            ) from None
         try:
             yield conn
         finally:
@@ -109,9 +117,7 @@ class SnowflakeSource(Block):
         return f"({where}, database {self.connector.database})"
 
     def qualified(self, table: str) -> str:
-        return ".".join(
-            quote_snowflake(p) for p in (self.connector.database, self.connector.schema_, table)
-        )
+        return ".".join(quote_snowflake(p) for p in (self.connector.database, self.connector.schema_, table))
 
     def check(self) -> None:
         """Raise `ConnectionCheckError` unless a login and a trivial query succeed."""
@@ -121,7 +127,9 @@ class SnowflakeSource(Block):
                 cur.execute("SELECT 1")
                 cur.fetchall()
             except Exception as exc:
-                raise ConnectionCheckError(f"Snowflake {self.describe_target()} refused a query: {exc}") from None
+                raise ConnectionCheckError(
+                    f"Snowflake {self.describe_target()} refused a query: {exc}"
+                ) from None
 
     def describe(self, table: str) -> TableSchema:
         """The table's columns in order. A missing table raises `SourceSchemaError`."""
@@ -183,5 +191,7 @@ class SnowflakeSource(Block):
     def count_nulls(self, table: str, column: str) -> int:
         with self.connection() as conn:
             cur = conn.cursor()
-            cur.execute(f"SELECT COUNT(*) FROM {self.qualified(table)} WHERE {quote_snowflake(column)} IS NULL")
+            cur.execute(
+                f"SELECT COUNT(*) FROM {self.qualified(table)} WHERE {quote_snowflake(column)} IS NULL"
+            )
             return int(cur.fetchone()[0])

@@ -65,7 +65,10 @@ class Service:
 def _spawn(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        cmd,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
         start_new_session=True,
     )
 
@@ -76,7 +79,9 @@ def pg_bin(name: str) -> str:
             return str(folder / name)
     found = shutil.which(name)
     if not found:
-        raise RuntimeError(f"PostgreSQL's {name} is not installed; run scripts/setup.sh (apt-get install postgresql)")
+        raise RuntimeError(
+            f"PostgreSQL's {name} is not installed; run scripts/setup.sh (apt-get install postgresql)"
+        )
     return found
 
 
@@ -102,12 +107,37 @@ class PostgresServer:
             if self.as_postgres:
                 shutil.chown(self.root, "postgres")
                 shutil.chown(pwfile, "postgres")
-            self._run([pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--pwfile", str(pwfile),
-                       "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8"])
+            self._run(
+                [
+                    pg_bin("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--pwfile",
+                    str(pwfile),
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ]
+            )
             pwfile.unlink()
-        self._run([pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-o",
-                   f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200", "start"])
+        self._run(
+            [
+                pg_bin("pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.root / "server.log"),
+                "-w",
+                "-o",
+                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+                "start",
+            ]
+        )
         return self
 
     def stop(self) -> None:
@@ -119,8 +149,11 @@ class PostgresServer:
 
 def start_fakesnow(log: Path, port: int | None = None) -> Service:
     port = port or free_port()
-    proc = _spawn([sys.executable, "-m", "devstack.fakesnow_server", "--port", str(port)], log,
-                  env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    proc = _spawn(
+        [sys.executable, "-m", "devstack.fakesnow_server", "--port", str(port)],
+        log,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
     wait_for(lambda: port_open(port), "fakesnow server", 60, proc, log)
     return Service("fakesnow", port, proc)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -15,7 +15,6 @@ from tasks.pipeline import ChunkReport, migrate_chunk
 from tasks.plan import inspect_source, plan_chunks
 from tasks.progress import ProgressTracker
 from tasks.report import MigrationReport, build_report, publish_report
-from prefect import task
 
 
 @task(name="validate-config", retries=0)
@@ -51,7 +50,9 @@ def migrate(
 
     job_id, resumed = start_job(spec, window, job_id, job_name, no_resume, resume_max_age_hours)
     logger.info("%s job %s", "Resuming" if resumed else "Starting", job_id)
-    plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(spec, tables, window)
+    plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(
+        spec, tables, window
+    )
     record_plan(spec, job_id, plans)
     prepare_targets(spec, job_id, plans, resume_max_age_hours)
 
@@ -84,8 +85,11 @@ def migrate(
     logger.info(report.summary())
     if error:
         if rollback_enabled:
-            logger.warning("rollback_enabled is set, but the rollback subflow is not available yet; job %s "
-                           "keeps its loaded chunks and can be resumed", job_id)
+            logger.warning(
+                "rollback_enabled is set, but the rollback subflow is not available yet; job %s "
+                "keeps its loaded chunks and can be resumed",
+                job_id,
+            )
         raise RuntimeError(f"migration {spec.name!r} job {job_id} failed: {error}")
     return report
 

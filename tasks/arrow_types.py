@@ -51,7 +51,9 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema, source_names: list[str], t
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 hint = ""
                 if pa.types.is_integer(field.type):
-                    hint = f"; set type_overrides: {{{source_name}: numeric(38,0)}} to keep such values exactly"
+                    hint = (
+                        f"; set type_overrides: {{{source_name}: numeric(38,0)}} to keep such values exactly"
+                    )
                 elif pa.types.is_timestamp(field.type) or pa.types.is_time(field.type):
                     hint = "; PostgreSQL keeps microseconds, and this value has finer precision"
                 raise DataConversionError(

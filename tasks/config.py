@@ -33,7 +33,9 @@ class RetryPolicy(_Strict):
 
 class SnowflakeSettings(_Strict):
     type: Literal["snowflake"]
-    block: str | None = Field(default=None, description="Name of a saved prefect-snowflake SnowflakeConnector")
+    block: str | None = Field(
+        default=None, description="Name of a saved prefect-snowflake SnowflakeConnector"
+    )
     account: str | None = None
     user: str | None = None
     password_env: str | None = Field(default=None, description="Environment variable holding the password")
@@ -104,7 +106,9 @@ class TableSpec(_Strict):
     load_mode: LoadMode = LoadMode.APPEND
     primary_key: list[str] = Field(default_factory=list)
     columns: list[str] | None = Field(default=None, description="Subset of columns (default: all)")
-    type_overrides: dict[str, str] = Field(default_factory=dict, description="Source column -> target SQL type")
+    type_overrides: dict[str, str] = Field(
+        default_factory=dict, description="Source column -> target SQL type"
+    )
     allow_truncate_foreign_rows: bool = False
 
     @field_validator("chunk_interval", mode="before")
@@ -246,7 +250,9 @@ def parse_time(name: str, value: str | datetime | None) -> datetime | None:
         try:
             parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
         except ValueError:
-            raise ConfigError(f"{name} {value!r} is not an ISO 8601 time (e.g. 2024-01-31T00:00:00Z)") from None
+            raise ConfigError(
+                f"{name} {value!r} is not an ISO 8601 time (e.g. 2024-01-31T00:00:00Z)"
+            ) from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 

@@ -26,11 +26,16 @@ def build_source(spec: MigrationSpec) -> SnowflakeSource:
         connector = _load_block(SnowflakeConnector, s.block, "source.block")
     else:
         credentials = SnowflakeCredentials(
-            account=s.account, user=s.user, password=secret_from_env(s.password_env, "source.password_env"),
+            account=s.account,
+            user=s.user,
+            password=secret_from_env(s.password_env, "source.password_env"),
             role=s.role,
         )
         connector = SnowflakeConnector(
-            credentials=credentials, database=s.database, schema=s.schema_name, warehouse=s.warehouse or "COMPUTE_WH"
+            credentials=credentials,
+            database=s.database,
+            schema=s.schema_name,
+            warehouse=s.warehouse or "COMPUTE_WH",
         )
     return SnowflakeSource(
         connector=connector, host=s.host, port=s.port, protocol=s.protocol, login_timeout=s.login_timeout
@@ -42,9 +47,13 @@ def build_target(spec: MigrationSpec) -> PostgresTarget:
     if t.block:
         return _load_block(PostgresTarget, t.block, "target.block")
     return PostgresTarget(
-        host=t.host, port=t.port, dbname=t.dbname, user=t.user,
+        host=t.host,
+        port=t.port,
+        dbname=t.dbname,
+        user=t.user,
         password=secret_from_env(t.password_env, "target.password_env"),
-        sslmode=t.sslmode, connect_timeout=t.connect_timeout,
+        sslmode=t.sslmode,
+        connect_timeout=t.connect_timeout,
     )
 
 
@@ -75,4 +84,6 @@ def check_connections(spec: MigrationSpec) -> None:
         except (ConnectionCheckError, ConfigError) as exc:
             failures.append(f"{role}: {exc}")
     if failures:
-        raise ConnectionCheckError("connection check failed, nothing was touched:\n  " + "\n  ".join(failures))
+        raise ConnectionCheckError(
+            "connection check failed, nothing was touched:\n  " + "\n  ".join(failures)
+        )

@@ -36,15 +36,25 @@ def export_chunk_to_staging(spec: MigrationSpec, job_id: str, plan: TablePlan, c
     schema = staged_schema(plan.target.columns, set(plan.target.type_overrides))
     batches = (
         conform(batch, schema, plan.source_names, plan.spec.name)
-        for batch in source.read_chunk(plan.spec.name, plan.source_names, plan.spec.chunk_column, chunk.lower, chunk.upper)
+        for batch in source.read_chunk(
+            plan.spec.name, plan.source_names, plan.spec.chunk_column, chunk.lower, chunk.upper
+        )
     )
     key = staging_key(job_id, chunk)
     staged = staging.write(key, schema, batches)
-    return StagedChunk(key=key, uri=staged.uri, rows=staged.rows, bytes=staged.bytes,
-                       seconds=time.perf_counter() - started)
+    return StagedChunk(
+        key=key, uri=staged.uri, rows=staged.rows, bytes=staged.bytes, seconds=time.perf_counter() - started
+    )
 
 
-@task(name="export-chunk", persist_result=True, cache_key_fn=chunk_cache_key("export"),
-      retries=3, retry_delay_seconds=[1, 2, 4], retry_jitter_factor=0.5, retry_condition_fn=is_transient)
+@task(
+    name="export-chunk",
+    persist_result=True,
+    cache_key_fn=chunk_cache_key("export"),
+    retries=3,
+    retry_delay_seconds=[1, 2, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=is_transient,
+)
 def export_chunk(spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk) -> StagedChunk:
     return export_chunk_to_staging(spec, job_id, plan, chunk)

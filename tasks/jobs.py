@@ -18,22 +18,32 @@ def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
     """What decides which rows a job moves and how; a job only resumes with the same fingerprint."""
     tables = [t.model_dump(mode="json", exclude={"allow_truncate_foreign_rows"}) for t in spec.tables]
     target = {"schema": spec.target.schema_name, "lowercase": spec.lowercase_identifiers}
-    blob = json.dumps({"tables": tables, "target": target, "window": window.model_dump(mode="json")}, sort_keys=True)
+    blob = json.dumps(
+        {"tables": tables, "target": target, "window": window.model_dump(mode="json")}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @task(name="start-job", retries=2, retry_delay_seconds=2)
 def start_job(
-    spec: MigrationSpec, window: RunWindow, job_id: str | None, job_name: str | None, no_resume: bool,
+    spec: MigrationSpec,
+    window: RunWindow,
+    job_id: str | None,
+    job_name: str | None,
+    no_resume: bool,
     resume_max_age_hours: float,
 ) -> tuple[str, bool]:
     """The job to run: the given one, the newest resumable one, or a new one. Returns (job_id, resumed)."""
     context = get_run_context()
     flow_run = getattr(context.task_run, "flow_run_id", None)
     return build_target(spec).start_job(
-        job_id=job_id, migration=spec.name, job_name=job_name, fingerprint=fingerprint(spec, window),
+        job_id=job_id,
+        migration=spec.name,
+        job_name=job_name,
+        fingerprint=fingerprint(spec, window),
         parameters={"window": window.model_dump(mode="json"), "job_name": job_name},
-        flow_run_id=str(flow_run) if flow_run else None, no_resume=no_resume,
+        flow_run_id=str(flow_run) if flow_run else None,
+        no_resume=no_resume,
         resumable_within=timedelta(hours=resume_max_age_hours),
     )
 
@@ -41,7 +51,14 @@ def start_job(
 @task(name="record-plan", retries=2, retry_delay_seconds=2)
 def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> None:
     rows = [
-        (c.table, c.chunk_id, p.target.qualified, p.spec.chunk_column, bound_text(c.lower), bound_text(c.upper))
+        (
+            c.table,
+            c.chunk_id,
+            p.target.qualified,
+            p.spec.chunk_column,
+            bound_text(c.lower),
+            bound_text(c.upper),
+        )
         for p in plans
         for c in p.chunks
     ]
@@ -59,7 +76,9 @@ def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan])
         mine = sorted((r for r in rows if r["table_name"] == plan.spec.name), key=lambda r: r["chunk_id"])
         chunks = [
             Chunk(
-                table=plan.spec.name, chunk_id=r["chunk_id"], index=int(r["chunk_id"].split("-")[0]),
+                table=plan.spec.name,
+                chunk_id=r["chunk_id"],
+                index=int(r["chunk_id"].split("-")[0]),
                 lower=parse_bound(plan.chunk_kind, r["lower_bound"]),
                 upper=parse_bound(plan.chunk_kind, r["upper_bound"]),
             )
@@ -70,13 +89,20 @@ def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan])
 
 
 @task(name="prepare-targets", retries=2, retry_delay_seconds=2)
-def prepare_targets(spec: MigrationSpec, job_id: str, plans: list[TablePlan], resume_max_age_hours: float) -> None:
+def prepare_targets(
+    spec: MigrationSpec, job_id: str, plans: list[TablePlan], resume_max_age_hours: float
+) -> None:
     """Create missing tables; truncate `replace` tables once per job behind the truncation guard."""
     target = build_target(spec)
     for plan in plans:
         target.prepare_table(
-            job_id, plan.spec.name, spec.name, plan.target, plan.spec.load_mode,
-            plan.spec.allow_truncate_foreign_rows, timedelta(hours=resume_max_age_hours),
+            job_id,
+            plan.spec.name,
+            spec.name,
+            plan.target,
+            plan.spec.load_mode,
+            plan.spec.allow_truncate_foreign_rows,
+            timedelta(hours=resume_max_age_hours),
         )
 
 

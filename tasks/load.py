@@ -27,22 +27,32 @@ class LoadedChunk(BaseModel):
     seconds: float
 
 
-def load_manifest(spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest) -> LoadedChunk:
+def load_manifest(
+    spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest
+) -> LoadedChunk:
     """COPY the staged file in one transaction with the chunk's ledger row (exactly once)."""
     started = time.perf_counter()
     target, staging = build_target(spec), build_staging(spec)
     with staging.local_copy(manifest.key) as path:
         batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS)
         result = target.load_chunk(
-            job_id=job_id, source_table=plan.spec.name, chunk_id=chunk.chunk_id, table=plan.target,
-            mode=plan.spec.load_mode, batches=batches, staged_rows=manifest.rows, staged_uri=manifest.uri,
-            lower=chunk.lower, upper=chunk.upper,
+            job_id=job_id,
+            source_table=plan.spec.name,
+            chunk_id=chunk.chunk_id,
+            table=plan.target,
+            mode=plan.spec.load_mode,
+            batches=batches,
+            staged_rows=manifest.rows,
+            staged_uri=manifest.uri,
+            lower=chunk.lower,
+            upper=chunk.upper,
         )
     return LoadedChunk(**result.model_dump(), seconds=time.perf_counter() - started)
 
 
-def reconcile_loaded(spec: MigrationSpec, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest,
-                     loaded: LoadedChunk) -> int:
+def reconcile_loaded(
+    spec: MigrationSpec, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest, loaded: LoadedChunk
+) -> int:
     """The target's count for the chunk's range matches what the load committed.
 
     append/replace: the range gained exactly the staged rows. upsert: the range holds at least
@@ -58,20 +68,46 @@ def reconcile_loaded(spec: MigrationSpec, plan: TablePlan, chunk: Chunk, manifes
     gained = loaded.rows_after - loaded.rows_before
     if plan.spec.load_mode is LoadMode.UPSERT:
         if loaded.rows_after < manifest.rows:
-            raise ValidationFailed(f"{where}: target holds {loaded.rows_after} rows in range, staged {manifest.rows}")
+            raise ValidationFailed(
+                f"{where}: target holds {loaded.rows_after} rows in range, staged {manifest.rows}"
+            )
     elif gained != manifest.rows:
-        raise ValidationFailed(f"{where}: target gained {gained} rows in range, staged file holds {manifest.rows}")
+        raise ValidationFailed(
+            f"{where}: target gained {gained} rows in range, staged file holds {manifest.rows}"
+        )
     return now
 
 
-@task(name="load-chunk", persist_result=True, cache_key_fn=chunk_cache_key("load"),
-      retries=3, retry_delay_seconds=[1, 2, 4], retry_jitter_factor=0.5, retry_condition_fn=is_transient)
-def load_chunk(spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest) -> LoadedChunk:
+@task(
+    name="load-chunk",
+    persist_result=True,
+    cache_key_fn=chunk_cache_key("load"),
+    retries=3,
+    retry_delay_seconds=[1, 2, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=is_transient,
+)
+def load_chunk(
+    spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest
+) -> LoadedChunk:
     return load_manifest(spec, job_id, plan, chunk, manifest)
 
 
-@task(name="reconcile-chunk", persist_result=True, cache_key_fn=chunk_cache_key("reconcile"),
-      retries=3, retry_delay_seconds=[1, 2, 4], retry_jitter_factor=0.5, retry_condition_fn=is_transient)
-def reconcile_chunk(spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest,
-                    loaded: LoadedChunk) -> int:
+@task(
+    name="reconcile-chunk",
+    persist_result=True,
+    cache_key_fn=chunk_cache_key("reconcile"),
+    retries=3,
+    retry_delay_seconds=[1, 2, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=is_transient,
+)
+def reconcile_chunk(
+    spec: MigrationSpec,
+    job_id: str,
+    plan: TablePlan,
+    chunk: Chunk,
+    manifest: ChunkManifest,
+    loaded: LoadedChunk,
+) -> int:
     return reconcile_loaded(spec, plan, chunk, manifest, loaded)

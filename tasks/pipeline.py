@@ -48,8 +48,15 @@ def migrate_chunk(
         manifest = validate_chunk.with_options(**options)(**args, staged=staged)
         report_stage(job_id, table, cid, "validation", "finished", rows=manifest.rows)
     else:
-        manifest = ChunkManifest(key=staged.key, uri=staged.uri, rows=staged.rows, bytes=staged.bytes,
-                                 source_rows=staged.rows, export_seconds=staged.seconds, validate_seconds=0.0)
+        manifest = ChunkManifest(
+            key=staged.key,
+            uri=staged.uri,
+            rows=staged.rows,
+            bytes=staged.bytes,
+            source_rows=staged.rows,
+            export_seconds=staged.seconds,
+            validate_seconds=0.0,
+        )
 
     report_stage(job_id, table, cid, "migration", "started")
     started = time.perf_counter()
@@ -58,10 +65,15 @@ def migrate_chunk(
     report_stage(job_id, table, cid, "migration", "finished", rows=loaded.rows_loaded)
     report_chunk_done(job_id, table, cid, loaded.rows_loaded)
     return ChunkReport(
-        table=table, target=plan.target.qualified, chunk_id=cid,
+        table=table,
+        target=plan.target.qualified,
+        chunk_id=cid,
         lower=None if chunk.lower is None else str(chunk.lower),
         upper=None if chunk.upper is None else str(chunk.upper),
-        rows=loaded.rows_loaded, bytes=manifest.bytes, export_seconds=manifest.export_seconds,
-        validate_seconds=manifest.validate_seconds, load_seconds=time.perf_counter() - started,
+        rows=loaded.rows_loaded,
+        bytes=manifest.bytes,
+        export_seconds=manifest.export_seconds,
+        validate_seconds=manifest.validate_seconds,
+        load_seconds=time.perf_counter() - started,
         already_loaded=loaded.already_loaded,
     )

@@ -90,9 +90,7 @@ def _to_column_time(value: datetime | None, kind: LogicalType) -> datetime | Non
     return value.replace(tzinfo=None) if kind is LogicalType.TIMESTAMP else value
 
 
-def plan_table_chunks(
-    plan: TablePlan, window: RunWindow, data_min: Any, data_max: Any
-) -> list[Chunk]:
+def plan_table_chunks(plan: TablePlan, window: RunWindow, data_min: Any, data_max: Any) -> list[Chunk]:
     """The chunks of one table for this run. Pure: same inputs, same chunks and ids."""
     spec, kind = plan.spec, plan.chunk_kind
     if kind is LogicalType.INTEGER:
@@ -110,7 +108,13 @@ def plan_table_chunks(
     else:
         ranges = split_range(lower, upper, step) or [(lower, upper)]
     return [
-        Chunk(table=spec.name, chunk_id=chunk_id(spec.name, spec.chunk_column, i, lo, hi), index=i, lower=lo, upper=hi)
+        Chunk(
+            table=spec.name,
+            chunk_id=chunk_id(spec.name, spec.chunk_column, i, lo, hi),
+            index=i,
+            lower=lo,
+            upper=hi,
+        )
         for i, (lo, hi) in enumerate(ranges)
     ]
 
@@ -183,5 +187,7 @@ def plan_chunks(spec: MigrationSpec, plans: list[TablePlan], window: RunWindow) 
     planned = []
     for plan in plans:
         data_min, data_max = source.bounds(plan.spec.name, plan.spec.chunk_column)
-        planned.append(plan.model_copy(update={"chunks": plan_table_chunks(plan, window, data_min, data_max)}))
+        planned.append(
+            plan.model_copy(update={"chunks": plan_table_chunks(plan, window, data_min, data_max)})
+        )
     return planned

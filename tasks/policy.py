@@ -48,5 +48,3 @@ def retry_options(policy: RetryPolicy) -> dict[str, Any]:
         "retry_jitter_factor": policy.jitter,
         "retry_condition_fn": is_transient,
     }
-
-

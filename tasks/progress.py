@@ -28,7 +28,9 @@ class ProgressTracker:
         self._lock = threading.Lock()
         self._last_push = 0.0
         self.artifact_id = create_progress_artifact(
-            progress=self.percent, key=f"migration-progress-{_slug(migration)}", description=self.description()
+            progress=self.percent,
+            key=f"migration-progress-{_slug(migration)}",
+            description=self.description(),
         )
         _TRACKERS[job_id] = self
 
@@ -74,8 +76,11 @@ def report_stage(job_id: str, table: str, chunk_id: str, stage: str, phase: str,
     """Emit `migration.chunk.<stage>.<phase>` and update the job's progress artifact, if any."""
     emit_event(
         event=f"migration.chunk.{stage}.{phase}",
-        resource={"prefect.resource.id": f"migration.job.{job_id}", "migration.table": table,
-                  "migration.chunk": chunk_id},
+        resource={
+            "prefect.resource.id": f"migration.job.{job_id}",
+            "migration.table": table,
+            "migration.chunk": chunk_id,
+        },
         payload=payload,
     )
     tracker = _TRACKERS.get(job_id)

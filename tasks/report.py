@@ -43,7 +43,12 @@ class MigrationReport(BaseModel):
 
 
 def build_report(
-    job_id: str, migration: str, status: str, resumed: bool, chunks: list[ChunkReport], seconds: float,
+    job_id: str,
+    migration: str,
+    status: str,
+    resumed: bool,
+    chunks: list[ChunkReport],
+    seconds: float,
     error: str | None = None,
 ) -> MigrationReport:
     totals: dict[str, TableTotals] = {}
@@ -53,18 +58,32 @@ def build_report(
         t.rows += c.rows
         t.bytes += c.bytes
     return MigrationReport(
-        job_id=job_id, migration=migration, status=status, resumed=resumed,
-        rows=sum(c.rows for c in chunks), bytes=sum(c.bytes for c in chunks), seconds=seconds,
-        tables=list(totals.values()), chunks=sorted(chunks, key=lambda c: (c.table, c.chunk_id)), error=error,
+        job_id=job_id,
+        migration=migration,
+        status=status,
+        resumed=resumed,
+        rows=sum(c.rows for c in chunks),
+        bytes=sum(c.bytes for c in chunks),
+        seconds=seconds,
+        tables=list(totals.values()),
+        chunks=sorted(chunks, key=lambda c: (c.table, c.chunk_id)),
+        error=error,
     )
 
 
 def publish_report(report: MigrationReport) -> None:
     rows = [
         {
-            "table": c.table, "chunk": c.chunk_id, "lower": c.lower, "upper": c.upper, "rows": c.rows,
-            "bytes": c.bytes, "export_s": round(c.export_seconds, 3), "validate_s": round(c.validate_seconds, 3),
-            "load_s": round(c.load_seconds, 3), "skipped_reload": c.already_loaded,
+            "table": c.table,
+            "chunk": c.chunk_id,
+            "lower": c.lower,
+            "upper": c.upper,
+            "rows": c.rows,
+            "bytes": c.bytes,
+            "export_s": round(c.export_seconds, 3),
+            "validate_s": round(c.validate_seconds, 3),
+            "load_s": round(c.load_seconds, 3),
+            "skipped_reload": c.already_loaded,
         }
         for c in report.chunks
     ]

@@ -55,17 +55,31 @@ def validate_staged_chunk(
         )
     if not schema.equals(expected, check_metadata=False):
         raise ValidationFailed(f"{where}: staged schema {schema} differs from the planned {expected}")
-    bad = {c.name: nulls.get(c.name, 0) for c in plan.target.columns if not c.nullable and nulls.get(c.name, 0)}
+    bad = {
+        c.name: nulls.get(c.name, 0) for c in plan.target.columns if not c.nullable and nulls.get(c.name, 0)
+    }
     if bad:
         raise ValidationFailed(f"{where}: NULLs in NOT NULL column(s) {bad}")
     return ChunkManifest(
-        key=staged.key, uri=staged.uri, rows=rows, bytes=staged.bytes, source_rows=source_rows,
-        export_seconds=staged.seconds, validate_seconds=time.perf_counter() - started,
+        key=staged.key,
+        uri=staged.uri,
+        rows=rows,
+        bytes=staged.bytes,
+        source_rows=source_rows,
+        export_seconds=staged.seconds,
+        validate_seconds=time.perf_counter() - started,
     )
 
 
-@task(name="validate-chunk", persist_result=True, cache_key_fn=chunk_cache_key("validate"),
-      retries=3, retry_delay_seconds=[1, 2, 4], retry_jitter_factor=0.5, retry_condition_fn=is_transient)
+@task(
+    name="validate-chunk",
+    persist_result=True,
+    cache_key_fn=chunk_cache_key("validate"),
+    retries=3,
+    retry_delay_seconds=[1, 2, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=is_transient,
+)
 def validate_chunk(
     spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, staged: StagedChunk
 ) -> ChunkManifest:

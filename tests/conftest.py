@@ -97,8 +97,12 @@ def servers() -> dict:
 @pytest.fixture(scope="session")
 def snowflake_kwargs(servers) -> dict:
     return {
-        "user": "fake", "password": "snow", "account": "fakesnow", "host": "127.0.0.1",
-        "port": servers["fakesnow"].port, "protocol": "http",
+        "user": "fake",
+        "password": "snow",
+        "account": "fakesnow",
+        "host": "127.0.0.1",
+        "port": servers["fakesnow"].port,
+        "protocol": "http",
         "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
     }
 
@@ -123,12 +127,24 @@ def pg_database(servers, request):
 
     name = "t_" + secrets.token_hex(5)
     pg = servers["pg"]
-    with psycopg.connect(host="127.0.0.1", port=pg.port, user="postgres", password=pg.password,
-                         dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=pg.port,
+        user="postgres",
+        password=pg.password,
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     yield name
-    with psycopg.connect(host="127.0.0.1", port=pg.port, user="postgres", password=pg.password,
-                         dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=pg.port,
+        user="postgres",
+        password=pg.password,
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -137,7 +153,13 @@ def pg_connect(servers, pg_database):
     import psycopg
 
     def connect():
-        return psycopg.connect(host="127.0.0.1", port=servers["pg"].port, user="postgres",
-                               password=servers["pg"].password, dbname=pg_database, autocommit=True)
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=servers["pg"].port,
+            user="postgres",
+            password=servers["pg"].password,
+            dbname=pg_database,
+            autocommit=True,
+        )
 
     return connect

@@ -11,19 +11,42 @@ import yaml
 
 
 def write_migrations(
-    path: Path, servers: dict, pg_database: str, tables: list[dict], *, name: str = "analytics",
-    staging: dict | None = None, database: str = "ANALYTICS", schema: str = "PUBLIC", extra: dict | None = None,
-    target: dict | None = None, source: dict | None = None,
+    path: Path,
+    servers: dict,
+    pg_database: str,
+    tables: list[dict],
+    *,
+    name: str = "analytics",
+    staging: dict | None = None,
+    database: str = "ANALYTICS",
+    schema: str = "PUBLIC",
+    extra: dict | None = None,
+    target: dict | None = None,
+    source: dict | None = None,
 ) -> Path:
     spec = {
         "source": {
-            "type": "snowflake", "account": "fakesnow", "user": "fake", "password_env": "SNOWFLAKE_PASSWORD",
-            "host": "127.0.0.1", "port": servers["fakesnow"].port, "protocol": "http",
-            "database": database, "schema": schema, "login_timeout": 10, **(source or {}),
+            "type": "snowflake",
+            "account": "fakesnow",
+            "user": "fake",
+            "password_env": "SNOWFLAKE_PASSWORD",
+            "host": "127.0.0.1",
+            "port": servers["fakesnow"].port,
+            "protocol": "http",
+            "database": database,
+            "schema": schema,
+            "login_timeout": 10,
+            **(source or {}),
         },
         "target": {
-            "type": "postgres", "host": "127.0.0.1", "port": servers["pg"].port, "dbname": pg_database,
-            "user": "postgres", "password_env": "PGPASSWORD", "schema": "analytics", **(target or {}),
+            "type": "postgres",
+            "host": "127.0.0.1",
+            "port": servers["pg"].port,
+            "dbname": pg_database,
+            "user": "postgres",
+            "password_env": "PGPASSWORD",
+            "schema": "analytics",
+            **(target or {}),
         },
         "staging": staging or {"type": "local", "path": str(path.parent / "staging")},
         "retries": {"attempts": 1, "delay_seconds": 0.1, "jitter": 0.1},
@@ -43,8 +66,14 @@ def normalise(value: Any) -> Any:
     return value
 
 
-def source_rows(snowflake_kwargs: dict, database: str, schema: str, table: str, order_by: str,
-                json_columns: set[str] = frozenset()) -> tuple[list[str], list[tuple]]:
+def source_rows(
+    snowflake_kwargs: dict,
+    database: str,
+    schema: str,
+    table: str,
+    order_by: str,
+    json_columns: set[str] = frozenset(),
+) -> tuple[list[str], list[tuple]]:
     import snowflake.connector
 
     conn = snowflake.connector.connect(**snowflake_kwargs, database=database, schema=schema)

@@ -1,0 +1,124 @@
+"""The demo: start local stand-ins, seed demo data, run the `analytics` and `conflict` migrations.
+
+Run it through `bash scripts/demo.sh`. Everything lives under `.demo/` and is recreated on
+each run: a private PostgreSQL (port 15432), fakesnow's Snowflake stand-in (port 18085) and
+a Prefect server (port 4200 when free) whose UI shows the runs, artifacts and events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / ".demo"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keep-running", action="store_true", help="leave the servers up until Ctrl-C")
+    parser.add_argument("--events", type=int, default=120_000, help="rows in the demo EVENTS table")
+    args = parser.parse_args()
+
+    from devstack.servers import PostgresServer, free_port, port_open, start_fakesnow, start_prefect_server
+
+    shutil.rmtree(DEMO, ignore_errors=True)
+    DEMO.mkdir(parents=True)
+    os.chmod(DEMO, 0o755)
+    prefect_port = 4200
+    try:
+        port_open(prefect_port)
+        prefect_port = free_port()
+    except OSError:
+        pass
+    print("==> starting PostgreSQL, fakesnow and a Prefect server under .demo/")
+    pg = PostgresServer(DEMO / "pg", password="demo-" + secrets.token_hex(8), port=15432)
+    services = []
+    try:
+        pg.start()
+        services.append(start_fakesnow(DEMO / "logs" / "fakesnow.log", port=18085))
+        prefect = start_prefect_server(DEMO / "prefect", DEMO / "logs" / "prefect.log", port=prefect_port)
+        services.append(prefect)
+        os.environ.update(
+            {
+                "PREFECT_API_URL": prefect.extra["api_url"],
+                "PREFECT_HOME": str(DEMO / "prefect"),
+                "PREFECT_LOCAL_STORAGE_PATH": str(DEMO / "results"),
+                "PGPASSWORD": pg.password,
+                "SNOWFLAKE_PASSWORD": "snow",
+                "STAGING_DIR": str(DEMO / "staging"),
+            }
+        )
+        import psycopg
+        import snowflake.connector
+
+        from devstack.demo_data import seed
+
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=pg.port,
+            user="postgres",
+            password=pg.password,
+            dbname="postgres",
+            autocommit=True,
+        ) as conn:
+            conn.execute("CREATE DATABASE analytics")
+        print(f"==> seeding demo Snowflake data ({args.events:,} EVENTS rows)")
+        sf = snowflake.connector.connect(
+            user="fake",
+            password="snow",
+            account="fakesnow",
+            host="127.0.0.1",
+            port=18085,
+            protocol="http",
+            session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+        )
+        seed(sf.cursor(), events=args.events)
+        sf.close()
+
+        from flows.migrate import migrate
+
+        for name in ("analytics", "conflict"):
+            print(f"==> migrate(source_name={name!r})")
+            report = migrate(source_name=name)
+            print(report.summary())
+        print(f"\nPrefect UI: http://127.0.0.1:{prefect_port}  (runs, logs, progress and report artifacts)")
+        (DEMO / "pgpassword").write_text(pg.password + "\n")
+        print(
+            f"PostgreSQL: PGPASSWORD=$(cat .demo/pgpassword) psql -h 127.0.0.1 -p {pg.port} -U postgres analytics"
+        )
+        if args.keep_running:
+            print("Servers keep running; press Ctrl-C to stop them.")
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            while True:
+                time.sleep(3600)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        flush_prefect_logs()
+        for svc in services:
+            svc.stop()
+        pg.stop()
+
+
+def flush_prefect_logs() -> None:
+    """Send buffered run logs to the Prefect server before it stops."""
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+    except Exception:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
