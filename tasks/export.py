@@ -49,6 +49,7 @@ def export_chunk_to_staging(spec: MigrationSpec, job_id: str, plan: TablePlan, c
 
 @task(
     name="export-chunk",
+    task_run_name="export {chunk.table}/{chunk.chunk_id}",
     persist_result=True,
     cache_key_fn=chunk_cache_key("export"),
     retries=3,

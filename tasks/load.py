@@ -80,6 +80,7 @@ def reconcile_loaded(
 
 @task(
     name="load-chunk",
+    task_run_name="load {chunk.table}/{chunk.chunk_id}",
     persist_result=True,
     cache_key_fn=chunk_cache_key("load"),
     retries=3,
@@ -95,6 +96,7 @@ def load_chunk(
 
 @task(
     name="reconcile-chunk",
+    task_run_name="reconcile {chunk.table}/{chunk.chunk_id}",
     persist_result=True,
     cache_key_fn=chunk_cache_key("reconcile"),
     retries=3,

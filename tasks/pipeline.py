@@ -30,7 +30,7 @@ class ChunkReport(BaseModel):
     already_loaded: bool
 
 
-@task(name="migrate-chunk", task_run_name="{plan.spec.name}/{chunk.chunk_id}")
+@task(name="migrate-chunk", task_run_name="chunk {chunk.table}/{chunk.chunk_id}")
 def migrate_chunk(
     spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, validation_enabled: bool
 ) -> ChunkReport:

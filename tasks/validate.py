@@ -73,6 +73,7 @@ def validate_staged_chunk(
 
 @task(
     name="validate-chunk",
+    task_run_name="validate {chunk.table}/{chunk.chunk_id}",
     persist_result=True,
     cache_key_fn=chunk_cache_key("validate"),
     retries=3,

@@ -1,0 +1,196 @@
+"""Resume and exactly-once: a failed job resumes without redoing finished chunks."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from blocks.errors import DataConversionError
+from blocks.postgres import PostgresTarget
+from tests.support import assert_same_rows, source_rows, target_rows, write_migrations
+
+EVENTS_JSON = {"PAYLOAD", "ATTRS", "TAGS"}
+
+
+@pytest.fixture
+def events_file(tmp_path, servers, pg_database, demo_source):
+    return write_migrations(
+        tmp_path / "migrations.yaml",
+        servers,
+        pg_database,
+        tables=[
+            {"name": "EVENTS", "chunk_column": "EVENT_ID", "chunk_size": 10_000, "primary_key": ["EVENT_ID"]}
+        ],
+        extra={"concurrency": 2},
+    )
+
+
+def ledger(connect, job_id: str) -> dict[str, tuple]:
+    with connect() as conn:
+        rows = conn.execute(
+            "SELECT chunk_id, status, loaded_at, rows_loaded FROM migration_status.migration_chunk_status "
+            "WHERE job_id = %s",
+            (job_id,),
+        ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def export_task_states(flow_run_id, expected: int) -> dict[str, str]:
+    """chunk_id -> final state name of a flow run's export task runs, read from the Prefect API.
+
+    Task runs reach the API through events, a moment after they finish: poll until all are there.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        states = _export_task_states(flow_run_id)
+        if (len(states) >= expected and all(s in ("Cached", "Completed") for s in states.values())) or (
+            time.monotonic() > deadline
+        ):
+            return states
+        time.sleep(0.5)
+
+
+def _export_task_states(flow_run_id) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            limit=200,
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
+    return {run.name.rsplit("/", 1)[1]: run.state.name for run in runs if run.name.startswith("export ")}
+
+
+def test_failure_in_chunk_k_then_rerun_resumes(events_file, pg_connect, snowflake_kwargs, monkeypatch):
+    from flows.migrate import migrate
+
+    real_load = PostgresTarget.load_chunk
+    failing = "00004"
+
+    def load_failing_at_k(self, **kwargs):
+        if kwargs["chunk_id"].startswith(failing):
+            raise DataConversionError("injected failure in chunk 4")
+        return real_load(self, **kwargs)
+
+    monkeypatch.setattr(PostgresTarget, "load_chunk", load_failing_at_k)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        migrate(source_name="analytics", job_id="resume-k", migrations_file=str(events_file))
+    first = ledger(pg_connect, "resume-k")
+    done_first = {cid for cid, (status, _, _) in first.items() if status == "loaded"}
+    assert {f"0000{i}" for i in range(4)} <= {cid[:5] for cid in done_first}
+    assert not any(cid.startswith(failing) for cid in done_first)
+    with pg_connect() as conn:
+        assert conn.execute(
+            "SELECT status FROM migration_status.migration_runs WHERE job_id = 'resume-k'"
+        ).fetchone() == ("failed",)
+
+    monkeypatch.setattr(PostgresTarget, "load_chunk", real_load)
+    state = migrate(
+        source_name="analytics", job_id="resume-k", migrations_file=str(events_file), return_state=True
+    )
+    report = state.result()
+    assert report.status == "completed" and report.resumed
+
+    second = ledger(pg_connect, "resume-k")
+    assert all(status == "loaded" for status, _, _ in second.values()) and len(second) == 11
+    for cid in done_first:  # loaded once, in the first run, never again
+        assert second[cid][1] == first[cid][1]
+    states = export_task_states(state.state_details.flow_run_id, expected=len(second))
+    for cid in done_first:
+        assert states[cid] == "Cached", (cid, states[cid])
+    assert states[next(c for c in second if c.startswith(failing))] == "Completed"
+
+    names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "EVENTS", "EVENT_ID", EVENTS_JSON)
+    assert_same_rows(expected, target_rows(pg_connect, "analytics.events", names, "event_id"), names)
+
+
+def test_rerun_without_job_id_resumes_newest_unfinished_job(events_file, pg_connect, monkeypatch):
+    from flows.migrate import migrate
+
+    real_load = PostgresTarget.load_chunk
+
+    def load_failing(self, **kwargs):
+        if kwargs["chunk_id"].startswith("00002"):
+            raise DataConversionError("injected")
+        return real_load(self, **kwargs)
+
+    monkeypatch.setattr(PostgresTarget, "load_chunk", load_failing)
+    with pytest.raises(RuntimeError):
+        migrate(source_name="analytics", migrations_file=str(events_file))
+    monkeypatch.setattr(PostgresTarget, "load_chunk", real_load)
+    report = migrate(source_name="analytics", migrations_file=str(events_file))
+    assert report.resumed and report.status == "completed"
+    with pg_connect() as conn:
+        assert conn.execute("SELECT count(*) FROM migration_status.migration_runs").fetchone() == (1,)
+        assert conn.execute("SELECT count(*), count(DISTINCT event_id) FROM analytics.events").fetchone() == (
+            110_000,
+            110_000,
+        )
+
+    fresh = migrate(
+        source_name="analytics", migrations_file=str(events_file), no_resume=True, return_state=True
+    )
+    assert fresh.is_failed()  # a fresh append job over the same keys hits the primary key
+    with pg_connect() as conn:
+        assert conn.execute("SELECT count(*) FROM analytics.events").fetchone() == (110_000,)
+
+
+def test_commit_without_persisted_result_is_not_loaded_twice(events_file, pg_connect, snowflake_kwargs):
+    """A crash after a chunk commits but before Prefect persists its result: the ledger skips it."""
+    import os
+
+    from flows.migrate import migrate
+
+    first = migrate(source_name="analytics", job_id="crash-after-commit", migrations_file=str(events_file))
+    assert not any(c.already_loaded for c in first.chunks)
+    results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"]) / "migrate" / "crash-after-commit"
+    removed = 0
+    for step in ("load", "reconcile"):
+        for path in results.glob(f"*/*/*/*/{step}"):
+            path.unlink()
+            removed += 1
+    assert removed == 2 * len(first.chunks)
+
+    again = migrate(source_name="analytics", job_id="crash-after-commit", migrations_file=str(events_file))
+    assert again.status == "completed"
+    assert all(c.already_loaded for c in again.chunks)
+    names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "EVENTS", "EVENT_ID", EVENTS_JSON)
+    assert_same_rows(expected, target_rows(pg_connect, "analytics.events", names, "event_id"), names)
+    shutil.rmtree(results, ignore_errors=True)
+
+
+def test_loading_the_same_chunk_twice_changes_nothing(events_file, pg_connect):
+    from flows.migrate import migrate
+    from tasks.config import load_migration
+    from tasks.load import load_manifest
+    from tasks.plan import Chunk
+
+    report = migrate(source_name="analytics", job_id="twice", migrations_file=str(events_file))
+    spec = load_migration("analytics", events_file)
+    with pg_connect() as conn:
+        before = conn.execute("SELECT count(*), sum(hashtext(t::text)) FROM analytics.events t").fetchone()
+
+    from tasks.config import RunWindow
+    from tasks.plan import inspect_source, plan_chunks
+
+    plans = plan_chunks.fn(spec, inspect_source.fn(spec), RunWindow())
+    plan = plans[0]
+    chunk: Chunk = plan.chunks[1]
+    from tasks.export import export_chunk_to_staging
+    from tasks.validate import validate_staged_chunk
+
+    manifest = validate_staged_chunk(
+        spec, "twice", plan, chunk, export_chunk_to_staging(spec, "twice", plan, chunk)
+    )
+    for _ in range(2):
+        loaded = load_manifest(spec, "twice", plan, chunk, manifest)
+        assert loaded.already_loaded and loaded.rows_loaded == manifest.rows
+    with pg_connect() as conn:
+        after = conn.execute("SELECT count(*), sum(hashtext(t::text)) FROM analytics.events t").fetchone()
+    assert after == before and after[0] == report.rows
