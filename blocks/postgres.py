@@ -400,6 +400,12 @@ class PostgresTarget(Block):
                         rows += batch.num_rows
             except psycopg.errors.DataError as exc:
                 raise DataConversionError(f"{table.qualified} rejected a value: {exc}".strip()) from None
+            except psycopg.errors.IntegrityError as exc:
+                raise TargetGuardError(
+                    f"{table.qualified} refused the chunk: {exc}".strip()
+                    + "\nThe target already holds rows with these keys (loaded by an earlier job?): use "
+                    "load_mode upsert or replace, or resume that job instead of starting a new one"
+                ) from None
         return rows
 
     def _upsert(self, conn: psycopg.Connection, table: TargetTable, batches: Iterable[pa.RecordBatch]) -> int:

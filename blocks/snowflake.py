@@ -92,6 +92,10 @@ class SnowflakeSource(Block):
             "network_timeout": self.login_timeout,
             # Out-of-band telemetry would phone home; a migration must work offline.
             "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+            # At each login the connector otherwise probes cloud metadata endpoints
+            # (169.254.169.254 and others) to report its platform, stalling up to 5 s when
+            # they do not answer.
+            "platform_detection_timeout_seconds": 0.0,
         }
         for key in ("host", "port", "protocol"):
             if getattr(self, key) is not None:
@@ -195,3 +199,15 @@ class SnowflakeSource(Block):
                 f"SELECT COUNT(*) FROM {self.qualified(table)} WHERE {quote_snowflake(column)} IS NULL"
             )
             return int(cur.fetchone()[0])
+
+    def occupied_buckets(self, table: str, column: str, origin: int, step: int) -> list[int]:
+        """floor((column - origin) / step) for every bucket that holds a row, ascending."""
+        col = quote_snowflake(column)
+        with self.connection() as conn:
+            cur = conn.cursor()
+            cur.execute(
+                f"SELECT DISTINCT FLOOR(({col} - %s) / %s) AS b FROM {self.qualified(table)} "
+                f"WHERE {col} IS NOT NULL ORDER BY b",
+                (origin, step),
+            )
+            return [int(row[0]) for row in cur.fetchall()]

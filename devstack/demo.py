@@ -78,6 +78,7 @@ def main() -> int:
             port=18085,
             protocol="http",
             session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+            platform_detection_timeout_seconds=0.0,
         )
         seed(sf.cursor(), events=args.events)
         sf.close()

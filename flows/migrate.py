@@ -12,7 +12,7 @@ from tasks.config import MigrationSpec, load_migration, migrations_path, run_win
 from tasks.connections import check_connections
 from tasks.jobs import finish_job, load_recorded_plan, prepare_targets, record_plan, start_job
 from tasks.pipeline import ChunkReport, migrate_chunk
-from tasks.plan import inspect_source, plan_chunks
+from tasks.plan import TablePlan, inspect_source, plan_chunks
 from tasks.progress import ProgressTracker
 from tasks.report import MigrationReport, build_report, publish_report
 
@@ -50,33 +50,16 @@ def migrate(
 
     job_id, resumed = start_job(spec, window, job_id, job_name, no_resume, resume_max_age_hours)
     logger.info("%s job %s", "Resuming" if resumed else "Starting", job_id)
-    plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(
-        spec, tables, window
-    )
-    record_plan(spec, job_id, plans)
-    prepare_targets(spec, job_id, plans, resume_max_age_hours)
-
-    total = sum(len(p.chunks) for p in plans)
-    progress = ProgressTracker(job_id, spec.name, total)
     reports: list[ChunkReport] = []
-    error: str | None = None
     try:
-        futures = []
-        pending = [(p.model_copy(update={"chunks": []}), c) for p in plans for c in p.chunks]
-        # Submitting at most `concurrency` chunks at a time keeps memory and connections bounded.
-        while pending or futures:
-            while pending and len(futures) < spec.concurrency:
-                plan, chunk = pending.pop(0)
-                futures.append(migrate_chunk.submit(spec, job_id, plan, chunk, validation_enabled))
-            done = next(as_completed(futures))
-            futures.remove(done)
-            try:
-                reports.append(done.result())
-            except Exception as exc:  # stop feeding new chunks; let the in-flight ones finish
-                error = error or str(exc)
-                pending.clear()
-    finally:
-        progress.close()
+        plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(
+            spec, tables, window
+        )
+        record_plan(spec, job_id, plans)
+        prepare_targets(spec, job_id, plans, resume_max_age_hours)
+        error = run_chunks(spec, job_id, plans, validation_enabled, reports)
+    except Exception as exc:
+        error = str(exc)
 
     status = "failed" if error else "completed"
     finish_job(spec, job_id, status, error)
@@ -92,6 +75,38 @@ def migrate(
             )
         raise RuntimeError(f"migration {spec.name!r} job {job_id} failed: {error}")
     return report
+
+
+def run_chunks(
+    spec: MigrationSpec,
+    job_id: str,
+    plans: list[TablePlan],
+    validation_enabled: bool,
+    reports: list[ChunkReport],
+) -> str | None:
+    """Run every chunk's pipeline, at most `spec.concurrency` at once; returns the first error.
+
+    After a chunk fails no new chunk starts; those in flight finish, so their work is kept.
+    """
+    progress = ProgressTracker(job_id, spec.name, sum(len(p.chunks) for p in plans))
+    pending = [(p.model_copy(update={"chunks": []}), c) for p in plans for c in p.chunks]
+    futures = []
+    error: str | None = None
+    try:
+        while pending or futures:
+            while pending and len(futures) < spec.concurrency:
+                plan, chunk = pending.pop(0)
+                futures.append(migrate_chunk.submit(spec, job_id, plan, chunk, validation_enabled))
+            done = next(as_completed(futures))
+            futures.remove(done)
+            try:
+                reports.append(done.result())
+            except Exception as exc:
+                error = error or str(exc)
+                pending.clear()
+    finally:
+        progress.close()
+    return error
 
 
 if __name__ == "__main__":

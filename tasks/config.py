@@ -25,7 +25,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class RetryPolicy(_Strict):
+class RetryPolicy(_Strict, frozen=True):
     attempts: int = Field(default=3, ge=0, le=20, description="Retries after the first try")
     delay_seconds: float = Field(default=2.0, ge=0, description="First backoff delay; doubles each retry")
     jitter: float = Field(default=0.5, ge=0, le=1, description="Random spread as a fraction of the delay")

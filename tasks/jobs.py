@@ -12,6 +12,7 @@ from prefect.context import get_run_context
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_target
 from tasks.plan import Chunk, TablePlan, bound_text, parse_bound
+from tasks.policy import is_transient
 
 
 def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
@@ -24,7 +25,7 @@ def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@task(name="start-job", retries=2, retry_delay_seconds=2)
+@task(name="start-job", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
 def start_job(
     spec: MigrationSpec,
     window: RunWindow,
@@ -48,7 +49,7 @@ def start_job(
     )
 
 
-@task(name="record-plan", retries=2, retry_delay_seconds=2)
+@task(name="record-plan", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
 def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> None:
     rows = [
         (
@@ -65,7 +66,7 @@ def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> Non
     build_target(spec).record_plan(job_id, rows)
 
 
-@task(name="load-plan", retries=2, retry_delay_seconds=2)
+@task(name="load-plan", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
 def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> list[TablePlan] | None:
     """The chunks a resumed job planned when it first ran, or None if it recorded none."""
     rows = build_target(spec).planned_chunks(job_id)
@@ -88,7 +89,7 @@ def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan])
     return resumed
 
 
-@task(name="prepare-targets", retries=2, retry_delay_seconds=2)
+@task(name="prepare-targets", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
 def prepare_targets(
     spec: MigrationSpec, job_id: str, plans: list[TablePlan], resume_max_age_hours: float
 ) -> None:
@@ -106,7 +107,7 @@ def prepare_targets(
         )
 
 
-@task(name="finish-job", retries=2, retry_delay_seconds=2)
+@task(name="finish-job", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
 def finish_job(spec: MigrationSpec, job_id: str, status: str, error: str | None = None) -> dict:
     target = build_target(spec)
     target.set_job_status(job_id, status, error)

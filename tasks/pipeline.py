@@ -11,7 +11,7 @@ from tasks.config import MigrationSpec
 from tasks.export import export_chunk
 from tasks.load import load_chunk, reconcile_chunk
 from tasks.plan import Chunk, TablePlan
-from tasks.policy import retry_options
+from tasks.policy import chunk_cache_key, with_retries
 from tasks.progress import report_chunk_done, report_stage
 from tasks.validate import ChunkManifest, validate_chunk
 
@@ -30,22 +30,26 @@ class ChunkReport(BaseModel):
     already_loaded: bool
 
 
-@task(name="migrate-chunk", task_run_name="chunk {chunk.table}/{chunk.chunk_id}")
+@task(
+    name="migrate-chunk",
+    task_run_name="chunk {chunk.table}/{chunk.chunk_id}",
+    persist_result=True,
+    cache_key_fn=chunk_cache_key("chunk"),
+)
 def migrate_chunk(
     spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, validation_enabled: bool
 ) -> ChunkReport:
     """Export → validate → load → reconcile one chunk. Steps done in an earlier run are skipped."""
-    options = retry_options(spec.retries)
     args = {"spec": spec, "job_id": job_id, "plan": plan, "chunk": chunk}
     table, cid = plan.spec.name, chunk.chunk_id
 
     report_stage(job_id, table, cid, "export", "started")
-    staged = export_chunk.with_options(**options)(**args)
+    staged = with_retries(export_chunk, spec.retries)(**args)
     report_stage(job_id, table, cid, "export", "finished", rows=staged.rows, bytes=staged.bytes)
 
     if validation_enabled:
         report_stage(job_id, table, cid, "validation", "started")
-        manifest = validate_chunk.with_options(**options)(**args, staged=staged)
+        manifest = with_retries(validate_chunk, spec.retries)(**args, staged=staged)
         report_stage(job_id, table, cid, "validation", "finished", rows=manifest.rows)
     else:
         manifest = ChunkManifest(
@@ -60,8 +64,8 @@ def migrate_chunk(
 
     report_stage(job_id, table, cid, "migration", "started")
     started = time.perf_counter()
-    loaded = load_chunk.with_options(**options)(**args, manifest=manifest)
-    reconcile_chunk.with_options(**options)(**args, manifest=manifest, loaded=loaded)
+    loaded = with_retries(load_chunk, spec.retries)(**args, manifest=manifest)
+    with_retries(reconcile_chunk, spec.retries)(**args, manifest=manifest, loaded=loaded)
     report_stage(job_id, table, cid, "migration", "finished", rows=loaded.rows_loaded)
     report_chunk_done(job_id, table, cid, loaded.rows_loaded)
     return ChunkReport(

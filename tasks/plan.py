@@ -20,6 +20,7 @@ from blocks.errors import ConfigError, SourceSchemaError
 from blocks.postgres import TargetTable
 from tasks.config import MigrationSpec, RunWindow, TableSpec
 from tasks.connections import build_source
+from tasks.policy import is_transient
 
 DEFAULT_CHUNK_SIZE = 100_000
 DEFAULT_CHUNK_INTERVAL = timedelta(days=1)
@@ -90,13 +91,38 @@ def _to_column_time(value: datetime | None, kind: LogicalType) -> datetime | Non
     return value.replace(tzinfo=None) if kind is LogicalType.TIMESTAMP else value
 
 
-def plan_table_chunks(plan: TablePlan, window: RunWindow, data_min: Any, data_max: Any) -> list[Chunk]:
+def integer_step(plan: TablePlan, window: RunWindow) -> int:
+    return window.batch_size or plan.spec.chunk_size or DEFAULT_CHUNK_SIZE
+
+
+def key_ranges(data_min: int, data_max: int, step: int, occupied: list[int] | None) -> list[tuple[int, int]]:
+    """Consecutive ranges covering [data_min, data_max + 1), one per occupied bucket.
+
+    Bucket b spans [data_min + b*step, data_min + (b+1)*step); `occupied` lists the buckets that
+    hold rows. A sparse key space then gives one chunk per bucket with data instead of
+    thousands of empty chunks, and the ranges stay contiguous, so no key falls outside them.
+    """
+    if occupied is None:
+        return split_range(data_min, data_max + 1, step)
+    starts = sorted({data_min + b * step for b in occupied if 0 <= b <= (data_max - data_min) // step})
+    if len(starts) > MAX_CHUNKS_PER_TABLE:
+        raise ConfigError(f"more than {MAX_CHUNKS_PER_TABLE} chunks: raise chunk_size")
+    starts[0] = data_min
+    ends = [*starts[1:], data_max + 1]
+    return list(zip(starts, ends, strict=True))
+
+
+def plan_table_chunks(
+    plan: TablePlan, window: RunWindow, data_min: Any, data_max: Any, occupied: list[int] | None = None
+) -> list[Chunk]:
     """The chunks of one table for this run. Pure: same inputs, same chunks and ids."""
     spec, kind = plan.spec, plan.chunk_kind
     if kind is LogicalType.INTEGER:
-        step = window.batch_size or spec.chunk_size or DEFAULT_CHUNK_SIZE
-        lower = data_min
-        upper = data_max + 1 if data_max is not None else None
+        if data_min is None:
+            lower = upper = None
+        else:
+            lower, upper = data_min, data_max + 1
+            ranges = key_ranges(data_min, data_max, integer_step(plan, window), occupied)
     else:
         step = spec.chunk_interval or DEFAULT_CHUNK_INTERVAL
         lower = _to_column_time(window.start_time, kind) or data_min
@@ -105,7 +131,7 @@ def plan_table_chunks(plan: TablePlan, window: RunWindow, data_min: Any, data_ma
             upper = data_max + timedelta(microseconds=1)
     if lower is None or upper is None:
         ranges = [(None, None)]  # empty table: one chunk, so the table is still created and reconciled
-    else:
+    elif kind is not LogicalType.INTEGER:
         ranges = split_range(lower, upper, step) or [(lower, upper)]
     return [
         Chunk(
@@ -161,7 +187,7 @@ def table_plan(spec: MigrationSpec, table: TableSpec, schema: TableSchema) -> Ta
     return TablePlan(spec=table, source_columns=source_columns, target=target, chunk_kind=chunk_col.logical)
 
 
-@task(name="inspect-source", retries=2, retry_delay_seconds=2)
+@task(name="inspect-source", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
 def inspect_source(spec: MigrationSpec) -> list[TablePlan]:
     """Describe every table and check names and chunk columns, reading the source only."""
     source = build_source(spec)
@@ -180,14 +206,18 @@ def inspect_source(spec: MigrationSpec) -> list[TablePlan]:
     return plans
 
 
-@task(name="plan-chunks", retries=2, retry_delay_seconds=2)
+@task(name="plan-chunks", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
 def plan_chunks(spec: MigrationSpec, plans: list[TablePlan], window: RunWindow) -> list[TablePlan]:
     """Fresh chunk plans from the source's current bounds (a new job)."""
     source = build_source(spec)
     planned = []
     for plan in plans:
         data_min, data_max = source.bounds(plan.spec.name, plan.spec.chunk_column)
-        planned.append(
-            plan.model_copy(update={"chunks": plan_table_chunks(plan, window, data_min, data_max)})
-        )
+        occupied = None
+        if plan.chunk_kind is LogicalType.INTEGER and data_min is not None:
+            occupied = source.occupied_buckets(
+                plan.spec.name, plan.spec.chunk_column, data_min, integer_step(plan, window)
+            )
+        chunks = plan_table_chunks(plan, window, data_min, data_max, occupied)
+        planned.append(plan.model_copy(update={"chunks": chunks}))
     return planned

@@ -80,6 +80,17 @@ def start_prefect_server_async(home: Path, log: Path):
 
 
 def pytest_unconfigure(config):
+    # Send Prefect's queued logs and events while its server still runs; draining them at
+    # interpreter exit, against a stopped server, would stall the run for about a minute.
+    if "prefect" in _STATE:
+        try:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            for worker in (APILogWorker, EventsWorker):
+                worker.drain_all(timeout=30)
+        except Exception:
+            pass
     for name in ("prefect", "fakesnow", "moto"):
         if name in _STATE:
             _STATE[name].stop()
@@ -104,6 +115,7 @@ def snowflake_kwargs(servers) -> dict:
         "port": servers["fakesnow"].port,
         "protocol": "http",
         "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+        "platform_detection_timeout_seconds": 0.0,
     }
 
 

@@ -38,14 +38,14 @@ def ledger(connect, job_id: str) -> dict[str, tuple]:
     return {r[0]: r[1:] for r in rows}
 
 
-def export_task_states(flow_run_id, expected: int) -> dict[str, str]:
-    """chunk_id -> final state name of a flow run's export task runs, read from the Prefect API.
+def task_states(flow_run_id, step: str, expected: int) -> dict[str, str]:
+    """chunk_id -> final state of a flow run's `step` task runs ("chunk", "export"...), from the API.
 
     Task runs reach the API through events, a moment after they finish: poll until all are there.
     """
     deadline = time.monotonic() + 30
     while True:
-        states = _export_task_states(flow_run_id)
+        states = _task_states(flow_run_id, step)
         if (len(states) >= expected and all(s in ("Cached", "Completed") for s in states.values())) or (
             time.monotonic() > deadline
         ):
@@ -53,7 +53,7 @@ def export_task_states(flow_run_id, expected: int) -> dict[str, str]:
         time.sleep(0.5)
 
 
-def _export_task_states(flow_run_id) -> dict[str, str]:
+def _task_states(flow_run_id, step: str) -> dict[str, str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
@@ -64,7 +64,7 @@ def _export_task_states(flow_run_id) -> dict[str, str]:
             limit=200,
             sort=TaskRunSort.EXPECTED_START_TIME_ASC,
         )
-    return {run.name.rsplit("/", 1)[1]: run.state.name for run in runs if run.name.startswith("export ")}
+    return {run.name.rsplit("/", 1)[1]: run.state.name for run in runs if run.name.startswith(f"{step} ")}
 
 
 def test_failure_in_chunk_k_then_rerun_resumes(events_file, pg_connect, snowflake_kwargs, monkeypatch):
@@ -101,10 +101,17 @@ def test_failure_in_chunk_k_then_rerun_resumes(events_file, pg_connect, snowflak
     assert all(status == "loaded" for status, _, _ in second.values()) and len(second) == 11
     for cid in done_first:  # loaded once, in the first run, never again
         assert second[cid][1] == first[cid][1]
-    states = export_task_states(state.state_details.flow_run_id, expected=len(second))
-    for cid in done_first:
-        assert states[cid] == "Cached", (cid, states[cid])
-    assert states[next(c for c in second if c.startswith(failing))] == "Completed"
+    rerun = state.state_details.flow_run_id
+    chunk_states = task_states(rerun, "chunk", expected=len(second))
+    export_states = task_states(rerun, "export", expected=len(second) - len(done_first))
+    for cid in done_first:  # the whole chunk came from its persisted result: no export task ran
+        assert chunk_states[cid] == "Cached", (cid, chunk_states[cid])
+        assert cid not in export_states
+    failed_chunk = next(c for c in second if c.startswith(failing))
+    assert chunk_states[failed_chunk] == "Completed" and export_states[failed_chunk] in (
+        "Cached",
+        "Completed",
+    )
 
     names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "EVENTS", "EVENT_ID", EVENTS_JSON)
     assert_same_rows(expected, target_rows(pg_connect, "analytics.events", names, "event_id"), names)
@@ -151,11 +158,11 @@ def test_commit_without_persisted_result_is_not_loaded_twice(events_file, pg_con
     assert not any(c.already_loaded for c in first.chunks)
     results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"]) / "migrate" / "crash-after-commit"
     removed = 0
-    for step in ("load", "reconcile"):
+    for step in ("load", "reconcile", "chunk"):
         for path in results.glob(f"*/*/*/*/{step}"):
             path.unlink()
             removed += 1
-    assert removed == 2 * len(first.chunks)
+    assert removed == 3 * len(first.chunks)
 
     again = migrate(source_name="analytics", job_id="crash-after-commit", migrations_file=str(events_file))
     assert again.status == "completed"
