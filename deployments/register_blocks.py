@@ -1,0 +1,24 @@
+"""Register this project's block types with the Prefect server, so the UI can create them.
+
+    python -m deployments.register_blocks
+
+Idempotent: registering again updates the block types in place.
+"""
+
+from __future__ import annotations
+
+from blocks.postgres import PostgresTarget
+from blocks.snowflake import SnowflakeSource
+from blocks.staging import LocalStaging, S3Staging
+
+BLOCK_TYPES = (PostgresTarget, SnowflakeSource, LocalStaging, S3Staging)
+
+
+def register() -> list[str]:
+    for block_type in BLOCK_TYPES:
+        block_type.register_type_and_schema()
+    return [b.get_block_type_slug() for b in BLOCK_TYPES]
+
+
+if __name__ == "__main__":
+    print("registered block types:", ", ".join(register()))

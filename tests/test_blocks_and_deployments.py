@@ -1,0 +1,82 @@
+"""Connections from saved Prefect blocks, and the deployments in prefect.yaml."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.support import assert_same_rows, source_rows, target_rows, write_migrations
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_migration_with_saved_blocks(
+    tmp_path, servers, pg_database, pg_connect, snowflake_kwargs, demo_source
+):
+    from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
+
+    from blocks.postgres import PostgresTarget
+    from deployments.register_blocks import register
+    from flows.migrate import migrate
+
+    assert "migration-postgres-target" in register()
+    suffix = secrets.token_hex(3)
+    PostgresTarget(
+        host="127.0.0.1",
+        port=servers["pg"].port,
+        dbname=pg_database,
+        user="postgres",
+        password=os.environ["PGPASSWORD"],
+    ).save(f"pg-{suffix}")
+    SnowflakeConnector(
+        credentials=SnowflakeCredentials(account="fakesnow", user="fake", password="snow"),
+        database="ANALYTICS",
+        schema="PUBLIC",
+        warehouse="WH",
+    ).save(f"sf-{suffix}")
+    path = write_migrations(
+        tmp_path / "migrations.yaml",
+        servers,
+        pg_database,
+        [{"name": "CUSTOMERS", "chunk_column": "CUSTOMER_ID", "chunk_size": 1000}],
+        source={
+            "block": f"sf-{suffix}",
+            "account": None,
+            "user": None,
+            "password_env": None,
+            "database": None,
+            "schema": None,
+        },
+        target={"block": f"pg-{suffix}", "password_env": None},
+    )
+    report = migrate(source_name="analytics", migrations_file=str(path))
+    assert report.rows == 3_000
+    names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "CUSTOMERS", "CUSTOMER_ID")
+    assert_same_rows(expected, target_rows(pg_connect, "analytics.customers", names, "customer_id"), names)
+
+
+def test_prefect_yaml_deploys(servers):
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    env = {**os.environ, "PREFECT_CLI_PROMPT": "false"}
+    subprocess.run(
+        [prefect, "work-pool", "create", "migrations", "--type", "process", "--overwrite"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    done = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    api = os.environ["PREFECT_API_URL"]
+    for name in ("analytics", "conflict"):
+        deployment = httpx.get(f"{api}/deployments/name/migrate/{name}").json()
+        assert deployment["entrypoint"] == "flows/migrate.py:migrate"
+        assert deployment["parameters"] == {"source_name": name}
+        assert deployment["work_pool_name"] == "migrations"
