@@ -10,7 +10,7 @@ from prefect import task
 from prefect.context import get_run_context
 
 from tasks.config import MigrationSpec, RunWindow
-from tasks.connections import build_target
+from tasks.connections import build_staging, build_target
 from tasks.plan import Chunk, TablePlan, bound_text, parse_bound
 from tasks.policy import is_transient
 
@@ -109,6 +109,9 @@ def prepare_targets(
 
 @task(name="finish-job", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
 def finish_job(spec: MigrationSpec, job_id: str, status: str, error: str | None = None) -> dict:
+    """Record the job's final status; a completed job's staged files go unless keep_staged_files."""
     target = build_target(spec)
     target.set_job_status(job_id, status, error)
+    if status == "completed" and not spec.keep_staged_files:
+        build_staging(spec).delete_prefix(job_id)
     return target.job_run(job_id) or {}

@@ -53,9 +53,12 @@ def test_migration_with_saved_blocks(
             "schema": None,
         },
         target={"block": f"pg-{suffix}", "password_env": None},
+        extra={"keep_staged_files": False},
     )
     report = migrate(source_name="analytics", migrations_file=str(path))
     assert report.rows == 3_000
+    staging = tmp_path / "staging"
+    assert staging.is_dir() and not (staging / report.job_id).exists()  # keep_staged_files: false
     names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "CUSTOMERS", "CUSTOMER_ID")
     assert_same_rows(expected, target_rows(pg_connect, "analytics.customers", names, "customer_id"), names)
 
