@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.config import MigrationSpec, load_migration, migrations_path, run_window
+from tasks.config import MigrationSpec, validate_config
 from tasks.connections import check_connections
 from tasks.jobs import finish_job, load_recorded_plan, prepare_targets, record_plan, start_job
 from tasks.pipeline import ChunkReport, migrate_chunk
 from tasks.plan import TablePlan, inspect_source, plan_chunks
 from tasks.progress import ProgressTracker
 from tasks.report import MigrationReport, build_report, publish_report
-
-
-@task(name="validate-config", retries=0)
-def validate_config(source_name: str, migrations_file: str | None) -> MigrationSpec:
-    return load_migration(source_name, migrations_path(migrations_file))
 
 
 @flow(name="migrate", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=64))
@@ -43,8 +38,7 @@ def migrate(
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    window = run_window(start_time, end_time, batch_size)
-    spec = validate_config(source_name, migrations_file)
+    spec, window = validate_config(source_name, migrations_file, start_time, end_time, batch_size)
     check_connections(spec)
     tables = inspect_source(spec)
 

@@ -11,6 +11,7 @@ from blocks.postgres import PostgresTarget
 from blocks.snowflake import SnowflakeSource
 from blocks.staging import LocalStaging, S3Staging
 from tasks.config import MigrationSpec, secret_from_env
+from tasks.policy import STEP_RETRIES
 
 
 def _load_block(block_type, name: str, setting: str):
@@ -74,7 +75,7 @@ def build_staging(spec: MigrationSpec) -> LocalStaging | S3Staging:
     return S3Staging(bucket=bucket)
 
 
-@task(name="check-connections", retries=0)
+@task(name="check-connections", **STEP_RETRIES)
 def check_connections(spec: MigrationSpec) -> None:
     """Log in to source, staging and target; on failure name the one that failed and why."""
     failures = []

@@ -11,7 +11,7 @@ from tasks.arrow_types import conform, staged_schema
 from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
 from tasks.plan import Chunk, TablePlan
-from tasks.policy import chunk_cache_key, is_transient
+from tasks.policy import STEP_RETRIES, chunk_cache_key
 
 
 class StagedChunk(BaseModel):
@@ -52,10 +52,7 @@ def export_chunk_to_staging(spec: MigrationSpec, job_id: str, plan: TablePlan, c
     task_run_name="export {chunk.table}/{chunk.chunk_id}",
     persist_result=True,
     cache_key_fn=chunk_cache_key("export"),
-    retries=3,
-    retry_delay_seconds=[1, 2, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=is_transient,
+    **STEP_RETRIES,
 )
 def export_chunk(spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk) -> StagedChunk:
     return export_chunk_to_staging(spec, job_id, plan, chunk)

@@ -12,7 +12,7 @@ from prefect.context import get_run_context
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_staging, build_target
 from tasks.plan import Chunk, TablePlan, bound_text, parse_bound
-from tasks.policy import is_transient
+from tasks.policy import STEP_RETRIES
 
 
 def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
@@ -25,7 +25,7 @@ def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@task(name="start-job", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+@task(name="start-job", **STEP_RETRIES)
 def start_job(
     spec: MigrationSpec,
     window: RunWindow,
@@ -49,7 +49,7 @@ def start_job(
     )
 
 
-@task(name="record-plan", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+@task(name="record-plan", **STEP_RETRIES)
 def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> None:
     rows = [
         (
@@ -66,7 +66,7 @@ def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> Non
     build_target(spec).record_plan(job_id, rows)
 
 
-@task(name="load-plan", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+@task(name="load-plan", **STEP_RETRIES)
 def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> list[TablePlan] | None:
     """The chunks a resumed job planned when it first ran, or None if it recorded none."""
     rows = build_target(spec).planned_chunks(job_id)
@@ -89,7 +89,7 @@ def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan])
     return resumed
 
 
-@task(name="prepare-targets", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+@task(name="prepare-targets", **STEP_RETRIES)
 def prepare_targets(
     spec: MigrationSpec, job_id: str, plans: list[TablePlan], resume_max_age_hours: float
 ) -> None:
@@ -107,7 +107,7 @@ def prepare_targets(
         )
 
 
-@task(name="finish-job", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+@task(name="finish-job", **STEP_RETRIES)
 def finish_job(spec: MigrationSpec, job_id: str, status: str, error: str | None = None) -> dict:
     """Record the job's final status; a completed job's staged files go unless keep_staged_files."""
     target = build_target(spec)

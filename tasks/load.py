@@ -13,7 +13,7 @@ from blocks.postgres import LoadMode
 from tasks.config import MigrationSpec
 from tasks.connections import build_staging, build_target
 from tasks.plan import Chunk, TablePlan
-from tasks.policy import chunk_cache_key, is_transient
+from tasks.policy import STEP_RETRIES, chunk_cache_key
 from tasks.validate import ChunkManifest
 
 READ_BATCH_ROWS = 65_536
@@ -83,10 +83,7 @@ def reconcile_loaded(
     task_run_name="load {chunk.table}/{chunk.chunk_id}",
     persist_result=True,
     cache_key_fn=chunk_cache_key("load"),
-    retries=3,
-    retry_delay_seconds=[1, 2, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=is_transient,
+    **STEP_RETRIES,
 )
 def load_chunk(
     spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest
@@ -99,10 +96,7 @@ def load_chunk(
     task_run_name="reconcile {chunk.table}/{chunk.chunk_id}",
     persist_result=True,
     cache_key_fn=chunk_cache_key("reconcile"),
-    retries=3,
-    retry_delay_seconds=[1, 2, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=is_transient,
+    **STEP_RETRIES,
 )
 def reconcile_chunk(
     spec: MigrationSpec,

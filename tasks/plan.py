@@ -20,7 +20,7 @@ from blocks.errors import ConfigError, SourceSchemaError
 from blocks.postgres import TargetTable
 from tasks.config import MigrationSpec, RunWindow, TableSpec
 from tasks.connections import build_source
-from tasks.policy import is_transient
+from tasks.policy import STEP_RETRIES
 
 DEFAULT_CHUNK_SIZE = 100_000
 DEFAULT_CHUNK_INTERVAL = timedelta(days=1)
@@ -187,7 +187,7 @@ def table_plan(spec: MigrationSpec, table: TableSpec, schema: TableSchema) -> Ta
     return TablePlan(spec=table, source_columns=source_columns, target=target, chunk_kind=chunk_col.logical)
 
 
-@task(name="inspect-source", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+@task(name="inspect-source", **STEP_RETRIES)
 def inspect_source(spec: MigrationSpec) -> list[TablePlan]:
     """Describe every table and check names and chunk columns, reading the source only."""
     source = build_source(spec)
@@ -206,7 +206,7 @@ def inspect_source(spec: MigrationSpec) -> list[TablePlan]:
     return plans
 
 
-@task(name="plan-chunks", retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
+@task(name="plan-chunks", **STEP_RETRIES)
 def plan_chunks(spec: MigrationSpec, plans: list[TablePlan], window: RunWindow) -> list[TablePlan]:
     """Fresh chunk plans from the source's current bounds (a new job)."""
     source = build_source(spec)

@@ -32,6 +32,15 @@ def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
     return True
 
 
+# Every step without a migration-specific policy: 3 retries after 1, 2 and 4 s, +/- 50 %.
+STEP_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=1),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": is_transient,
+}
+
+
 def chunk_cache_key(step: str):
     def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         chunk = parameters["chunk"]

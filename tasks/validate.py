@@ -14,7 +14,7 @@ from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
 from tasks.export import StagedChunk
 from tasks.plan import Chunk, TablePlan
-from tasks.policy import chunk_cache_key, is_transient
+from tasks.policy import STEP_RETRIES, chunk_cache_key
 
 
 class ChunkManifest(BaseModel):
@@ -76,10 +76,7 @@ def validate_staged_chunk(
     task_run_name="validate {chunk.table}/{chunk.chunk_id}",
     persist_result=True,
     cache_key_fn=chunk_cache_key("validate"),
-    retries=3,
-    retry_delay_seconds=[1, 2, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=is_transient,
+    **STEP_RETRIES,
 )
 def validate_chunk(
     spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, staged: StagedChunk
