@@ -191,6 +191,22 @@ class PostgresTarget(Block):
         with self.connect() as conn:
             pg_ledger.set_run_status(conn, job_id, status, error)
 
+    def loaded_ranges(self, target: str, exclude_job: str) -> list[dict[str, Any]]:
+        """Chunk ranges other jobs (not rolled back) loaded into `target`; [] before any ledger exists."""
+        with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
+            if (
+                conn.execute("SELECT to_regclass('migration_status.migration_chunk_status')").fetchone()[0]
+                is None
+            ):
+                return []
+            cur.execute(
+                "SELECT c.job_id, c.lower_bound, c.upper_bound FROM migration_status.migration_chunk_status c "
+                "JOIN migration_status.migration_runs r USING (job_id) WHERE c.target_table = %s "
+                "AND c.job_id <> %s AND c.status = 'loaded' AND r.status <> 'rolled_back'",
+                (target, exclude_job),
+            )
+            return cur.fetchall()
+
     def job_run(self, job_id: str) -> dict[str, Any] | None:
         with self.connect() as conn:
             return pg_ledger.get_run(conn, job_id)

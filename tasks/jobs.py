@@ -9,9 +9,11 @@ from datetime import timedelta
 from prefect import task
 from prefect.context import get_run_context
 
+from blocks.errors import TargetGuardError
+from blocks.postgres import LoadMode
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_staging, build_target
-from tasks.plan import Chunk, TablePlan, bound_text, parse_bound
+from tasks.plan import Bound, Chunk, TablePlan, bound_text, parse_bound
 from tasks.policy import STEP_RETRIES
 
 
@@ -93,9 +95,15 @@ def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan])
 def prepare_targets(
     spec: MigrationSpec, job_id: str, plans: list[TablePlan], resume_max_age_hours: float
 ) -> None:
-    """Create missing tables; truncate `replace` tables once per job behind the truncation guard."""
+    """Create missing tables; truncate `replace` tables once per job behind the truncation guard.
+
+    An `append` job also refuses (`TargetGuardError`) to load a range that another job, not
+    rolled back, already loaded into the same table: that would duplicate its rows.
+    """
     target = build_target(spec)
     for plan in plans:
+        if plan.spec.load_mode is LoadMode.APPEND:
+            refuse_overlap(plan, job_id, target.loaded_ranges(plan.target.qualified, exclude_job=job_id))
         target.prepare_table(
             job_id,
             plan.spec.name,
@@ -105,6 +113,24 @@ def prepare_targets(
             plan.spec.allow_truncate_foreign_rows,
             timedelta(hours=resume_max_age_hours),
         )
+
+
+def _overlaps(a_lo: Bound, a_hi: Bound, b_lo: Bound, b_hi: Bound) -> bool:
+    """Half-open ranges overlap; None is unbounded on that side."""
+    return (a_hi is None or b_lo is None or b_lo < a_hi) and (b_hi is None or a_lo is None or a_lo < b_hi)
+
+
+def refuse_overlap(plan: TablePlan, job_id: str, loaded: list[dict]) -> None:
+    for row in loaded:
+        lo = parse_bound(plan.chunk_kind, row["lower_bound"])
+        hi = parse_bound(plan.chunk_kind, row["upper_bound"])
+        if any(_overlaps(c.lower, c.upper, lo, hi) for c in plan.chunks):
+            raise TargetGuardError(
+                f"refusing to append to {plan.target.qualified}: job {row['job_id']} already loaded "
+                f"{plan.spec.chunk_column} in [{row['lower_bound']}, {row['upper_bound']}), which this job's "
+                f"chunks overlap; appending again would duplicate rows. Resume that job, use load_mode "
+                "upsert or replace, or pick a window that does not overlap"
+            )
 
 
 @task(name="finish-job", **STEP_RETRIES)

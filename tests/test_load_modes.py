@@ -173,3 +173,26 @@ def test_existing_table_missing_a_column_is_refused(tmp_path, servers, pg_databa
     path = customers_file(tmp_path, servers, pg_database, database)
     with pytest.raises(RuntimeError, match=r"lacks column\(s\) \['balance', 'updated_at'\]"):
         migrate(source_name="conflict", migrations_file=str(path))
+
+
+def test_append_refuses_a_range_another_job_loaded(
+    tmp_path, servers, pg_database, pg_connect, snowflake_kwargs, demo_source
+):
+    """PAGE_VIEWS has no primary key: only the ledger stands between a second job and duplicates."""
+    from flows.migrate import migrate
+
+    path = write_migrations(
+        tmp_path / "migrations.yaml",
+        servers,
+        pg_database,
+        [{"name": "PAGE_VIEWS", "chunk_column": "VIEWED_AT", "chunk_interval": "1d"}],
+    )
+    first = migrate(source_name="analytics", migrations_file=str(path), end_time="2024-03-03T00:00:00Z")
+    with pytest.raises(RuntimeError, match=f"job {first.job_id} already loaded VIEWED_AT in"):
+        migrate(source_name="analytics", migrations_file=str(path), start_time="2024-03-02T12:00:00Z")
+    with pg_connect() as conn:
+        assert conn.execute("SELECT count(*) FROM analytics.page_views").fetchone() == (first.rows,)
+
+    migrate(source_name="analytics", migrations_file=str(path), start_time="2024-03-03T00:00:00Z")
+    names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "PAGE_VIEWS", "VIEW_ID")
+    assert_same_rows(expected, target_rows(pg_connect, "analytics.page_views", names, "view_id"), names)

@@ -143,7 +143,7 @@ def test_rerun_without_job_id_resumes_newest_unfinished_job(events_file, pg_conn
     fresh = migrate(
         source_name="analytics", migrations_file=str(events_file), no_resume=True, return_state=True
     )
-    assert fresh.is_failed()  # a fresh append job over the same keys hits the primary key
+    assert fresh.is_failed()  # a fresh append job over the same keys is refused
     with pg_connect() as conn:
         assert conn.execute("SELECT count(*) FROM analytics.events").fetchone() == (110_000,)
 
