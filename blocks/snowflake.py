@@ -89,6 +89,8 @@ class SnowflakeSource(Block):
             "schema": self.connector.schema_,
             "warehouse": self.connector.warehouse,
             "login_timeout": self.login_timeout,
+            # Without this the connector turns scaled NUMBER columns into float64 Arrow arrays.
+            "arrow_number_to_decimal": True,
             "network_timeout": self.login_timeout,
             # Out-of-band telemetry would phone home; a migration must work offline.
             "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},

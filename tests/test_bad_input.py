@@ -16,7 +16,7 @@ import yaml
 
 from blocks.errors import ConfigError, ConnectionCheckError, SourceSchemaError
 from devstack.servers import free_port
-from tests.support import write_migrations
+from tests.support import assert_same_rows, source_rows, target_rows, write_migrations
 
 PAGE_VIEWS = {"name": "PAGE_VIEWS", "chunk_column": "VIEWED_AT", "chunk_interval": "1d"}
 
@@ -54,11 +54,13 @@ def run_migrate(**kwargs):
     return migrate(source_name=kwargs.pop("source_name", "analytics"), **kwargs)
 
 
-def test_control_a_valid_config_writes_to_the_checked_database(migrations, pg_connect):
+def test_control_a_valid_config_writes_to_the_checked_database(migrations, pg_connect, snowflake_kwargs):
     """The check below every failure case does see what a good run writes (one small chunk)."""
     file = migrations([{"name": "CUSTOMERS", "chunk_column": "CUSTOMER_ID", "chunk_size": 10_000}])
     report = run_migrate(migrations_file=file)
     assert report.status == "completed"
+    names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "CUSTOMERS", "CUSTOMER_ID")
+    assert_same_rows(expected, target_rows(pg_connect, "analytics.customers", names, "customer_id"), names)
     with pytest.raises(AssertionError, match="migration_status"):
         assert_target_untouched(pg_connect)
 
