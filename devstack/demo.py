@@ -55,19 +55,11 @@ def main() -> int:
                 "STAGING_DIR": str(DEMO / "staging"),
             }
         )
-        import psycopg
         import snowflake.connector
 
         from devstack.demo_data import seed
 
-        with psycopg.connect(
-            host="127.0.0.1",
-            port=pg.port,
-            user="postgres",
-            password=pg.password,
-            dbname="postgres",
-            autocommit=True,
-        ) as conn:
+        with pg.connect() as conn:
             conn.execute("CREATE DATABASE analytics")
         print(f"==> seeding demo Snowflake data ({args.events:,} EVENTS rows)")
         sf = snowflake.connector.connect(

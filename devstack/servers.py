@@ -140,6 +140,19 @@ class PostgresServer:
         )
         return self
 
+    def connect(self, dbname: str = "postgres"):
+        """An autocommit superuser connection over TCP (password auth, as clients use)."""
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            password=self.password,
+            dbname=dbname,
+            autocommit=True,
+        )
+
     def stop(self) -> None:
         try:
             self._run([pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])

@@ -135,43 +135,16 @@ def demo_source(snowflake_kwargs) -> dict:
 @pytest.fixture
 def pg_database(servers, request):
     """A fresh PostgreSQL database for one test; yields its name."""
-    import psycopg
-
     name = "t_" + secrets.token_hex(5)
     pg = servers["pg"]
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=pg.port,
-        user="postgres",
-        password=pg.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
+    with pg.connect() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     yield name
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=pg.port,
-        user="postgres",
-        password=pg.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
+    with pg.connect() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def pg_connect(servers, pg_database):
-    import psycopg
-
-    def connect():
-        return psycopg.connect(
-            host="127.0.0.1",
-            port=servers["pg"].port,
-            user="postgres",
-            password=servers["pg"].password,
-            dbname=pg_database,
-            autocommit=True,
-        )
-
-    return connect
+    """A function returning an autocommit connection to this test's database."""
+    return lambda: servers["pg"].connect(pg_database)
