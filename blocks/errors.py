@@ -34,3 +34,7 @@ class TargetGuardError(MigrationError):
 
 class DataConversionError(MigrationError):
     """A value cannot be represented exactly in the target type."""
+
+
+class MigrationFailed(MigrationError, RuntimeError):
+    """A job ended with failed chunks; the message names the job and the first error."""

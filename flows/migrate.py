@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from blocks.errors import MigrationFailed
 from tasks.config import MigrationSpec, validate_config
 from tasks.connections import check_connections
 from tasks.jobs import finish_job, load_recorded_plan, prepare_targets, record_plan, start_job
@@ -67,7 +68,7 @@ def migrate(
                 "keeps its loaded chunks and can be resumed",
                 job_id,
             )
-        raise RuntimeError(f"migration {spec.name!r} job {job_id} failed: {error}")
+        raise MigrationFailed(f"migration {spec.name!r} job {job_id} failed: {error}")
     return report
 
 
