@@ -193,3 +193,116 @@ def start_prefect_server(home: Path, log: Path, port: int | None = None) -> Serv
     proc = _spawn([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], log, env=env)
     wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/health"), "Prefect server", 120, proc, log)
     return Service("prefect", port, proc, extra={"api_url": f"http://127.0.0.1:{port}/api"})
+
+
+INFLUXD_CONFIG = """\
+# A private, throwaway InfluxDB 1.x for tests and the local demo. Written by devstack/servers.py.
+# Debian's build reads `reporting-enabled`; upstream builds read `reporting-disabled`.
+reporting-enabled = false
+reporting-disabled = true
+# The backup/restore RPC service listens on 8088 by default: give each server its own port.
+bind-address = "127.0.0.1:{rpc_port}"
+
+[meta]
+  dir = "{root}/meta"
+
+[data]
+  dir = "{root}/data"
+  wal-dir = "{root}/wal"
+
+[monitor]
+  # No _internal database filling up in the background.
+  store-enabled = false
+
+[subscriber]
+  enabled = false
+
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{http_port}"
+  auth-enabled = true
+  unix-socket-enabled = false
+
+[ifql]
+  enabled = false
+"""
+
+
+def influx_ping(url: str) -> bool:
+    """True when InfluxDB 1.x answers `/ping` with 204 (it does so before auth is set up)."""
+    with urllib.request.urlopen(f"{url}/ping", timeout=2) as resp:
+        return resp.status == 204
+
+
+def influxql(service: Service, query: str, db: str | None = None, **params: str) -> list[dict]:
+    """Run InfluxQL as the admin user on an InfluxDB started by `start_influxdb`.
+
+    Returns the `results` list (one entry per statement). Raises RuntimeError when the server
+    answers with an HTTP error or any statement reports an error.
+    """
+    import base64
+    import json
+    import urllib.error
+    import urllib.parse
+
+    fields = {"q": query, **params}
+    if db:
+        fields["db"] = db
+    headers = {}
+    if service.extra.get("user"):
+        credentials = f"{service.extra['user']}:{service.extra['password']}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+    request = urllib.request.Request(
+        f"{service.extra['url']}/query",
+        data=urllib.parse.urlencode(fields).encode(),
+        headers=headers,
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"InfluxQL {query!r} failed ({exc.code}): {exc.read().decode()}") from None
+    errors = [r["error"] for r in body.get("results", []) if "error" in r]
+    if "error" in body or errors:
+        raise RuntimeError(f"InfluxQL {query!r} failed: {body.get('error') or errors}")
+    return body["results"]
+
+
+def start_influxdb(root: Path, log: Path, port: int | None = None) -> Service:
+    """A private InfluxDB 1.x (`influxd`) with auth on, ready when `/ping` answers 204.
+
+    Data, WAL and metadata live under `root`; HTTP and the RPC service bind to free loopback
+    ports, so several servers can run side by side. An admin user is created at start (1.x
+    allows the first `CREATE USER ... WITH ALL PRIVILEGES` without credentials); its name and
+    password are in `extra`, with the base URL. Raises RuntimeError if `influxd` is missing or
+    exits early, TimeoutError if it is not up within 30 s.
+    """
+    import secrets
+
+    influxd = shutil.which("influxd")
+    if not influxd:
+        raise RuntimeError(
+            "InfluxDB's influxd is not installed; run scripts/setup.sh (apt-get install influxdb)"
+        )
+    port = port or free_port()
+    rpc_port = free_port()
+    while rpc_port == port:
+        rpc_port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "influxdb.conf"
+    config.write_text(INFLUXD_CONFIG.format(root=root, http_port=port, rpc_port=rpc_port))
+    url = f"http://127.0.0.1:{port}"
+    proc = _spawn([influxd, "-config", str(config)], log)
+    service = Service("influxdb", port, proc, extra={"url": url, "rpc_port": rpc_port, "config": str(config)})
+    try:
+        wait_for(lambda: influx_ping(url), "InfluxDB", 30, proc, log)
+        user, password = "admin", "influx-" + secrets.token_hex(12)
+        # No credentials yet: with auth on and no users, 1.x accepts exactly this statement.
+        influxql(service, f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
+        service.extra.update(user=user, password=password)
+        influxql(service, "SHOW DATABASES")  # the credentials work
+    except BaseException:
+        service.stop()
+        raise
+    return service

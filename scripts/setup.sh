@@ -5,11 +5,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+apt_packages=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
-    echo "==> installing PostgreSQL server binaries (apt-get)"
+    apt_packages+=(postgresql)
+fi
+# Debian's influxdb (1.6.7) is the only InfluxDB server available; the tests start private
+# ones from it on free ports, so the packaged service is not used.
+if ! command -v influxd >/dev/null 2>&1; then
+    apt_packages+=(influxdb)
+fi
+if [ ${#apt_packages[@]} -gt 0 ]; then
+    echo "==> installing ${apt_packages[*]} (apt-get)"
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+    # The influxdb package's postinst enables and starts a system influxd (ports 8086 and 8088)
+    # through systemd or /etc/init.d, unless policy-rc.d forbids it (as in Docker images).
+    # Nothing here uses it and it would hold those ports, so stop the one we just installed.
+    if [[ " ${apt_packages[*]} " == *" influxdb "* ]]; then
+        if command -v systemctl >/dev/null && systemctl is-active --quiet influxdb 2>/dev/null; then
+            $SUDO systemctl disable --now influxdb >/dev/null 2>&1 || true
+        elif [ -s /var/run/influxdb/influxd.pid ] && [ -x /etc/init.d/influxdb ]; then
+            $SUDO /etc/init.d/influxdb stop >/dev/null 2>&1 || true
+            $SUDO update-rc.d influxdb disable >/dev/null 2>&1 || true
+        fi
+    fi
 fi
 
 PYTHON=${PYTHON:-}

@@ -1,8 +1,9 @@
-"""Real servers for the whole test session: PostgreSQL, fakesnow, moto and a Prefect API server.
+"""Real servers for the whole test session: PostgreSQL, InfluxDB 1.6.7 (behind a v2-API adapter),
+fakesnow, moto and a Prefect API server.
 
 They start in `pytest_configure`, before any test module imports Prefect, so every Prefect
 client in the session talks to the private server. Each test gets its own PostgreSQL
-database (and S3 bucket where it needs one), so tests never see each other's data.
+database (InfluxDB database, and S3 bucket where it needs one), so tests never see each other's data.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from devstack.servers import PostgresServer, start_fakesnow, start_moto, start_prefect_server
+from devstack.servers import (
+    PostgresServer,
+    influxql,
+    start_fakesnow,
+    start_influxdb,
+    start_moto,
+    start_prefect_server,
+)
+from tests.influx_v2_adapter import InfluxV2Adapter
 
 _STATE: dict = {}
 
@@ -33,6 +42,12 @@ def pytest_configure(config):
     # Start the slow one first; the others come up while it boots.
     prefect = start_prefect_server_async(prefect_home, root / "logs" / "prefect.log")
     pg.start()
+    influx = start_influxdb(root / "influxdb", root / "logs" / "influxdb.log")
+    # A v2-style token as InfluxDB 1.8 accepts it ("user:password"); the adapter maps it.
+    influx_token = f"{influx.extra['user']}:{influx.extra['password']}"
+    influx_v2 = InfluxV2Adapter(
+        influx.extra["url"], {influx_token: (influx.extra["user"], influx.extra["password"])}
+    ).start()
     fakesnow = start_fakesnow(root / "logs" / "fakesnow.log")
     moto = start_moto(root / "logs" / "moto.log")
     prefect = prefect()
@@ -44,6 +59,8 @@ def pytest_configure(config):
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
             "PGPASSWORD": pg_password,
+            "INFLUX_TOKEN": influx_token,
+            "INFLUX_PASSWORD": influx.extra["password"],
             "SNOWFLAKE_PASSWORD": "snow",
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing-secret-" + secrets.token_hex(6),
@@ -51,7 +68,17 @@ def pytest_configure(config):
             "MIGRATE_TEST_ROOT": str(root),
         }
     )
-    _STATE.update(root=root, pg=pg, fakesnow=fakesnow, moto=moto, prefect=prefect)
+    _STATE.update(
+        root=root,
+        pg=pg,
+        influx=influx,
+        influx_v2=influx_v2,
+        influx_v2_url=influx_v2.url,
+        influx_token=influx_token,
+        fakesnow=fakesnow,
+        moto=moto,
+        prefect=prefect,
+    )
     print(f"\ntest servers up in {time.monotonic() - started:.1f}s under {root}")
 
 
@@ -91,7 +118,7 @@ def pytest_unconfigure(config):
                 worker.drain_all(timeout=30)
         except Exception:
             pass
-    for name in ("prefect", "fakesnow", "moto"):
+    for name in ("prefect", "fakesnow", "moto", "influx_v2", "influx"):
         if name in _STATE:
             _STATE[name].stop()
     if "pg" in _STATE:
@@ -142,6 +169,15 @@ def pg_database(servers, request):
     yield name
     with pg.connect() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def influx_database(servers):
+    """A fresh InfluxDB database for one test (its v2 bucket name is the same); yields its name."""
+    name = "t_" + secrets.token_hex(5)
+    influxql(servers["influx"], f'CREATE DATABASE "{name}"')
+    yield name
+    influxql(servers["influx"], f'DROP DATABASE "{name}"')
 
 
 @pytest.fixture
