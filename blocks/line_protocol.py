@@ -1,0 +1,636 @@
+"""Arrow record batches to InfluxDB line protocol, exactly, without a per-row Python loop.
+
+One line per row: ``measurement[,tag=value...] field=value[,field=value...] time_ns``, lines
+joined by ``\\n`` and the output ending with ``\\n`` when it is not empty. Every step is a
+pyarrow compute kernel or a numpy operation on a whole column.
+
+Escaping follows the line-protocol reference: measurement names escape comma and space; tag
+keys, tag values and field keys escape comma, equals sign and space; string field values are
+double-quoted with backslash and double quote escaped (backslash first). Any other backslash
+is written as it is. Newlines and carriage returns inside a string FIELD are kept: InfluxDB
+reads a quoted string up to its closing quote.
+
+What cannot be written exactly is left out and counted in an `EncodeReport`, never changed:
+
+- A row is dropped when its time is NULL or outside InfluxDB's range; when its per-row
+  measurement is NULL, empty, or starts with ``#`` (InfluxDB would read a comment) or with a
+  tab or NUL (InfluxDB skips those at the start of a line); when its measurement or a tag
+  value holds ``\\n`` or ``\\r`` (they end a line and have no escape); when its measurement
+  or a tag value has an unwritable backslash (below); or when no field of the row is left.
+- Unwritable backslashes. InfluxDB's parser (``models/points.go``, 1.x and 2.x) scans a
+  line twice: the line splitter reads ``\\\\`` as one escaped backslash, the tag scanner
+  takes any character after a backslash as escaped. A value ending in a backslash therefore
+  swallows the separator after it, and an odd run of backslashes right before a space
+  (``a\\ b``, written ``a\\\\ b``) makes the splitter see the fields start early, which can
+  merge lines. No spelling of either survives. InfluxDB 1.6.7 also unescapes measurement
+  names a second time, and field keys with ``\\"`` too, so there a backslash right before a
+  comma, double quote, space or equals sign is lost. So rows are dropped whose tag value ends
+  in a backslash or has an odd run of them before a space, or whose measurement has a
+  backslash at its end or before any of those four characters. (influxdb-client's `Point`
+  appends a space to a trailing backslash instead, which changes the value.) Constant names
+  (the measurement, tag and field keys) with a backslash at the end or before a character the
+  server unescapes are refused when the `PointMapping` is made.
+- A tag is left out of its line when its value is NULL or empty (InfluxDB rejects empty tag
+  values). A field is left out when its value is NULL, NaN or ±Inf, a string longer than
+  65,535 bytes, or a date or time outside what InfluxDB can hold.
+
+Field values by Arrow type (or by `FieldSpec.kind` when set):
+
+- float64: the shortest decimal that reads back as the same double (Arrow's cast, checked to
+  round-trip), e.g. ``0.30000000000000004``, ``1e-310``, ``-0``; whole numbers have no
+  ``.0`` (``3``), which line protocol reads as a float, as influxdb-client writes them.
+  float32 values are written as their shortest float32 text (``0.1`` for 0.1f), the text
+  the source shows; the double InfluxDB stores rounds back to the same float32.
+- decimal128/decimal256: a float, the double nearest the exact decimal (Arrow's own
+  decimal-to-double cast is not correctly rounded, so the conversion goes through the exact
+  decimal text). Values whose float does not read back as the same decimal (more than 15
+  significant digits) are written anyway and counted in `inexact_decimals`; use
+  ``kind="string"`` to keep the exact digits as a string field instead.
+- int8..int64, uint8..uint32: ``123i``; uint64: ``123u`` (InfluxDB 1.x rejects ``u``: use
+  ``kind="integer"`` for it, which raises on values above 2**63-1).
+- bool: ``true``/``false``. string: quoted as above.
+- timestamp fields: integer nanoseconds ``…i`` (`PointMapping.timestamp_fields` =
+  ``"integer"``) or an RFC3339 UTC string (``"string"``; naive timestamps are taken as UTC).
+  date and time fields: their ISO text as a string field.
+
+The time column is any Arrow timestamp (any unit, naive or tz-aware; naive is taken as UTC),
+written as integer nanoseconds since the epoch. InfluxDB's range is -9223372036854775806 ..
+9223372036854775806 ns (1677-09-21T00:12:43.145224194Z .. 2262-04-11T23:47:16.854775806Z);
+coarser units are range-checked before they are scaled, so nothing overflows.
+
+Tags are written in the order given; InfluxDB sorts them itself, and sorted input saves it
+that work.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+FieldKind = Literal["float", "integer", "unsigned", "string", "boolean"]
+
+MIN_TIME_NS = -9223372036854775806
+MAX_TIME_NS = 9223372036854775806
+MAX_STRING_BYTES = 65535
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+# RFC3339 has four-digit years: 0000-01-01T00:00:00Z .. 9999-12-31T23:59:59Z, in seconds.
+_RFC3339_MIN_S = -62167219200
+_RFC3339_MAX_S = 253402300799
+_RFC3339_MIN_DAY = _RFC3339_MIN_S // 86400
+_RFC3339_MAX_DAY = _RFC3339_MAX_S // 86400
+_RESERVED_KEYS = frozenset({"time", "_field", "_measurement"})
+# At the start of a line InfluxDB reads "#" as a comment and skips tabs and NULs.
+_LINE_START_SKIPPED = "#\t\x00"
+
+
+_LS = pa.large_string()
+_NULL_TEXT = pa.scalar(None, _LS)
+_EMPTY = pa.scalar("", _LS)
+_MEASUREMENT_SPECIALS = "[, ]"
+_KEY_SPECIALS = "[,= ]"
+_STRING_SPECIALS = r'["\\]'
+# A backslash at the end, or an odd run of backslashes right before a space.
+_UNWRITABLE_IN_TAG = r"\\$|(?:^|[^\\])(?:\\\\)*\\ "
+# A backslash at the end or before a character InfluxDB unescapes in a measurement name.
+_UNWRITABLE_IN_MEASUREMENT = r'\\$|\\[, "=]'
+
+_BACKSLASH_BEFORE_MATCH = "\\\\\\0"  # RE2 replacement: a literal backslash, then the match
+
+
+def _lit(text: str) -> pa.Scalar:
+    return pa.scalar(text, _LS)
+
+
+def _escape_name(name: str, specials: str) -> str:
+    for ch in specials.strip("[]"):
+        name = name.replace(ch, "\\" + ch)
+    return name
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field: a column, the field key it is written under, and optionally its kind."""
+
+    column: str
+    key: str | None = None
+    kind: FieldKind | None = None
+
+    @property
+    def field_key(self) -> str:
+        return self.column if self.key is None else self.key
+
+
+@dataclass(frozen=True)
+class PointMapping:
+    """How columns become points. Raises ValueError at construction when no line could ever
+    be valid: no or two measurement sources, no fields, an empty or reserved key (``time``,
+    ``_field``, ``_measurement``), a name holding a newline, a name with a backslash at its
+    end or before a character InfluxDB unescapes in it (see the module docstring), a
+    constant measurement starting with ``#``, a tab or NUL, or a key used twice among tags
+    and fields."""
+
+    fields: tuple[FieldSpec, ...]
+    time_column: str
+    tags: tuple[str, ...] = ()
+    measurement: str | None = None
+    measurement_column: str | None = None
+    timestamp_fields: Literal["integer", "string"] = "integer"
+
+    def __post_init__(self) -> None:
+        if (self.measurement is None) == (self.measurement_column is None):
+            raise ValueError("give exactly one of measurement and measurement_column")
+        if self.measurement is not None:
+            _check_name(self.measurement, "measurement", '[, "=]')
+            if self.measurement[0] in _LINE_START_SKIPPED:
+                raise ValueError(
+                    f"measurement {self.measurement!r} starts with {self.measurement[0]!r}, which InfluxDB "
+                    "reads as a comment (#) or skips (tab, NUL)"
+                )
+        if not self.fields:
+            raise ValueError("a point needs at least one field")
+        if self.timestamp_fields not in ("integer", "string"):
+            raise ValueError(f"timestamp_fields must be 'integer' or 'string', not {self.timestamp_fields!r}")
+        for tag in self.tags:
+            _check_name(tag, "tag key", _KEY_SPECIALS)
+        for spec in self.fields:
+            _check_name(spec.field_key, "field key", '[,= "]')
+        keys = list(self.tags) + [spec.field_key for spec in self.fields]
+        for key in keys:
+            if key in _RESERVED_KEYS:
+                raise ValueError(f"{key!r} is reserved by InfluxDB and cannot be a tag or field key")
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicates:
+            raise ValueError(f"keys used more than once among tags and fields: {duplicates}")
+        for spec in self.fields:
+            if spec.kind not in (None, "float", "integer", "unsigned", "string", "boolean"):
+                raise ValueError(f"field {spec.field_key!r}: unknown kind {spec.kind!r}")
+
+
+def _check_name(name: str, what: str, specials: str) -> None:
+    if not name:
+        raise ValueError(f"{what} must not be empty")
+    if "\n" in name or "\r" in name:
+        raise ValueError(f"{what} {name!r} holds a newline, which line protocol cannot carry")
+    if name.endswith("\\") or re.search(r"\\" + specials, name):
+        raise ValueError(
+            f"{what} {name!r} has a backslash at its end or before one of {specials}, "
+            "which InfluxDB cannot read back"
+        )
+
+
+@dataclass
+class EncodeReport:
+    """What one `encode_batch` call wrote and what it had to leave out.
+
+    Each dropped row is counted once, under the first of these reasons that applies, in this
+    order: no time, time out of range, unusable measurement (NULL, empty, or starting with
+    ``#``, a tab or NUL), newline in the measurement or a tag value, unwritable backslash in
+    the measurement or a tag value (see the module docstring), no fields left. So
+    ``rows_in == lines_out + rows_dropped``. The dicts map a tag or field key to a count and
+    hold only keys with a count above zero.
+    """
+
+    rows_in: int = 0
+    lines_out: int = 0
+    rows_without_time: int = 0
+    rows_with_time_out_of_range: int = 0
+    rows_with_unusable_measurement: int = 0
+    rows_with_newline_in_tag: int = 0
+    rows_with_unwritable_backslash: int = 0
+    rows_without_fields: int = 0
+    empty_tags: dict[str, int] = field(default_factory=dict)
+    non_finite_values: dict[str, int] = field(default_factory=dict)
+    oversized_strings: dict[str, int] = field(default_factory=dict)
+    out_of_range_values: dict[str, int] = field(default_factory=dict)
+    inexact_decimals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_dropped(self) -> int:
+        return (
+            self.rows_without_time
+            + self.rows_with_time_out_of_range
+            + self.rows_with_unusable_measurement
+            + self.rows_with_newline_in_tag
+            + self.rows_with_unwritable_backslash
+            + self.rows_without_fields
+        )
+
+    def __add__(self, other: EncodeReport) -> EncodeReport:
+        """The report of two batches together."""
+
+        def merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            out = dict(a)
+            for key, count in b.items():
+                out[key] = out.get(key, 0) + count
+            return out
+
+        return EncodeReport(
+            rows_in=self.rows_in + other.rows_in,
+            lines_out=self.lines_out + other.lines_out,
+            rows_without_time=self.rows_without_time + other.rows_without_time,
+            rows_with_time_out_of_range=self.rows_with_time_out_of_range + other.rows_with_time_out_of_range,
+            rows_with_unusable_measurement=self.rows_with_unusable_measurement
+            + other.rows_with_unusable_measurement,
+            rows_with_newline_in_tag=self.rows_with_newline_in_tag + other.rows_with_newline_in_tag,
+            rows_with_unwritable_backslash=self.rows_with_unwritable_backslash
+            + other.rows_with_unwritable_backslash,
+            rows_without_fields=self.rows_without_fields + other.rows_without_fields,
+            empty_tags=merged(self.empty_tags, other.empty_tags),
+            non_finite_values=merged(self.non_finite_values, other.non_finite_values),
+            oversized_strings=merged(self.oversized_strings, other.oversized_strings),
+            out_of_range_values=merged(self.out_of_range_values, other.out_of_range_values),
+            inexact_decimals=merged(self.inexact_decimals, other.inexact_decimals),
+        )
+
+    def problems(self) -> list[str]:
+        """One human-readable line per kind of loss; empty when every value was written exactly."""
+        lines = []
+        row_reasons = [
+            (self.rows_without_time, "the time is NULL"),
+            (
+                self.rows_with_time_out_of_range,
+                "the time is outside InfluxDB's range "
+                "(1677-09-21T00:12:43.145224194Z .. 2262-04-11T23:47:16.854775806Z)",
+            ),
+            (
+                self.rows_with_unusable_measurement,
+                "the measurement is NULL, empty, or starts with '#', a tab or NUL (InfluxDB would misread it)",
+            ),
+            (
+                self.rows_with_newline_in_tag,
+                "the measurement or a tag value holds a newline or carriage return",
+            ),
+            (
+                self.rows_with_unwritable_backslash,
+                "the measurement or a tag value has a backslash InfluxDB cannot read back "
+                '(at the end, or before a space; in a measurement also before , " or =)',
+            ),
+            (self.rows_without_fields, "no field value is left (all NULL or left out)"),
+        ]
+        for count, why in row_reasons:
+            if count:
+                lines.append(f"{count} row(s) dropped: {why}")
+        value_reasons = [
+            (self.empty_tags, "tag", "empty value(s) left out (InfluxDB rejects empty tag values)"),
+            (self.non_finite_values, "field", "NaN/Inf value(s) left out (line protocol cannot carry them)"),
+            (
+                self.oversized_strings,
+                "field",
+                f"string value(s) longer than {MAX_STRING_BYTES} bytes left out",
+            ),
+            (self.out_of_range_values, "field", "date/time value(s) outside the writable range left out"),
+            (
+                self.inexact_decimals,
+                "field",
+                "decimal value(s) written as the nearest float, which reads back as a different number",
+            ),
+        ]
+        for counts, what, why in value_reasons:
+            for key, count in sorted(counts.items()):
+                lines.append(f"{what} {key!r}: {count} {why}")
+        return lines
+
+
+def encode_batch(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> tuple[bytes, EncodeReport]:
+    """The batch as line protocol (one line per written row, in row order) and its report.
+
+    Raises ValueError when a mapped column is missing or when a value cannot take the kind a
+    `FieldSpec` asks for (a negative number as ``"unsigned"``, a uint64 above 2**63-1 as
+    ``"integer"``), and TypeError when a column's Arrow type has no line-protocol form (the
+    time column must be a timestamp; tags must be strings, integers or booleans; binary,
+    nested and duration fields are refused).
+    """
+    if isinstance(batch, pa.Table):
+        batch = batch.combine_chunks()
+    missing = [
+        name
+        for name in (
+            mapping.time_column,
+            *([mapping.measurement_column] if mapping.measurement_column else []),
+            *mapping.tags,
+            *(spec.column for spec in mapping.fields),
+        )
+        if name not in batch.schema.names
+    ]
+    if missing:
+        raise ValueError(f"columns missing from the batch: {sorted(set(missing))}")
+    n = batch.num_rows
+    report = EncodeReport(rows_in=n)
+    if n == 0:
+        return b"", report
+
+    def column(name: str) -> pa.Array:
+        col = batch.column(name)
+        if isinstance(col, pa.ChunkedArray):
+            col = pa.concat_arrays(col.chunks) if col.num_chunks != 1 else col.chunk(0)
+        return col
+
+    dropped = np.zeros(n, dtype=bool)
+
+    def drop(mask: np.ndarray) -> int:
+        new = mask & ~dropped
+        dropped[:] |= new
+        return int(new.sum())
+
+    time_text, time_null, time_out = _time_column(column(mapping.time_column))
+    report.rows_without_time = drop(time_null)
+    report.rows_with_time_out_of_range = drop(time_out)
+
+    if mapping.measurement_column is not None:
+        meas = _series_text(
+            column(mapping.measurement_column),
+            _MEASUREMENT_SPECIALS,
+            _UNWRITABLE_IN_MEASUREMENT,
+            mapping.measurement_column,
+        )
+        report.rows_with_unusable_measurement = drop(meas.null_or_empty | meas.comment)
+        newline, backslash = meas.newline, meas.unwritable_backslash
+        measurement: pa.Array | pa.Scalar = meas.escaped
+    else:
+        newline, backslash = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        measurement = _lit(_escape_name(mapping.measurement, _MEASUREMENT_SPECIALS))
+
+    tag_pieces = []
+    for tag in mapping.tags:
+        values = _series_text(column(tag), _KEY_SPECIALS, _UNWRITABLE_IN_TAG, tag)
+        empties = int(values.empty.sum())
+        if empties:
+            report.empty_tags[tag] = empties
+        newline |= values.newline
+        backslash |= values.unwritable_backslash
+        prefix = _lit("," + _escape_name(tag, _KEY_SPECIALS) + "=")
+        tag_pieces.append(pc.binary_join_element_wise(prefix, values.escaped, _EMPTY))
+    report.rows_with_newline_in_tag = drop(newline)
+    report.rows_with_unwritable_backslash = drop(backslash)
+
+    field_pieces = []
+    for spec in mapping.fields:
+        piece = _field_piece(column(spec.column), spec, mapping.timestamp_fields, report)
+        field_pieces.append(piece)
+    present = np.zeros(n, dtype=np.int64)
+    for piece in field_pieces:
+        present += np.asarray(piece.is_valid())
+    report.rows_without_fields = drop(present == 0)
+
+    # Arrow's "skip" join leaves out rows whose inputs are all NULL instead of returning ""
+    # (so the output is shorter than the input; narwhals issue #3965). Each join below gets
+    # an input that is non-NULL wherever all the others are NULL, which adds nothing.
+    tags_joined = (
+        pc.binary_join_element_wise(_EMPTY, *tag_pieces, _EMPTY, null_handling="skip")
+        if tag_pieces
+        else _EMPTY
+    )
+    no_fields_guard = pc.if_else(pa.array(present == 0), _EMPTY, _NULL_TEXT)
+    fields_joined = pc.binary_join_element_wise(
+        *field_pieces, no_fields_guard, _lit(","), null_handling="skip"
+    )
+    lines = pc.binary_join_element_wise(
+        measurement, tags_joined, _lit(" "), fields_joined, _lit(" "), time_text, _lit("\n"), _EMPTY
+    )
+    joined = [lines, fields_joined] + ([tags_joined] if tag_pieces else [])
+    if any(len(array) != n for array in joined):
+        raise RuntimeError("pyarrow's binary_join_element_wise changed the number of rows")
+    if dropped.any():
+        lines = lines.filter(pa.array(~dropped))
+    report.lines_out = len(lines)
+    return _concatenated(lines), report
+
+
+def _concatenated(lines: pa.Array) -> bytes:
+    """The values of a large_string array back to back, straight from its data buffer."""
+    if len(lines) == 0:
+        return b""
+    _, offsets_buf, data_buf = lines.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
+    return bytes(memoryview(data_buf)[int(offsets[0]) : int(offsets[-1])])
+
+
+def _bools(arr: pa.Array) -> np.ndarray:
+    return np.asarray(arr.fill_null(False), dtype=bool)
+
+
+def _time_column(arr: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Integer-nanosecond text of a timestamp column, with its NULL and out-of-range masks."""
+    if not pa.types.is_timestamp(arr.type):
+        raise TypeError(f"the time column must be an Arrow timestamp, not {arr.type}")
+    null = ~np.asarray(arr.is_valid())
+    ns, out = _to_nanoseconds(arr, MIN_TIME_NS, MAX_TIME_NS)
+    return pc.cast(pa.array(ns), _LS), null, out & ~null
+
+
+def _to_nanoseconds(arr: pa.Array, lowest: int, highest: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nanoseconds since the epoch (0 where NULL or out of range) and the out-of-range mask.
+
+    The range is checked in the column's own unit, before scaling, so scaling cannot overflow.
+    """
+    per_unit = _NS_PER_UNIT[arr.type.unit]
+    raw = np.asarray(arr.cast(pa.int64()).fill_null(0))
+    low, high = -((-lowest) // per_unit), highest // per_unit
+    inside = (raw >= low) & (raw <= high)
+    ns = np.where(inside, raw, 0) * np.int64(per_unit)
+    return ns, ~inside & np.asarray(arr.is_valid())
+
+
+@dataclass
+class _SeriesText:
+    escaped: pa.Array  # large_string, NULL where the value is NULL or empty
+    null_or_empty: np.ndarray
+    empty: np.ndarray
+    newline: np.ndarray
+    unwritable_backslash: np.ndarray
+    comment: np.ndarray
+
+
+def _series_text(arr: pa.Array, specials: str, unwritable: str, name: str) -> _SeriesText:
+    """Escaped text and problem masks for a measurement or tag column.
+
+    The work is done once per distinct value (on the column's dictionary), then spread to the
+    rows, since measurements and tag values repeat.
+    """
+    if not pa.types.is_dictionary(arr.type):
+        arr = pc.dictionary_encode(arr)
+    values, indices = arr.dictionary, arr.indices
+    if (
+        pa.types.is_string(values.type)
+        or pa.types.is_large_string(values.type)
+        or pa.types.is_string_view(values.type)
+    ):
+        values = values.cast(_LS)
+    elif pa.types.is_integer(values.type) or pa.types.is_boolean(values.type):
+        values = pc.cast(values, _LS)
+    else:
+        raise TypeError(
+            f"column {name!r} ({arr.type}) cannot be a tag or measurement: use strings, integers or booleans"
+        )
+    empty = pc.equal(pc.binary_length(values), 0)
+    escaped = pc.replace_substring_regex(values, specials, _BACKSLASH_BEFORE_MATCH)
+    escaped = pc.if_else(empty, _NULL_TEXT, escaped)
+
+    def per_row(mask: pa.Array) -> np.ndarray:
+        return _bools(mask.take(indices))
+
+    null = ~np.asarray(indices.is_valid())
+    empty_rows = per_row(empty)
+    return _SeriesText(
+        escaped=escaped.take(indices),
+        null_or_empty=null | empty_rows,
+        empty=empty_rows,
+        newline=per_row(pc.match_substring_regex(values, "[\r\n]")),
+        unwritable_backslash=per_row(pc.match_substring_regex(values, unwritable)),
+        comment=per_row(pc.match_substring_regex(values, "^[#\t\x00]")),
+    )
+
+
+def _infer_kind(arr_type: pa.DataType, timestamp_fields: str) -> FieldKind:
+    if pa.types.is_floating(arr_type) or pa.types.is_decimal(arr_type):
+        return "float"
+    if pa.types.is_uint64(arr_type):
+        return "unsigned"
+    if pa.types.is_integer(arr_type):
+        return "integer"
+    if pa.types.is_boolean(arr_type):
+        return "boolean"
+    if pa.types.is_timestamp(arr_type):
+        return "integer" if timestamp_fields == "integer" else "string"
+    if (
+        pa.types.is_string(arr_type)
+        or pa.types.is_large_string(arr_type)
+        or pa.types.is_string_view(arr_type)
+        or pa.types.is_date(arr_type)
+        or pa.types.is_time(arr_type)
+        or pa.types.is_null(arr_type)
+    ):
+        return "string"
+    raise TypeError(f"no line-protocol field type for Arrow type {arr_type}")
+
+
+def _field_piece(arr: pa.Array, spec: FieldSpec, timestamp_fields: str, report: EncodeReport) -> pa.Array:
+    """``key=value`` text per row (large_string), NULL where the field is left out."""
+    key = spec.field_key
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    kind = spec.kind or _infer_kind(arr.type, timestamp_fields)
+    prefix = _lit(_escape_name(key, _KEY_SPECIALS) + "=")
+    t = arr.type
+    if pa.types.is_null(t):
+        return pa.nulls(len(arr), _LS)
+
+    def count(counts: dict[str, int], mask: np.ndarray) -> None:
+        hits = int(mask.sum())
+        if hits:
+            counts[key] = counts.get(key, 0) + hits
+
+    def cast(target: pa.DataType) -> pa.Array:
+        try:
+            return pc.cast(arr, target)
+        except pa.ArrowInvalid as exc:
+            raise ValueError(f"field {key!r}: a value does not fit kind {kind!r}: {exc}") from exc
+
+    def refuse() -> None:
+        raise TypeError(f"field {key!r}: Arrow type {t} cannot be written as kind {kind!r}")
+
+    if kind == "float":
+        if pa.types.is_decimal(t):
+            text = _decimal_as_float_text(arr, key, report)
+        elif pa.types.is_floating(t):
+            values = arr.cast(pa.float32()) if pa.types.is_float16(t) else arr
+            finite = pc.is_finite(values)
+            count(report.non_finite_values, ~_bools(finite) & np.asarray(values.is_valid()))
+            text = pc.if_else(finite, pc.cast(values, _LS), _NULL_TEXT)
+        elif pa.types.is_integer(t):
+            # int -> double is correctly rounded (round to nearest even), like InfluxDB's parser.
+            text = pc.cast(pc.cast(arr, pa.float64(), safe=False), _LS)
+        else:
+            refuse()
+        return pc.binary_join_element_wise(prefix, text, _EMPTY)
+    if kind in ("integer", "unsigned"):
+        suffix = _lit("i" if kind == "integer" else "u")
+        if pa.types.is_timestamp(t):
+            if kind == "unsigned":
+                refuse()
+            ns, out = _to_nanoseconds(arr, _INT64_MIN, _INT64_MAX)
+            count(report.out_of_range_values, out)
+            text = pc.cast(pa.array(ns, mask=out | ~np.asarray(arr.is_valid())), _LS)
+        elif pa.types.is_integer(t):
+            text = pc.cast(cast(pa.int64() if kind == "integer" else pa.uint64()), _LS)
+        else:
+            refuse()
+        return pc.binary_join_element_wise(prefix, text, suffix, _EMPTY)
+    if kind == "boolean":
+        if not pa.types.is_boolean(t):
+            refuse()
+        return pc.binary_join_element_wise(prefix, pc.if_else(arr, _lit("true"), _lit("false")), _EMPTY)
+    # kind == "string"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        text = arr.cast(_LS)
+    elif pa.types.is_timestamp(t):
+        text = _rfc3339(arr, key, report)
+    elif pa.types.is_date(t):
+        days = np.asarray(arr.cast(pa.date32()).cast(pa.int32()).fill_null(0))
+        out = ((days < _RFC3339_MIN_DAY) | (days > _RFC3339_MAX_DAY)) & np.asarray(arr.is_valid())
+        count(report.out_of_range_values, out)
+        text = pc.cast(pc.if_else(pa.array(out), pa.scalar(None, t), arr), _LS)
+    elif (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_time(t)
+    ):
+        text = pc.cast(arr, _LS)
+    else:
+        refuse()
+    oversized = pc.greater(pc.binary_length(text), MAX_STRING_BYTES)
+    count(report.oversized_strings, _bools(oversized))
+    if pc.any(pc.match_substring_regex(text, _STRING_SPECIALS)).as_py():
+        text = pc.replace_substring_regex(text, _STRING_SPECIALS, _BACKSLASH_BEFORE_MATCH)
+    text = pc.if_else(oversized, _NULL_TEXT, text)
+    return pc.binary_join_element_wise(prefix, _lit('"'), text, _lit('"'), _EMPTY)
+
+
+def _rfc3339(arr: pa.Array, key: str, report: EncodeReport) -> pa.Array:
+    """RFC3339 UTC text (``2024-01-31T12:00:00.123456Z``, as many fraction digits as the unit),
+    NULL for years outside 0000..9999, which RFC3339 cannot write."""
+    per_unit = _NS_PER_UNIT[arr.type.unit]
+    per_second = 1_000_000_000 // per_unit
+    raw = np.asarray(arr.cast(pa.int64()).fill_null(0))
+    out = ((raw < _RFC3339_MIN_S * per_second) | (raw > (_RFC3339_MAX_S + 1) * per_second - 1)) & np.asarray(
+        arr.is_valid()
+    )
+    if out.any():
+        report.out_of_range_values[key] = report.out_of_range_values.get(key, 0) + int(out.sum())
+    utc = pa.array(np.where(out, 0, raw), pa.int64(), mask=~np.asarray(arr.is_valid()) | out).cast(
+        pa.timestamp(arr.type.unit, "UTC")
+    )
+    return pc.strftime(utc, format="%Y-%m-%dT%H:%M:%SZ").cast(_LS)
+
+
+def _decimal_as_float_text(arr: pa.Array, key: str, report: EncodeReport) -> pa.Array:
+    """Shortest text of the double nearest each decimal, counting those that read back changed.
+
+    The exact decimal text is parsed to a double (correctly rounded, unlike Arrow's direct
+    decimal-to-double cast). A decimal with at most 15 significant digits always reads back
+    unchanged; for wider types the float's text is compared with the decimal as a decimal one
+    digit finer than the column's scale, which holds every such text exactly.
+    """
+    t = arr.type
+    if t.precision > 74:
+        raise TypeError(
+            f"field {key!r}: decimals wider than 74 digits cannot be checked as floats; use kind='string'"
+        )
+    shortest = pc.cast(pc.cast(pc.cast(arr, _LS), pa.float64()), _LS)
+    if t.precision > 15:
+        finer = pa.decimal256(t.precision + 2, t.scale + 1)
+        changed = pc.not_equal(pc.cast(shortest, finer), pc.cast(arr, finer))
+        hits = int(pc.sum(changed).as_py() or 0)
+        if hits:
+            report.inexact_decimals[key] = report.inexact_decimals.get(key, 0) + hits
+    return shortest
