@@ -9,8 +9,8 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.errors import MigrationFailed
-from tasks.config import MigrationSpec, validate_config
-from tasks.connections import check_connections
+from tasks.config import MigrationSpec
+from tasks.connections import check_connections, validate_config
 from tasks.jobs import finish_job, load_recorded_plan, prepare_targets, record_plan, start_job
 from tasks.pipeline import ChunkReport, migrate_chunk
 from tasks.plan import TablePlan, inspect_source, plan_chunks

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from blocks.errors import ConfigError
@@ -275,12 +274,3 @@ def secret_from_env(variable: str | None, setting: str) -> str | None:
     if value is None:
         raise ConfigError(f"environment variable {variable} (named by {setting}) is not set")
     return value
-
-
-@task(name="validate-config", retries=0)
-def validate_config(
-    source_name: str, migrations_file: str | None, start_time, end_time, batch_size
-) -> tuple[MigrationSpec, RunWindow]:
-    """The named migration and the run's window, checked; any problem raises ConfigError."""
-    window = run_window(start_time, end_time, batch_size)
-    return load_migration(source_name, migrations_path(migrations_file)), window

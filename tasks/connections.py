@@ -1,4 +1,4 @@
-"""Build the source, staging and target blocks a migration names, and check each one."""
+"""Load the named migration, build the source, staging and target blocks it names, and check each one."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from blocks.errors import ConfigError, ConnectionCheckError
 from blocks.postgres import PostgresTarget
 from blocks.snowflake import SnowflakeSource
 from blocks.staging import LocalStaging, S3Staging
-from tasks.config import MigrationSpec, secret_from_env
+from tasks.config import (
+    MigrationSpec,
+    RunWindow,
+    load_migration,
+    migrations_path,
+    run_window,
+    secret_from_env,
+)
 from tasks.policy import STEP_RETRIES
 
 
@@ -88,3 +95,12 @@ def check_connections(spec: MigrationSpec) -> None:
         raise ConnectionCheckError(
             "connection check failed, nothing was touched:\n  " + "\n  ".join(failures)
         )
+
+
+@task(name="validate-config", **STEP_RETRIES)
+def validate_config(
+    source_name: str, migrations_file: str | None, start_time, end_time, batch_size
+) -> tuple[MigrationSpec, RunWindow]:
+    """The named migration and the run's window, checked; any problem raises ConfigError."""
+    window = run_window(start_time, end_time, batch_size)
+    return load_migration(source_name, migrations_path(migrations_file)), window
