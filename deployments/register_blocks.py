@@ -7,11 +7,22 @@ Idempotent: registering again updates the block types in place.
 
 from __future__ import annotations
 
+from blocks.influxdb import InfluxDBTarget
+from blocks.parquet_files import ParquetFilesSource
 from blocks.postgres import PostgresTarget
 from blocks.snowflake import SnowflakeSource
 from blocks.staging import LocalStaging, S3Staging
+from blocks.timestream import TimestreamSource
 
-BLOCK_TYPES = (PostgresTarget, SnowflakeSource, LocalStaging, S3Staging)
+BLOCK_TYPES = (
+    PostgresTarget,
+    SnowflakeSource,
+    LocalStaging,
+    S3Staging,
+    TimestreamSource,
+    ParquetFilesSource,
+    InfluxDBTarget,
+)
 
 
 def register() -> list[str]:
