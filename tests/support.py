@@ -9,6 +9,19 @@ from typing import Any
 
 import yaml
 
+# Tag and string values that line protocol must escape exactly (commas, '=', quotes,
+# backslashes, unicode, leading spaces).
+NASTY_TAGS = [
+    "a, b=c",
+    'it\'s "quoted"',
+    "back\\slash",
+    "two\\\\backslashes",
+    "x\\,y",
+    "ünïcødé €😀",
+    "=leading equals",
+    " leading space",
+]
+
 
 def write_migrations(
     path: Path,

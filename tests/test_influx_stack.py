@@ -18,6 +18,7 @@ from influxdb_client.rest import ApiException
 
 from devstack.servers import influxql
 from tests.influx_v2_adapter import influxql_ident
+from tests.support import NASTY_TAGS
 
 
 @pytest.fixture
@@ -62,16 +63,6 @@ def rfc3339_ns(ns: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction:09d}Z"
 
 
-NASTY_TAGS = [
-    "a, b=c",
-    'it\'s "quoted"',
-    "back\\slash",
-    "two\\\\backslashes",
-    "x\\,y",
-    "ünïcødé €😀",
-    "=leading equals",
-    " leading space",
-]
 NASTY_STRINGS = NASTY_TAGS + ["ends with backslash\\", "new\nline\tand tab", '"', "", "\\"]
 
 

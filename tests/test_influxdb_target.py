@@ -40,6 +40,7 @@ from blocks.influxdb import (
 )
 from blocks.line_protocol import FieldSpec, PointMapping
 from devstack.servers import free_port, influxql
+from tests.support import NASTY_TAGS
 
 MEASUREMENT = 'cpu load, "x"'
 TAGS = ("host", "region zone", "dev,id")
@@ -51,16 +52,6 @@ MAPPING = PointMapping(
     tags=TAGS,
     measurement=MEASUREMENT,
 )
-NASTY_TAGS = [
-    "a, b=c",
-    'it\'s "quoted"',
-    "back\\slash",
-    "two\\\\backslashes",
-    "x\\,y",
-    "ünïcødé €😀",
-    "=leading equals",
-    " leading space",
-]
 NASTY_STRINGS = NASTY_TAGS + [
     "ends with backslash\\",
     "new\nline\tand tab\r\n",
