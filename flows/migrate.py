@@ -95,7 +95,9 @@ def run_chunks(
             done = next(as_completed(futures))
             futures.remove(done)
             try:
-                reports.append(done.result())
+                report = done.result()
+                reports.append(report)
+                progress.chunk_done(f"{report.table}/{report.chunk_id}", report.rows)
             except Exception as exc:
                 error = error or str(exc)
                 pending.clear()

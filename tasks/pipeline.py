@@ -12,7 +12,7 @@ from tasks.export import export_chunk
 from tasks.load import load_chunk, reconcile_chunk
 from tasks.plan import Chunk, TablePlan
 from tasks.policy import chunk_cache_key, with_retries
-from tasks.progress import report_chunk_done, report_stage
+from tasks.progress import report_stage
 from tasks.validate import ChunkManifest, validate_chunk
 
 
@@ -67,7 +67,6 @@ def migrate_chunk(
     loaded = with_retries(load_chunk, spec.retries)(**args, manifest=manifest)
     with_retries(reconcile_chunk, spec.retries)(**args, manifest=manifest, loaded=loaded)
     report_stage(job_id, table, cid, "migration", "finished", rows=loaded.rows_loaded)
-    report_chunk_done(job_id, table, cid, loaded.rows_loaded)
     return ChunkReport(
         table=table,
         target=plan.target.qualified,

@@ -1,7 +1,9 @@
 """Progress of a running job: a Prefect progress artifact plus an event per chunk stage.
 
 The tracker lives in the flow's process; chunk tasks report stage changes to it through
-`report_stage`. Artifact updates are throttled, except when a chunk finishes.
+`report_stage`, and the flow reports each finished chunk, including chunks whose result
+came from the cache on a resumed run. Artifact updates are throttled, except when a chunk
+finishes.
 """
 
 from __future__ import annotations
@@ -18,18 +20,18 @@ _TRACKERS: dict[str, ProgressTracker] = {}
 
 
 class ProgressTracker:
-    def __init__(self, job_id: str, migration: str, total_chunks: int, done_chunks: int = 0):
+    def __init__(self, job_id: str, migration: str, total_chunks: int):
         self.job_id = job_id
         self.migration = migration
         self.total = max(total_chunks, 1)
-        self.done = done_chunks
+        self.done = 0
         self.rows = 0
         self.in_stage: dict[str, str] = {}
         self._lock = threading.Lock()
         self._last_push = 0.0
         self.artifact_id = create_progress_artifact(
             progress=self.percent,
-            key=f"migration-progress-{_slug(migration)}",
+            key=f"migration-progress-{artifact_slug(migration)}",
             description=self.description(),
         )
         _TRACKERS[job_id] = self
@@ -68,7 +70,7 @@ class ProgressTracker:
         _TRACKERS.pop(self.job_id, None)
 
 
-def _slug(text: str) -> str:
+def artifact_slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-") or "job"
 
 
@@ -86,9 +88,3 @@ def report_stage(job_id: str, table: str, chunk_id: str, stage: str, phase: str,
     tracker = _TRACKERS.get(job_id)
     if tracker and phase == "started":
         tracker.stage(f"{table}/{chunk_id}", stage)
-
-
-def report_chunk_done(job_id: str, table: str, chunk_id: str, rows: int) -> None:
-    tracker = _TRACKERS.get(job_id)
-    if tracker:
-        tracker.chunk_done(f"{table}/{chunk_id}", rows)

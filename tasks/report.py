@@ -6,7 +6,7 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from tasks.pipeline import ChunkReport
-from tasks.progress import _slug
+from tasks.progress import artifact_slug
 
 
 class TableTotals(BaseModel):
@@ -89,6 +89,6 @@ def publish_report(report: MigrationReport) -> None:
     ]
     create_table_artifact(
         table=rows or [{"table": "(no chunks)"}],
-        key=f"migration-report-{_slug(report.migration)}",
+        key=f"migration-report-{artifact_slug(report.migration)}",
         description=f"```\n{report.summary()}\n```",
     )

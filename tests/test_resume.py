@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -113,8 +114,22 @@ def test_failure_in_chunk_k_then_rerun_resumes(events_file, pg_connect, snowflak
         "Completed",
     )
 
+    assert progress_of(rerun) == 100  # cached chunks count as done too
+
     names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "EVENTS", "EVENT_ID", EVENTS_JSON)
     assert_same_rows(expected, target_rows(pg_connect, "analytics.events", names, "event_id"), names)
+
+
+def progress_of(flow_run_id) -> float:
+    """The final value of a flow run's progress artifact, read from the Prefect API."""
+    import httpx
+
+    response = httpx.post(
+        f"{os.environ['PREFECT_API_URL']}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}, "type": {"any_": ["progress"]}}},
+    )
+    (artifact,) = response.json()
+    return artifact["data"]
 
 
 def test_rerun_without_job_id_resumes_newest_unfinished_job(
