@@ -30,6 +30,7 @@ class Column(BaseModel, frozen=True):
     scale: int | None = None
     nullable: bool = True
     source_type: str = ""
+    role: str | None = None  # Timestream attribute: "dimension", "measure_name", "measure", "time"
 
 
 class TableSchema(BaseModel, frozen=True):
