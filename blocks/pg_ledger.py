@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS migration_status.migration_chunk_status (
     loaded_at       timestamptz,
     PRIMARY KEY (job_id, table_name, chunk_id)
 );
+ALTER TABLE migration_status.migration_chunk_status ADD COLUMN IF NOT EXISTS details jsonb;
 CREATE TABLE IF NOT EXISTS migration_status.migration_table_status (
     job_id          text NOT NULL REFERENCES migration_status.migration_runs (job_id),
     table_name      text NOT NULL,
@@ -161,6 +162,24 @@ def mark_chunk_loaded(
         "rows_before = %s, rows_after = %s, staged_uri = %s, loaded_at = now() "
         "WHERE job_id = %s AND table_name = %s AND chunk_id = %s",
         (rows_loaded, rows_before, rows_after, staged_uri, job_id, table, chunk_id),
+    )
+
+
+def mark_chunk_written(
+    conn: psycopg.Connection,
+    job_id: str,
+    table: str,
+    chunk_id: str,
+    rows_loaded: int,
+    staged_uri: str,
+    details: dict[str, Any],
+) -> None:
+    """Record a chunk loaded into a target outside this database (InfluxDB), with what it wrote."""
+    conn.execute(
+        "UPDATE migration_status.migration_chunk_status SET status = 'loaded', rows_loaded = %s, "
+        "rows_before = NULL, rows_after = %s, staged_uri = %s, details = %s, loaded_at = now() "
+        "WHERE job_id = %s AND table_name = %s AND chunk_id = %s",
+        (rows_loaded, rows_loaded, staged_uri, Jsonb(details), job_id, table, chunk_id),
     )
 
 

@@ -207,6 +207,19 @@ class PostgresTarget(Block):
             )
             return cur.fetchall()
 
+    def chunk_status(self, job_id: str, table: str, chunk_id: str) -> dict[str, Any] | None:
+        """The chunk's ledger row (status, rows_loaded, details...), or None if it is not planned."""
+        with self.connect() as conn:
+            return pg_ledger.get_chunk(conn, job_id, table, chunk_id)
+
+    def mark_chunk_written(
+        self, job_id: str, table: str, chunk_id: str, rows: int, staged_uri: str, details: dict[str, Any]
+    ) -> None:
+        """Mark a chunk loaded after its write to another store (InfluxDB) was verified."""
+        with self.connect() as conn:
+            pg_ledger.lock(conn, f"chunk/{job_id}/{table}/{chunk_id}")
+            pg_ledger.mark_chunk_written(conn, job_id, table, chunk_id, rows, staged_uri, details)
+
     def job_run(self, job_id: str) -> dict[str, Any] | None:
         with self.connect() as conn:
             return pg_ledger.get_run(conn, job_id)

@@ -1,24 +1,35 @@
-"""Amazon Timestream for LiveAnalytics as a migration source (query API).
+"""Amazon Timestream for LiveAnalytics as a migration source (query API, or UNLOAD to S3).
 
 `TimestreamSource` runs one SQL query per time-window chunk through timestream-query's
 `Query`, follows `NextToken` until it is absent (an empty page, even an empty first page, is
 normal while Timestream is still working), and turns each page into one Arrow record batch
 typed by the page's `ColumnInfo`. Credentials come from prefect-aws's `AwsCredentials`.
+
+With `export_mode="unload"` a chunk is instead exported by `UNLOAD (<window SELECT>) TO s3://...`
+as Parquet, read back through the UNLOAD manifest, and cast to the types the query API would
+have given the same columns, so both modes hand the export step identical batches.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from botocore.exceptions import ClientError
 from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from blocks.errors import ConnectionCheckError, SourceSchemaError
+from blocks.columns import Column, LogicalType, TableSchema
+from blocks.errors import ConfigError, ConnectionCheckError, SourceSchemaError, ValidationFailed
+from blocks.parquet_files import ParquetFilesSource
+
+CHECK_SQL = "SELECT 1"
+UNLOAD_BATCH_ROWS = 65_536
 
 _ARROW_BY_SCALAR = {
     "VARCHAR": pa.string(),
@@ -34,10 +45,37 @@ _ARROW_BY_SCALAR = {
     "UNKNOWN": pa.string(),  # an untyped NULL literal
 }
 
+# The types DESCRIBE reports for table columns, and what a migration makes of them.
+_LOGICAL_BY_TIMESTREAM_TYPE = {
+    "varchar": LogicalType.STRING,
+    "double": LogicalType.FLOAT,
+    "bigint": LogicalType.INTEGER,
+    "integer": LogicalType.INTEGER,
+    "boolean": LogicalType.BOOLEAN,
+    "timestamp": LogicalType.TIMESTAMP_TZ,
+    "date": LogicalType.DATE,
+    "time": LogicalType.TIME,
+}
+
+_ROLE_BY_ATTRIBUTE = {
+    "DIMENSION": "dimension",
+    "MEASURE_NAME": "measure_name",
+    "MEASURE_VALUE": "measure",  # single-measure tables: measure_value::double and friends
+    "MULTI": "measure",  # multi-measure tables: one column per measure
+    "TIMESTAMP": "time",
+}
+
+_MISSING_TABLE_CODES = ("ValidationException", "ResourceNotFoundException")
+
 
 def quote_timestream(identifier: str) -> str:
     """Quote one Timestream identifier (double quotes, inner quotes doubled)."""
     return '"' + identifier.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """A Timestream string literal (single quotes, inner quotes doubled)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def scalar_type(column: dict[str, Any]) -> str:
@@ -54,20 +92,33 @@ def scalar_type(column: dict[str, Any]) -> str:
     return kind
 
 
+def scalar_field(name: str, kind: str) -> pa.Field:
+    """The Arrow field for a Timestream scalar type (the type kept as field metadata)."""
+    return pa.field(name, _ARROW_BY_SCALAR[kind], metadata={"timestream_type": kind})
+
+
 def page_schema(column_info: list[dict[str, Any]]) -> pa.Schema:
-    """The Arrow schema for a page's `ColumnInfo` (the Timestream type kept as field metadata)."""
-    return pa.schema(
-        [
-            pa.field(
-                c["Name"], _ARROW_BY_SCALAR[scalar_type(c)], metadata={"timestream_type": scalar_type(c)}
-            )
-            for c in column_info
-        ]
-    )
+    """The Arrow schema for a page's `ColumnInfo`."""
+    return pa.schema([scalar_field(c["Name"], scalar_type(c)) for c in column_info])
+
+
+def table_arrow_schema(schema: TableSchema, columns: list[str] | None) -> pa.Schema:
+    """The schema the query API gives `SELECT <columns>` of a described table (None: every column)."""
+    names = columns if columns is not None else [c.name for c in schema.columns]
+    fields = []
+    for name in names:
+        column = schema.column(name)
+        if column is None:
+            raise SourceSchemaError(f"column {name!r} not in Timestream table {schema.table}")
+        fields.append(scalar_field(name, column.source_type.upper()))
+    return pa.schema(fields)
 
 
 def _typed(values: pa.Array, kind: str) -> pa.Array:
-    """Timestream's text form of one column (ScalarValue strings) to its Arrow type, exactly."""
+    """Timestream's text form of one column (ScalarValue strings) to its Arrow type, exactly.
+
+    DOUBLE text such as 'NaN', 'Infinity' and '-Infinity' parses to the IEEE special values.
+    """
     target = _ARROW_BY_SCALAR[kind]
     if kind == "TIMESTAMP":
         return values.cast(pa.timestamp("ns")).cast(target)
@@ -91,10 +142,46 @@ def page_to_batch(schema: pa.Schema, rows: list[dict[str, Any]]) -> pa.RecordBat
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
+def conform_unloaded(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """An UNLOAD Parquet batch with the query API's types: safe casts, naive timestamps read as UTC."""
+    missing = [name for name in schema.names if name not in batch.schema.names]
+    if missing:
+        raise SourceSchemaError(f"UNLOAD files lack columns {missing}; they hold {batch.schema.names}")
+    try:
+        arrays = [batch.column(f.name).cast(f.type, safe=True) for f in schema]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise SourceSchemaError(f"UNLOAD files: cannot cast to the query API's types: {exc}") from None
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def timestream_column(name: str, kind: str, attribute: str) -> Column:
+    """Map one DESCRIBE row to a `Column`; unknown types or attributes raise `SourceSchemaError`."""
+    logical = _LOGICAL_BY_TIMESTREAM_TYPE.get(kind.lower())
+    if logical is None:
+        raise SourceSchemaError(f"Timestream column {name!r} has type {kind}, which has no mapping")
+    role = _ROLE_BY_ATTRIBUTE.get(attribute.upper())
+    if role is None:
+        raise SourceSchemaError(f"Timestream column {name!r} has unknown attribute type {attribute}")
+    return Column(name=name, logical=logical, nullable=role != "time", source_type=kind, role=role)
+
+
 def timestream_time(value: datetime) -> str:
-    """A literal Timestream compares `time` with: nanosecond precision, UTC."""
+    """A literal Timestream compares timestamps with: UTC, nanosecond-exact.
+
+    A naive datetime is taken as UTC; a `pandas.Timestamp` keeps its nanoseconds. Anything
+    but a datetime raises `ConfigError` (Timestream tables are chunked by time only).
+    """
+    if not isinstance(value, datetime):
+        raise ConfigError(f"Timestream windows are time ranges; got {value!r} ({type(value).__name__})")
     value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    return f"from_iso8601_timestamp('{value.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}')"
+    nanos = value.microsecond * 1000 + getattr(value, "nanosecond", 0)
+    return f"from_iso8601_timestamp('{value.strftime('%Y-%m-%dT%H:%M:%S')}.{nanos:09d}Z')"
+
+
+def _missing_table(exc: ClientError, *names: str) -> bool:
+    error = exc.response.get("Error", {})
+    message = str(error.get("Message", "")).lower()
+    return error.get("Code") in _MISSING_TABLE_CODES and any(n.lower() in message for n in names)
 
 
 class TimestreamSource(Block):
@@ -106,6 +193,21 @@ class TimestreamSource(Block):
     credentials: AwsCredentials = Field(description="prefect-aws credentials (region, keys or profile)")
     database: str = Field(description="Timestream database, e.g. ons_energy_data")
     page_rows: int | None = Field(default=None, description="MaxRows per page (None: Timestream's default)")
+    export_mode: Literal["query", "unload"] = Field(
+        default="query",
+        description="query: page through the Query API; unload: UNLOAD each chunk to S3 as Parquet",
+    )
+    unload_location: str | None = Field(
+        default=None, description="s3://bucket/prefix that UNLOAD writes under (export_mode unload)"
+    )
+
+    @model_validator(mode="after")
+    def _unload_needs_location(self) -> TimestreamSource:
+        if self.export_mode == "unload" and not (self.unload_location or "").startswith("s3://"):
+            raise ValueError(
+                f"export_mode 'unload' needs unload_location as s3://bucket/prefix, got {self.unload_location!r}"
+            )
+        return self
 
     def _client(self):
         return self.credentials.get_client("timestream-query")
@@ -116,13 +218,53 @@ class TimestreamSource(Block):
     def qualified(self, table: str) -> str:
         return f"{quote_timestream(self.database)}.{quote_timestream(table)}"
 
-    def check(self) -> None:
-        try:
-            list(self.query_pages("SELECT 1"))
-        except SourceSchemaError:
-            raise
-        except Exception as exc:
-            raise ConnectionCheckError(f"cannot query {self.describe_target()}: {exc}") from None
+    # The SQL this source sends, one builder per statement (tests queue results for these exact strings).
+
+    def describe_sql(self, table: str) -> str:
+        return f"DESCRIBE {self.qualified(table)}"
+
+    def bounds_sql(self, table: str, column: str) -> str:
+        col = quote_timestream(column)
+        return f"SELECT MIN({col}) AS lo, MAX({col}) AS hi FROM {self.qualified(table)}"
+
+    def count_nulls_sql(self, table: str, column: str) -> str:
+        return f"SELECT COUNT(*) AS n FROM {self.qualified(table)} WHERE {quote_timestream(column)} IS NULL"
+
+    def _where(self, column: str, lower: datetime | None, upper: datetime | None) -> str:
+        col, where = quote_timestream(column), []
+        if lower is not None:
+            where.append(f"{col} >= {timestream_time(lower)}")
+        if upper is not None:
+            where.append(f"{col} < {timestream_time(upper)}")
+        return (" WHERE " + " AND ".join(where)) if where else ""
+
+    def window_sql(
+        self,
+        table: str,
+        columns: list[str] | None,
+        column: str,
+        lower: datetime | None,
+        upper: datetime | None,
+    ) -> str:
+        """SELECT the columns (None: *) of the rows with lower <= column < upper (None: unbounded)."""
+        select = ", ".join(quote_timestream(c) for c in columns) if columns else "*"
+        return f"SELECT {select} FROM {self.qualified(table)}{self._where(column, lower, upper)}"
+
+    def count_sql(self, table: str, column: str, lower: datetime | None, upper: datetime | None) -> str:
+        return f"SELECT COUNT(*) AS n FROM {self.qualified(table)}{self._where(column, lower, upper)}"
+
+    def unload_prefix(self, select_sql: str) -> str:
+        """Where UNLOAD writes one SELECT's files: the same for the same SELECT, so retries reuse it."""
+        digest = hashlib.sha1(select_sql.encode()).hexdigest()[:16]
+        return f"{(self.unload_location or '').rstrip('/')}/{digest}/"
+
+    def unload_sql(self, select_sql: str) -> str:
+        return (
+            f"UNLOAD ({select_sql}) TO {quote_literal(self.unload_prefix(select_sql))} "
+            "WITH (format = 'PARQUET', compression = 'SNAPPY')"
+        )
+
+    # Running queries.
 
     def query_pages(self, sql: str) -> Iterator[dict[str, Any]]:
         """Every page of one query, following NextToken until Timestream stops sending one."""
@@ -152,25 +294,110 @@ class TimestreamSource(Block):
             if page.get("Rows"):
                 yield page_to_batch(schema, page["Rows"])
 
-    def window_sql(
-        self, table: str, columns: list[str] | None, lower: datetime | None, upper: datetime | None
-    ) -> str:
-        select = ", ".join(quote_timestream(c) for c in columns) if columns else "*"
-        where = []
-        if lower is not None:
-            where.append(f"time >= {timestream_time(lower)}")
-        if upper is not None:
-            where.append(f"time < {timestream_time(upper)}")
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        return f"SELECT {select} FROM {self.qualified(table)}{clause}"
+    def query_rows(self, sql: str) -> list[dict[str, Any]]:
+        """A small result (metadata, aggregates) as Python rows."""
+        return [row for batch in self.query_batches(sql) for row in batch.to_pylist()]
+
+    def _scalar(self, sql: str) -> Any:
+        rows = self.query_rows(sql)
+        return next(iter(rows[0].values())) if rows else None
+
+    # The source protocol shared with SnowflakeSource.
+
+    def check(self) -> None:
+        """Raise `ConnectionCheckError` unless a trivial query succeeds."""
+        try:
+            list(self.query_pages(CHECK_SQL))
+        except SourceSchemaError:
+            raise
+        except Exception as exc:
+            raise ConnectionCheckError(f"cannot query {self.describe_target()}: {exc}") from None
+
+    def describe(self, table: str) -> TableSchema:
+        """The table's columns in DESCRIBE order, with their Timestream roles.
+
+        A missing table (an empty DESCRIBE, or AWS's ValidationException or
+        ResourceNotFoundException naming it) and an unmappable type raise `SourceSchemaError`;
+        other client errors propagate unchanged.
+        """
+        missing = f"table {table} not found in Timestream database {self.database}"
+        try:
+            rows = self.query_rows(self.describe_sql(table))
+        except ClientError as exc:
+            if _missing_table(exc, table, self.database):
+                raise SourceSchemaError(f"{missing}: {exc.response['Error']['Message']}") from None
+            raise
+        if not rows:
+            raise SourceSchemaError(missing)
+        try:
+            columns = [(r["Column"], r["Type"], r["Timestream attribute type"]) for r in rows]
+        except KeyError as exc:
+            raise SourceSchemaError(f"DESCRIBE {table} answered without the column {exc}") from None
+        return TableSchema(table=table, columns=tuple(timestream_column(*c) for c in columns))
+
+    def bounds(self, table: str, column: str) -> tuple[Any, Any]:
+        """(min, max) of a column; (None, None) for an empty table.
+
+        Timestamps come back as aware UTC `pandas.Timestamp`s (datetimes that keep nanoseconds).
+        """
+        rows = self.query_rows(self.bounds_sql(table, column))
+        return (rows[0]["lo"], rows[0]["hi"]) if rows else (None, None)
+
+    def count(self, table: str, column: str, lower: datetime | None, upper: datetime | None) -> int:
+        """Rows with lower <= column < upper (None: unbounded)."""
+        return int(self._scalar(self.count_sql(table, column, lower, upper)) or 0)
+
+    def count_nulls(self, table: str, column: str) -> int:
+        """Rows where column is NULL; 0 without a query for `time`, which Timestream never leaves NULL."""
+        if column == "time":
+            return 0
+        return int(self._scalar(self.count_nulls_sql(table, column)) or 0)
+
+    def occupied_buckets(self, table: str, column: str, origin: Any, step: Any) -> list[int] | None:
+        """None: Timestream tables are chunked by time windows only."""
+        return None
 
     def read_chunk(
-        self, table: str, columns: list[str] | None, lower: datetime | None, upper: datetime | None
+        self,
+        table: str,
+        columns: list[str] | None,
+        column: str,
+        lower: datetime | None,
+        upper: datetime | None,
     ) -> Iterator[pa.RecordBatch]:
-        """Rows with lower <= time < upper, page by page."""
-        return self.query_batches(self.window_sql(table, columns, lower, upper))
+        """Rows with lower <= column < upper, through the Query API or UNLOAD (`export_mode`)."""
+        select_sql = self.window_sql(table, columns, column, lower, upper)
+        if self.export_mode == "unload":
+            return self._unloaded_batches(table, columns, select_sql)
+        return self.query_batches(select_sql)
 
-    def count(self, table: str, lower: datetime | None, upper: datetime | None) -> int:
-        sql = self.window_sql(table, None, lower, upper).replace("SELECT *", "SELECT COUNT(*) AS n", 1)
-        batches = list(self.query_batches(sql))
-        return int(batches[0].column(0)[0].as_py()) if batches else 0
+    # UNLOAD mode.
+
+    def _unload(self, select_sql: str) -> tuple[int, str]:
+        """Run UNLOAD for one SELECT; return (rows it reports, its manifest's s3:// URI)."""
+        rows = self.query_rows(self.unload_sql(select_sql))
+        try:
+            return int(rows[0]["rows"]), rows[0]["manifestFile"]
+        except (IndexError, KeyError, TypeError):
+            raise SourceSchemaError(f"UNLOAD answered without rows and manifestFile: {rows}") from None
+
+    def _unloaded_batches(
+        self, table: str, columns: list[str] | None, select_sql: str
+    ) -> Iterator[pa.RecordBatch]:
+        schema = table_arrow_schema(self.describe(table), columns)
+        reported, manifest = self._unload(select_sql)
+        files = ParquetFilesSource(
+            location=self.unload_prefix(select_sql), manifest=manifest, credentials=self.credentials
+        )
+        read = 0
+        if files.manifest_files():  # an UNLOAD of no rows may list no files at all
+            files.check()
+            for batch in files.dataset().to_batches(batch_size=UNLOAD_BATCH_ROWS):
+                if batch.num_rows:
+                    read += batch.num_rows
+                    yield conform_unloaded(batch, schema)
+        if read != reported:
+            raise ValidationFailed(
+                f"UNLOAD of {table} reported {reported} rows but its files under "
+                f"{self.unload_prefix(select_sql)} hold {read}"
+            )

@@ -1,8 +1,10 @@
-"""The demo: start local stand-ins, seed demo data, run the `analytics` and `conflict` migrations.
+"""The demo: start local stand-ins, seed demo data, run `analytics`, `conflict` and `energy`.
 
 Run it through `bash scripts/demo.sh`. Everything lives under `.demo/` and is recreated on
-each run: a private PostgreSQL (port 15432), fakesnow's Snowflake stand-in (port 18085) and
-a Prefect server (port 4200 when free) whose UI shows the runs, artifacts and events.
+each run: a private PostgreSQL (port 15432), fakesnow's Snowflake stand-in (port 18085), a
+private InfluxDB 1.x (port 18086), and a Prefect server (port 4200 when free) whose UI shows
+the runs, artifacts and events. The energy data is written as the Parquet files and manifest
+a Timestream UNLOAD produces, under `.demo/energy_unload/`.
 """
 
 from __future__ import annotations
@@ -24,9 +26,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep-running", action="store_true", help="leave the servers up until Ctrl-C")
     parser.add_argument("--events", type=int, default=120_000, help="rows in the demo EVENTS table")
+    parser.add_argument("--energy-rows", type=int, default=50_000, help="records in the demo energy data")
     args = parser.parse_args()
 
-    from devstack.servers import PostgresServer, free_port, port_open, start_fakesnow, start_prefect_server
+    from devstack.servers import (
+        PostgresServer,
+        free_port,
+        influxql,
+        port_open,
+        start_fakesnow,
+        start_influxdb,
+        start_prefect_server,
+    )
 
     shutil.rmtree(DEMO, ignore_errors=True)
     DEMO.mkdir(parents=True)
@@ -37,12 +48,15 @@ def main() -> int:
         prefect_port = free_port()
     except OSError:
         pass
-    print("==> starting PostgreSQL, fakesnow and a Prefect server under .demo/")
+    print("==> starting PostgreSQL, fakesnow, InfluxDB and a Prefect server under .demo/")
     pg = PostgresServer(DEMO / "pg", password="demo-" + secrets.token_hex(8), port=15432)
     services = []
     try:
         pg.start()
         services.append(start_fakesnow(DEMO / "logs" / "fakesnow.log", port=18085))
+        influx = start_influxdb(DEMO / "influxdb", DEMO / "logs" / "influxdb.log", port=18086)
+        services.append(influx)
+        influxql(influx, 'CREATE DATABASE "generation_data"')
         prefect = start_prefect_server(DEMO / "prefect", DEMO / "logs" / "prefect.log", port=prefect_port)
         services.append(prefect)
         os.environ.update(
@@ -53,6 +67,10 @@ def main() -> int:
                 "PGPASSWORD": pg.password,
                 "SNOWFLAKE_PASSWORD": "snow",
                 "STAGING_DIR": str(DEMO / "staging"),
+                "INFLUX_URL": influx.extra["url"],
+                "INFLUX_USER": influx.extra["user"],
+                "INFLUX_PASSWORD": influx.extra["password"],
+                "ENERGY_UNLOAD_LOCATION": str(DEMO / "energy_unload"),
             }
         )
         import snowflake.connector
@@ -74,10 +92,14 @@ def main() -> int:
         )
         seed(sf.cursor(), events=args.events)
         sf.close()
+        from devstack.energy_data import write_energy_demo
+
+        energy = write_energy_demo(DEMO / "energy_unload", rows=args.energy_rows)
+        print(f"==> wrote {energy['rows']:,} energy records as Timestream UNLOAD Parquet files + manifest")
 
         from flows.migrate import migrate
 
-        for name in ("analytics", "conflict"):
+        for name in ("analytics", "conflict", "energy"):
             print(f"==> migrate(source_name={name!r})")
             report = migrate(source_name=name)
             print(report.summary())
@@ -86,6 +108,11 @@ def main() -> int:
         print(
             f"PostgreSQL: PGPASSWORD=$(cat .demo/pgpassword) psql -h 127.0.0.1 -p {pg.port} -U postgres analytics"
         )
+        print(
+            f"InfluxDB: influx -host 127.0.0.1 -port {influx.port} -username {influx.extra['user']} "
+            "-password $(cat .demo/influxpassword) -database generation_data"
+        )
+        (DEMO / "influxpassword").write_text(influx.extra["password"] + "\n")
         if args.keep_running:
             print("Servers keep running; press Ctrl-C to stop them.")
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -26,17 +26,33 @@ _ARROW = {
 }
 
 
-def arrow_type(column: Column, overridden: bool = False) -> pa.DataType:
-    """Arrow type for a column; an overridden integer keeps full NUMBER precision as decimal."""
+_NANOSECONDS = {
+    LogicalType.TIME: pa.time64("ns"),
+    LogicalType.TIMESTAMP: pa.timestamp("ns"),
+    LogicalType.TIMESTAMP_TZ: pa.timestamp("ns", tz="UTC"),
+}
+
+
+def arrow_type(column: Column, overridden: bool = False, nanoseconds: bool = False) -> pa.DataType:
+    """Arrow type for a column; an overridden integer keeps full NUMBER precision as decimal.
+
+    Times are staged in microseconds (PostgreSQL's precision), or in nanoseconds for targets
+    that keep them (InfluxDB).
+    """
     if column.logical is LogicalType.DECIMAL or (column.logical is LogicalType.INTEGER and overridden):
         return pa.decimal128(column.precision or 38, column.scale or 0)
+    if nanoseconds and column.logical in _NANOSECONDS:
+        return _NANOSECONDS[column.logical]
     return _ARROW[column.logical]
 
 
-def staged_schema(columns: tuple[Column, ...], overrides: set[str]) -> pa.Schema:
+def staged_schema(columns: tuple[Column, ...], overrides: set[str], nanoseconds: bool = False) -> pa.Schema:
     """Schema of a staged file; `columns` carry target names, `overrides` the overridden ones."""
     return pa.schema(
-        [pa.field(c.name, arrow_type(c, c.name in overrides), nullable=c.nullable) for c in columns]
+        [
+            pa.field(c.name, arrow_type(c, c.name in overrides, nanoseconds), nullable=c.nullable)
+            for c in columns
+        ]
     )
 
 
@@ -54,7 +70,9 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema, source_names: list[str], t
                     hint = (
                         f"; set type_overrides: {{{source_name}: numeric(38,0)}} to keep such values exactly"
                     )
-                elif pa.types.is_timestamp(field.type) or pa.types.is_time(field.type):
+                elif (
+                    pa.types.is_timestamp(field.type) or pa.types.is_time(field.type)
+                ) and field.type.unit == "us":
                     hint = "; PostgreSQL keeps microseconds, and this value has finer precision"
                 raise DataConversionError(
                     f"{table}.{source_name}: cannot convert {arr.type} to {field.type} exactly: {exc}{hint}"

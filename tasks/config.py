@@ -71,20 +71,113 @@ class PostgresSettings(_Strict):
     connect_timeout: int = 10
 
 
+class AwsAccess(_Strict):
+    """How to reach an AWS service: a saved prefect-aws AwsCredentials block, or inline settings
+    with the keys named by environment variables (unset: boto3's default chain)."""
+
+    credentials_block: str | None = Field(default=None, description="Name of a saved AwsCredentials block")
+    region: str | None = None
+    endpoint_url: str | None = Field(default=None, description="Override the AWS endpoint (e.g. a stand-in)")
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+
+
+class TimestreamSettings(AwsAccess):
+    type: Literal["timestream"]
+    block: str | None = Field(default=None, description="Name of a saved migration-timestream-source block")
+    database: str | None = Field(default=None, description="Timestream database, e.g. ons_energy_data")
+    export_mode: Literal["query", "unload"] = Field(
+        default="query", description="query: paged Query API; unload: UNLOAD to S3 as Parquet"
+    )
+    unload_location: str | None = Field(default=None, description="s3://bucket/prefix for export_mode unload")
+    page_rows: int | None = Field(default=None, gt=0, description="MaxRows per query page")
+
+    @model_validator(mode="after")
+    def _complete(self) -> TimestreamSettings:
+        if self.block is None and self.database is None:
+            raise ValueError("inline Timestream settings need database (or set block)")
+        if self.export_mode == "unload" and self.block is None and not self.unload_location:
+            raise ValueError("export_mode unload needs unload_location (an s3://bucket/prefix)")
+        return self
+
+
+class ParquetSettings(AwsAccess):
+    type: Literal["parquet"]
+    location: str = Field(description="Folder or s3://bucket/prefix; each table is a sub-folder by default")
+
+
+class InfluxSettings(_Strict):
+    type: Literal["influxdb"]
+    block: str | None = Field(default=None, description="Name of a saved migration-influxdb-target block")
+    url: str | None = Field(default=None, description="Base URL, e.g. http://localhost:8086")
+    api: Literal["v2", "v1"] = Field(
+        default="v2", description="v2: 2.x, 3.x, Timestream for InfluxDB; v1: 1.x"
+    )
+    token_env: str | None = Field(default=None, description="Environment variable holding the v2 token")
+    org: str | None = None
+    bucket: str | None = None
+    database: str | None = Field(default=None, description="v1 database")
+    retention_policy: str | None = None
+    username: str | None = None
+    password_env: str | None = Field(default=None, description="Environment variable holding the v1 password")
+    batch_lines: int = Field(default=10_000, ge=1, description="Lines per write request, at most")
+    writers: int = Field(default=2, ge=1, le=16, description="Write requests in flight per chunk")
+    gzip: bool = True
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> InfluxSettings:
+        if self.block is None:
+            if not self.url:
+                raise ValueError("inline InfluxDB settings need url (or set block)")
+            if self.api == "v2" and not self.bucket:
+                raise ValueError("api v2 needs bucket")
+            if self.api == "v1" and not self.database:
+                raise ValueError("api v1 needs database")
+        return self
+
+    @property
+    def container(self) -> str:
+        return (self.bucket if self.api == "v2" else self.database) or self.block or ""
+
+
+class FieldSettings(_Strict):
+    column: str
+    key: str | None = Field(default=None, description="Field key (default: the column name)")
+    kind: Literal["float", "integer", "unsigned", "string", "boolean"] | None = None
+
+
+class MappingSettings(_Strict):
+    """How a table's rows become InfluxDB points; unset parts take the defaults in the README."""
+
+    measurement: str | None = Field(default=None, description="Constant measurement name")
+    measurement_column: str | None = Field(default=None, description="Column holding each row's measurement")
+    tags: list[str] | None = None
+    fields: list[str | FieldSettings] | None = None
+    timestamp_fields: Literal["integer", "string"] = Field(
+        default="integer", description="Timestamp measures as integer nanoseconds or RFC 3339 strings"
+    )
+    count_field: str | None = Field(
+        default=None, description="A field every point carries; makes reconcile counts cheap"
+    )
+
+    @model_validator(mode="after")
+    def _one_measurement(self) -> MappingSettings:
+        if self.measurement is not None and self.measurement_column is not None:
+            raise ValueError("give measurement or measurement_column, not both")
+        return self
+
+
 class LocalStagingSettings(_Strict):
     type: Literal["local"] = "local"
     path: str = Field(default="staging", description="Folder (relative to the working directory)")
 
 
-class S3StagingSettings(_Strict):
+class S3StagingSettings(AwsAccess):
     type: Literal["s3"]
     bucket_block: str | None = Field(default=None, description="Name of a saved prefect-aws S3Bucket block")
     bucket: str | None = None
     prefix: str = ""
-    region: str | None = None
-    endpoint_url: str | None = None
-    access_key_id_env: str | None = None
-    secret_access_key_env: str | None = None
 
     @model_validator(mode="after")
     def _block_or_bucket(self) -> S3StagingSettings:
@@ -110,6 +203,11 @@ class TableSpec(_Strict):
         default_factory=dict, description="Source column -> target SQL type"
     )
     allow_truncate_foreign_rows: bool = False
+    path: str | None = Field(default=None, description="parquet source: folder of this table's files")
+    manifest: str | None = Field(
+        default=None, description="parquet source: a Timestream UNLOAD manifest.json"
+    )
+    mapping: MappingSettings | None = Field(default=None, description="influxdb target: points from rows")
 
     @field_validator("chunk_interval", mode="before")
     @classmethod
@@ -138,8 +236,11 @@ class TableSpec(_Strict):
 class MigrationSpec(_Strict):
     name: str = ""
     description: str = ""
-    source: Annotated[SnowflakeSettings, Field(discriminator="type")]
-    target: Annotated[PostgresSettings, Field(discriminator="type")]
+    source: Annotated[SnowflakeSettings | TimestreamSettings | ParquetSettings, Field(discriminator="type")]
+    target: Annotated[PostgresSettings | InfluxSettings, Field(discriminator="type")]
+    ledger: PostgresSettings | None = Field(
+        default=None, description="Where job state lives (default: the PostgreSQL target)"
+    )
     staging: Annotated[LocalStagingSettings | S3StagingSettings, Field(discriminator="type")] = Field(
         default_factory=LocalStagingSettings
     )
@@ -155,7 +256,27 @@ class MigrationSpec(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"table(s) listed twice: {dupes}")
+        influx = self.target.type == "influxdb"
+        if influx and self.ledger is None:
+            raise ValueError(
+                "an influxdb target needs ledger: a PostgreSQL connection (type: postgres) that keeps "
+                "the job ledger, because InfluxDB cannot store it"
+            )
+        for table in self.tables:
+            if table.mapping is not None and not influx:
+                raise ValueError(f"table {table.name}: mapping applies to influxdb targets only")
+            if influx and table.load_mode is LoadMode.REPLACE:
+                raise ValueError(
+                    f"table {table.name}: load_mode replace is not available for influxdb targets; "
+                    "points with the same series and time overwrite, so append is already idempotent"
+                )
+            if (table.path or table.manifest) and self.source.type != "parquet":
+                raise ValueError(f"table {table.name}: path and manifest apply to parquet sources only")
         return self
+
+    @property
+    def ledger_settings(self) -> PostgresSettings:
+        return self.ledger or self.target
 
 
 class MigrationsFile(_Strict):

@@ -7,12 +7,20 @@ from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
 from blocks.errors import ConfigError, ConnectionCheckError
+from blocks.influxdb import InfluxDBTarget
+from blocks.parquet_files import ParquetTables
 from blocks.postgres import PostgresTarget
 from blocks.snowflake import SnowflakeSource
 from blocks.staging import LocalStaging, S3Staging
+from blocks.timestream import TimestreamSource
 from tasks.config import (
+    AwsAccess,
+    InfluxSettings,
     MigrationSpec,
+    ParquetSettings,
+    PostgresSettings,
     RunWindow,
+    TimestreamSettings,
     load_migration,
     migrations_path,
     run_window,
@@ -28,8 +36,30 @@ def _load_block(block_type, name: str, setting: str):
         raise ConfigError(f"{setting}: cannot load {block_type.__name__} block {name!r}: {exc}") from None
 
 
-def build_source(spec: MigrationSpec) -> SnowflakeSource:
+Source = SnowflakeSource | TimestreamSource | ParquetTables
+
+
+def aws_credentials(settings: AwsAccess, where: str) -> AwsCredentials:
+    """prefect-aws credentials from a saved block or from inline settings (keys from env vars)."""
+    if settings.credentials_block:
+        return _load_block(AwsCredentials, settings.credentials_block, f"{where}.credentials_block")
+    return AwsCredentials(
+        aws_access_key_id=secret_from_env(settings.access_key_id_env, f"{where}.access_key_id_env"),
+        aws_secret_access_key=secret_from_env(
+            settings.secret_access_key_env, f"{where}.secret_access_key_env"
+        ),
+        region_name=settings.region,
+        aws_client_parameters=AwsClientParameters(endpoint_url=settings.endpoint_url),
+    )
+
+
+def build_source(spec: MigrationSpec) -> Source:
     s = spec.source
+    if isinstance(s, TimestreamSettings):
+        return _timestream_source(s)
+    if isinstance(s, ParquetSettings):
+        tables = {t.name: (t.path, t.manifest) for t in spec.tables}
+        return ParquetTables(location=s.location, credentials=aws_credentials(s, "source"), tables=tables)
     if s.block:
         connector = _load_block(SnowflakeConnector, s.block, "source.block")
     else:
@@ -50,16 +80,58 @@ def build_source(spec: MigrationSpec) -> SnowflakeSource:
     )
 
 
-def build_target(spec: MigrationSpec) -> PostgresTarget:
-    t = spec.target
+def _timestream_source(s: TimestreamSettings) -> TimestreamSource:
+    if s.block:
+        return _load_block(TimestreamSource, s.block, "source.block")
+    return TimestreamSource(
+        credentials=aws_credentials(s, "source"),
+        database=s.database,
+        page_rows=s.page_rows,
+        export_mode=s.export_mode,
+        unload_location=s.unload_location,
+    )
+
+
+def build_target(spec: MigrationSpec) -> PostgresTarget | InfluxDBTarget:
+    if isinstance(spec.target, InfluxSettings):
+        return _influx_target(spec.target)
+    return _postgres(spec.target, "target")
+
+
+def build_ledger(spec: MigrationSpec) -> PostgresTarget:
+    """The PostgreSQL database that holds the job ledger (the target itself, or `ledger:`)."""
+    return _postgres(spec.ledger_settings, "ledger" if spec.ledger else "target")
+
+
+def _influx_target(t: InfluxSettings) -> InfluxDBTarget:
     if t.block:
-        return _load_block(PostgresTarget, t.block, "target.block")
+        return _load_block(InfluxDBTarget, t.block, "target.block")
+    return InfluxDBTarget(
+        url=t.url,
+        api=t.api,
+        token=secret_from_env(t.token_env, "target.token_env"),
+        org=t.org,
+        bucket=t.bucket,
+        database=t.database,
+        retention_policy=t.retention_policy,
+        username=t.username,
+        password=secret_from_env(t.password_env, "target.password_env"),
+        batch_lines=t.batch_lines,
+        writers=t.writers,
+        gzip=t.gzip,
+        timeout_seconds=t.timeout_seconds,
+    )
+
+
+def _postgres(t: PostgresSettings, where: str) -> PostgresTarget:
+    if t.block:
+        return _load_block(PostgresTarget, t.block, f"{where}.block")
     return PostgresTarget(
         host=t.host,
         port=t.port,
         dbname=t.dbname,
         user=t.user,
-        password=secret_from_env(t.password_env, "target.password_env"),
+        password=secret_from_env(t.password_env, f"{where}.password_env"),
         sslmode=t.sslmode,
         connect_timeout=t.connect_timeout,
     )
@@ -72,12 +144,7 @@ def build_staging(spec: MigrationSpec) -> LocalStaging | S3Staging:
     if s.bucket_block:
         bucket = _load_block(S3Bucket, s.bucket_block, "staging.bucket_block")
     else:
-        credentials = AwsCredentials(
-            aws_access_key_id=secret_from_env(s.access_key_id_env, "staging.access_key_id_env"),
-            aws_secret_access_key=secret_from_env(s.secret_access_key_env, "staging.secret_access_key_env"),
-            region_name=s.region,
-            aws_client_parameters=AwsClientParameters(endpoint_url=s.endpoint_url),
-        )
+        credentials = aws_credentials(s, "staging")
         bucket = S3Bucket(bucket_name=s.bucket, bucket_folder=s.prefix, credentials=credentials)
     return S3Staging(bucket=bucket)
 
@@ -86,7 +153,10 @@ def build_staging(spec: MigrationSpec) -> LocalStaging | S3Staging:
 def check_connections(spec: MigrationSpec) -> None:
     """Log in to source, staging and target; on failure name the one that failed and why."""
     failures = []
-    for role, build in (("source", build_source), ("staging", build_staging), ("target", build_target)):
+    checks = [("source", build_source), ("staging", build_staging), ("target", build_target)]
+    if spec.ledger is not None:
+        checks.append(("ledger", build_ledger))
+    for role, build in checks:
         try:
             build(spec).check()
         except (ConnectionCheckError, ConfigError) as exc:

@@ -7,7 +7,7 @@ import time
 from prefect import task
 from pydantic import BaseModel
 
-from tasks.arrow_types import conform, staged_schema
+from tasks.arrow_types import conform
 from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
 from tasks.plan import Chunk, TablePlan
@@ -33,7 +33,7 @@ def export_chunk_to_staging(spec: MigrationSpec, job_id: str, plan: TablePlan, c
     """
     started = time.perf_counter()
     source, staging = build_source(spec), build_staging(spec)
-    schema = staged_schema(plan.target.columns, set(plan.target.type_overrides))
+    schema = plan.staged_schema()
     batches = (
         conform(batch, schema, plan.source_names, plan.spec.name)
         for batch in source.read_chunk(

@@ -12,7 +12,7 @@ from prefect.context import get_run_context
 from blocks.errors import TargetGuardError
 from blocks.postgres import LoadMode
 from tasks.config import MigrationSpec, RunWindow
-from tasks.connections import build_staging, build_target
+from tasks.connections import build_ledger, build_staging, build_target
 from tasks.plan import Bound, Chunk, TablePlan, bound_text, parse_bound
 from tasks.policy import STEP_RETRIES
 
@@ -20,7 +20,10 @@ from tasks.policy import STEP_RETRIES
 def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
     """What decides which rows a job moves and how; a job only resumes with the same fingerprint."""
     tables = [t.model_dump(mode="json", exclude={"allow_truncate_foreign_rows"}) for t in spec.tables]
-    target = {"schema": spec.target.schema_name, "lowercase": spec.lowercase_identifiers}
+    if spec.target.type == "influxdb":
+        target = {"influxdb": spec.target.container}
+    else:
+        target = {"schema": spec.target.schema_name, "lowercase": spec.lowercase_identifiers}
     blob = json.dumps(
         {"tables": tables, "target": target, "window": window.model_dump(mode="json")}, sort_keys=True
     )
@@ -39,7 +42,7 @@ def start_job(
     """The job to run: the given one, the newest resumable one, or a new one. Returns (job_id, resumed)."""
     context = get_run_context()
     flow_run = getattr(context.task_run, "flow_run_id", None)
-    return build_target(spec).start_job(
+    return build_ledger(spec).start_job(
         job_id=job_id,
         migration=spec.name,
         job_name=job_name,
@@ -65,13 +68,13 @@ def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> Non
         for p in plans
         for c in p.chunks
     ]
-    build_target(spec).record_plan(job_id, rows)
+    build_ledger(spec).record_plan(job_id, rows)
 
 
 @task(name="load-plan", **STEP_RETRIES)
 def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> list[TablePlan] | None:
     """The chunks a resumed job planned when it first ran, or None if it recorded none."""
-    rows = build_target(spec).planned_chunks(job_id)
+    rows = build_ledger(spec).planned_chunks(job_id)
     if not rows:
         return None
     resumed = []
@@ -95,11 +98,13 @@ def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan])
 def prepare_targets(
     spec: MigrationSpec, job_id: str, plans: list[TablePlan], resume_max_age_hours: float
 ) -> None:
-    """Create missing tables; truncate `replace` tables once per job behind the truncation guard.
+    """PostgreSQL: create missing tables; truncate `replace` tables once per job behind the truncation guard.
 
     An `append` job also refuses (`TargetGuardError`) to load a range that another job, not
     rolled back, already loaded into the same table: that would duplicate its rows.
     """
+    if spec.target.type == "influxdb":
+        return  # nothing to create; the connection check proved the bucket or database exists
     target = build_target(spec)
     for plan in plans:
         if plan.spec.load_mode is LoadMode.APPEND:
@@ -136,8 +141,8 @@ def refuse_overlap(plan: TablePlan, job_id: str, loaded: list[dict]) -> None:
 @task(name="finish-job", **STEP_RETRIES)
 def finish_job(spec: MigrationSpec, job_id: str, status: str, error: str | None = None) -> dict:
     """Record the job's final status; a completed job's staged files go unless keep_staged_files."""
-    target = build_target(spec)
-    target.set_job_status(job_id, status, error)
+    ledger = build_ledger(spec)
+    ledger.set_job_status(job_id, status, error)
     if status == "completed" and not spec.keep_staged_files:
         build_staging(spec).delete_prefix(job_id)
-    return target.job_run(job_id) or {}
+    return ledger.job_run(job_id) or {}

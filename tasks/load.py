@@ -12,6 +12,7 @@ from blocks.errors import ValidationFailed
 from blocks.postgres import LoadMode
 from tasks.config import MigrationSpec
 from tasks.connections import build_staging, build_target
+from tasks.load_points import PointsLoaded, reconcile_points, write_points
 from tasks.plan import Chunk, TablePlan
 from tasks.policy import STEP_RETRIES, chunk_cache_key
 from tasks.validate import ChunkManifest
@@ -87,7 +88,9 @@ def reconcile_loaded(
 )
 def load_chunk(
     spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest
-) -> LoadedChunk:
+) -> LoadedChunk | PointsLoaded:
+    if plan.points is not None:
+        return write_points(spec, job_id, plan, chunk, manifest)
     return load_manifest(spec, job_id, plan, chunk, manifest)
 
 
@@ -104,6 +107,8 @@ def reconcile_chunk(
     plan: TablePlan,
     chunk: Chunk,
     manifest: ChunkManifest,
-    loaded: LoadedChunk,
+    loaded: LoadedChunk | PointsLoaded,
 ) -> int:
+    if isinstance(loaded, PointsLoaded):
+        return reconcile_points(spec, job_id, plan, chunk, manifest, loaded)
     return reconcile_loaded(spec, plan, chunk, manifest, loaded)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
-from prefect import task
+from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from tasks.config import MigrationSpec
 from tasks.export import export_chunk
 from tasks.load import load_chunk, reconcile_chunk
+from tasks.load_points import PointsLoaded
 from tasks.plan import Chunk, TablePlan
 from tasks.policy import chunk_cache_key, with_retries
 from tasks.progress import report_stage
@@ -28,6 +29,9 @@ class ChunkReport(BaseModel):
     validate_seconds: float
     load_seconds: float
     already_loaded: bool
+    unit: str = "rows"  # "points" for InfluxDB targets
+    rows_dropped: int = 0  # InfluxDB: rows the encoder left out, with the reasons in `problems`
+    problems: list[str] = []
 
 
 @task(
@@ -66,17 +70,24 @@ def migrate_chunk(
     started = time.perf_counter()
     loaded = with_retries(load_chunk, spec.retries)(**args, manifest=manifest)
     with_retries(reconcile_chunk, spec.retries)(**args, manifest=manifest, loaded=loaded)
-    report_stage(job_id, table, cid, "migration", "finished", rows=loaded.rows_loaded)
+    points = isinstance(loaded, PointsLoaded)
+    rows = loaded.points_written if points else loaded.rows_loaded
+    report_stage(job_id, table, cid, "migration", "finished", rows=rows)
+    if points and loaded.problems:
+        get_run_logger().warning("chunk %s/%s: %s", table, cid, "; ".join(loaded.problems))
     return ChunkReport(
         table=table,
         target=plan.target.qualified,
         chunk_id=cid,
         lower=None if chunk.lower is None else str(chunk.lower),
         upper=None if chunk.upper is None else str(chunk.upper),
-        rows=loaded.rows_loaded,
+        rows=rows,
         bytes=manifest.bytes,
         export_seconds=manifest.export_seconds,
         validate_seconds=manifest.validate_seconds,
         load_seconds=time.perf_counter() - started,
         already_loaded=loaded.already_loaded,
+        unit="points" if points else "rows",
+        rows_dropped=loaded.rows_dropped if points else 0,
+        problems=loaded.problems if points else [],
     )

@@ -12,14 +12,17 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
 from prefect import task
 from pydantic import BaseModel
 
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConfigError, SourceSchemaError
 from blocks.postgres import TargetTable
+from tasks.arrow_types import staged_schema
 from tasks.config import MigrationSpec, RunWindow, TableSpec
 from tasks.connections import build_source
+from tasks.mapping import PointsPlan, resolve_points
 from tasks.policy import STEP_RETRIES
 
 DEFAULT_CHUNK_SIZE = 100_000
@@ -44,11 +47,16 @@ class TablePlan(BaseModel):
     source_columns: tuple[Column, ...]
     target: TargetTable
     chunk_kind: LogicalType
+    points: PointsPlan | None = None  # InfluxDB targets: how rows become points
     chunks: list[Chunk] = []
 
     @property
     def source_names(self) -> list[str]:
         return [c.name for c in self.source_columns]
+
+    def staged_schema(self) -> pa.Schema:
+        """The Arrow schema of this table's staged files (nanosecond times for InfluxDB)."""
+        return staged_schema(self.target.columns, set(self.target.type_overrides), self.points is not None)
 
 
 def chunk_id(table: str, column: str, index: int, lower: Bound, upper: Bound) -> str:
@@ -60,6 +68,14 @@ def bound_text(value: Bound) -> str | None:
     if value is None:
         return None
     return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def plain_bound(value: Any) -> Bound:
+    """A source's min or max as an int or a `datetime` (a pandas Timestamp's nanoseconds are
+    cut off, which rounds down: ranges built from it still cover the value)."""
+    if hasattr(value, "to_pydatetime"):
+        return value.to_pydatetime(warn=False)
+    return value
 
 
 def parse_bound(kind: LogicalType, text: str | None) -> Bound:
@@ -174,6 +190,8 @@ def table_plan(spec: MigrationSpec, table: TableSpec, schema: TableSchema) -> Ta
             f"table {table.name}: chunk_column {table.chunk_column} is {chunk_col.source_type}; "
             "it must be an integer or a timestamp"
         )
+    if spec.target.type == "influxdb":
+        return _influx_plan(spec, table, source_columns, chunk_col.logical)
     low = spec.lowercase_identifiers
     target_columns = tuple(c.model_copy(update={"name": target_name(c.name, low)}) for c in source_columns)
     target = TargetTable(
@@ -185,6 +203,22 @@ def table_plan(spec: MigrationSpec, table: TableSpec, schema: TableSchema) -> Ta
         type_overrides={target_name(k, low): v for k, v in table.type_overrides.items()},
     )
     return TablePlan(spec=table, source_columns=source_columns, target=target, chunk_kind=chunk_col.logical)
+
+
+def _influx_plan(
+    spec: MigrationSpec, table: TableSpec, columns: tuple[Column, ...], chunk_kind: LogicalType
+) -> TablePlan:
+    """An InfluxDB table plan: only the mapped columns are staged, under their source names."""
+    points = resolve_points(table, columns, table.target or table.name)
+    mapped = set(points.columns)
+    staged = tuple(c for c in columns if c.name in mapped)
+    target = TargetTable(
+        schema_name=spec.target.container,
+        name=points.label,
+        columns=staged,
+        chunk_column=table.chunk_column,
+    )
+    return TablePlan(spec=table, source_columns=staged, target=target, chunk_kind=chunk_kind, points=points)
 
 
 @task(name="inspect-source", **STEP_RETRIES)
@@ -212,7 +246,7 @@ def plan_chunks(spec: MigrationSpec, plans: list[TablePlan], window: RunWindow) 
     source = build_source(spec)
     planned = []
     for plan in plans:
-        data_min, data_max = source.bounds(plan.spec.name, plan.spec.chunk_column)
+        data_min, data_max = (plain_bound(b) for b in source.bounds(plan.spec.name, plan.spec.chunk_column))
         occupied = None
         if plan.chunk_kind is LogicalType.INTEGER and data_min is not None:
             occupied = source.occupied_buckets(

@@ -15,6 +15,12 @@ class TableTotals(BaseModel):
     chunks: int
     rows: int
     bytes: int
+    unit: str = "rows"
+    rows_dropped: int = 0
+
+
+# The summary lists every chunk up to this many; the artifact always does.
+SUMMARY_CHUNK_LINES = 40
 
 
 class MigrationReport(BaseModel):
@@ -36,7 +42,12 @@ class MigrationReport(BaseModel):
             f"{self.seconds:.1f} s"
         ]
         for t in self.tables:
-            lines.append(f"  {t.table} -> {t.target}: {t.rows:,} rows in {t.chunks} chunks")
+            dropped = f", {t.rows_dropped:,} rows left out (see problems)" if t.rows_dropped else ""
+            lines.append(f"  {t.table} -> {t.target}: {t.rows:,} {t.unit} in {t.chunks} chunks{dropped}")
+        if len(self.chunks) <= SUMMARY_CHUNK_LINES:
+            for c in self.chunks:
+                lines.append(f"    {c.table} {c.chunk_id} [{c.lower}, {c.upper}): {c.rows:,} {c.unit}")
+                lines.extend(f"      problem: {p}" for p in c.problems)
         if self.error:
             lines.append(f"  error: {self.error}")
         return "\n".join(lines)
@@ -53,8 +64,11 @@ def build_report(
 ) -> MigrationReport:
     totals: dict[str, TableTotals] = {}
     for c in chunks:
-        t = totals.setdefault(c.table, TableTotals(table=c.table, target=c.target, chunks=0, rows=0, bytes=0))
+        t = totals.setdefault(
+            c.table, TableTotals(table=c.table, target=c.target, chunks=0, rows=0, bytes=0, unit=c.unit)
+        )
         t.chunks += 1
+        t.rows_dropped += c.rows_dropped
         t.rows += c.rows
         t.bytes += c.bytes
     return MigrationReport(
@@ -78,12 +92,13 @@ def publish_report(report: MigrationReport) -> None:
             "chunk": c.chunk_id,
             "lower": c.lower,
             "upper": c.upper,
-            "rows": c.rows,
+            c.unit: c.rows,
             "bytes": c.bytes,
             "export_s": round(c.export_seconds, 3),
             "validate_s": round(c.validate_seconds, 3),
             "load_s": round(c.load_seconds, 3),
             "skipped_reload": c.already_loaded,
+            **({"left_out": c.rows_dropped, "problems": "; ".join(c.problems)} if c.unit == "points" else {}),
         }
         for c in report.chunks
     ]

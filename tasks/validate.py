@@ -9,7 +9,6 @@ from prefect import task
 from pydantic import BaseModel
 
 from blocks.errors import ValidationFailed
-from tasks.arrow_types import staged_schema
 from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
 from tasks.export import StagedChunk
@@ -37,7 +36,7 @@ def validate_staged_chunk(
     started = time.perf_counter()
     where = f"{plan.spec.name} chunk {chunk.chunk_id} [{chunk.lower}, {chunk.upper})"
     source_rows = build_source(spec).count(plan.spec.name, plan.spec.chunk_column, chunk.lower, chunk.upper)
-    expected = staged_schema(plan.target.columns, set(plan.target.type_overrides))
+    expected = plan.staged_schema()
     with build_staging(spec).local_copy(staged.key) as path:
         meta = pq.ParquetFile(path)
         schema = meta.schema_arrow

@@ -8,15 +8,12 @@ field value, field type and nanosecond timestamp.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
 import secrets
 import threading
 import time
-import urllib.parse
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -40,6 +37,7 @@ from blocks.influxdb import (
 )
 from blocks.line_protocol import FieldSpec, PointMapping
 from devstack.servers import free_port, influxql
+from tests.influx_readback import field_types, select, stored_points
 from tests.support import NASTY_TAGS
 
 MEASUREMENT = 'cpu load, "x"'
@@ -124,44 +122,6 @@ def expected_points(table: pa.Table) -> dict[tuple, dict]:
             fields[key] = value
         points[(tags, times[row])] = fields
     return points
-
-
-def select(servers, db: str, statement: str) -> list[dict]:
-    """Every series of an InfluxQL query run straight on the 1.x server, chunked."""
-    extra = servers["influx"].extra
-    credentials = base64.b64encode(f"{extra['user']}:{extra['password']}".encode()).decode()
-    body = urllib.parse.urlencode(
-        {"q": statement, "db": db, "epoch": "ns", "chunked": "true", "chunk_size": "20000"}
-    ).encode()
-    request = urllib.request.Request(
-        extra["url"] + "/query", data=body, headers={"Authorization": "Basic " + credentials}
-    )
-    series = []
-    with urllib.request.urlopen(request, timeout=60) as resp:
-        for line in resp:
-            if line.strip():
-                for result in json.loads(line)["results"]:
-                    assert "error" not in result, result
-                    series.extend(result.get("series", []))
-    return series
-
-
-def stored_points(servers, db: str, measurement: str) -> dict[tuple, dict]:
-    """What InfluxDB holds, in the shape of `expected_points`."""
-    points = {}
-    for series in select(servers, db, f"SELECT * FROM {influxql_ident(measurement)} GROUP BY *"):
-        tags = tuple(sorted((k, v) for k, v in series.get("tags", {}).items() if v))
-        for values in series["values"]:
-            row = dict(zip(series["columns"], values, strict=True))
-            key = (tags, row.pop("time"))
-            assert key not in points, key
-            points[key] = {k: v for k, v in row.items() if v is not None}
-    return points
-
-
-def field_types(servers, db: str, measurement: str) -> dict[str, str]:
-    series = select(servers, db, f"SHOW FIELD KEYS FROM {influxql_ident(measurement)}")
-    return {key: kind for s in series for key, kind in s["values"]}
 
 
 def assert_same_points(got: dict[tuple, dict], want: dict[tuple, dict]) -> None:

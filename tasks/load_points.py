@@ -1,0 +1,155 @@
+"""Load a validated chunk into InfluxDB as points, then reconcile InfluxDB's count with it.
+
+InfluxDB has no transactions, so exactly-once rests on idempotence instead: a point with the
+same measurement, tag set and time overwrites, so writing a chunk again (after a crash in the
+middle of a write, say) leaves the same points. The ledger (in PostgreSQL) marks a chunk
+loaded only once InfluxDB's count for the chunk's range matches what was written; a rerun
+skips a chunk marked loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from blocks.errors import ValidationFailed
+from tasks.config import MigrationSpec
+from tasks.connections import build_ledger, build_staging, build_target
+from tasks.plan import Bound, Chunk, TablePlan
+from tasks.validate import ChunkManifest
+
+READ_BATCH_ROWS = 65_536
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class PointsLoaded(BaseModel):
+    """What one chunk's write sent, and what the encoder left out (reported, never silent)."""
+
+    rows_in: int
+    points_written: int
+    rows_dropped: int
+    measurements: list[str]
+    problems: list[str]
+    already_loaded: bool
+    seconds: float
+
+
+def time_ns(value: Bound) -> int | None:
+    """A chunk bound as integer nanoseconds since the epoch (naive times are UTC), exactly."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"an InfluxDB chunk bound must be a time, not {value!r}")
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return (aware - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def _label(plan: TablePlan, chunk: Chunk) -> str:
+    return f"{plan.spec.name}/{chunk.chunk_id}"
+
+
+def _measurements(path, plan: TablePlan) -> list[str]:
+    points = plan.points
+    if points.measurement is not None:
+        return [points.measurement]
+    column = pq.read_table(path, columns=[points.measurement_column]).column(0)
+    names = pc.unique(column).drop_null().to_pylist()
+    return sorted(n for n in names if n)
+
+
+def write_points(
+    spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest
+) -> PointsLoaded:
+    """Write the staged file's rows as points, batch by batch; a chunk the ledger shows as
+    loaded is not written again. Raises `ValidationFailed` when the rows the encoder saw differ
+    from the staged file's."""
+    started = time.perf_counter()
+    prior = build_ledger(spec).chunk_status(job_id, plan.spec.name, chunk.chunk_id)
+    if prior is None:
+        raise ValidationFailed(f"chunk {chunk.chunk_id} of {plan.spec.name} is not in job {job_id}'s plan")
+    if prior["status"] == "loaded":
+        details = prior.get("details") or {}
+        return PointsLoaded(
+            rows_in=manifest.rows,
+            points_written=prior["rows_loaded"],
+            rows_dropped=details.get("rows_dropped", 0),
+            measurements=details.get("measurements", []),
+            problems=details.get("problems", []),
+            already_loaded=True,
+            seconds=time.perf_counter() - started,
+        )
+    target = build_target(spec)
+    with build_staging(spec).local_copy(manifest.key) as path:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS)
+        load = target.write_chunk(batches, plan.points.point_mapping(), chunk=_label(plan, chunk))
+        measurements = _measurements(path, plan)
+    if load.rows_in != manifest.rows:
+        raise ValidationFailed(
+            f"chunk {_label(plan, chunk)}: the encoder read {load.rows_in} rows, the staged file holds {manifest.rows}"
+        )
+    return PointsLoaded(
+        rows_in=load.rows_in,
+        points_written=load.points_written,
+        rows_dropped=load.rows_in - load.points_written,
+        measurements=measurements,
+        problems=load.problems,
+        already_loaded=False,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def count_points(spec: MigrationSpec, plan: TablePlan, chunk: Chunk, measurements: list[str]) -> int:
+    """InfluxDB's count of points in the chunk's time range, over the chunk's measurements."""
+    target = build_target(spec)
+    start, stop = time_ns(chunk.lower), time_ns(chunk.upper)
+    field = plan.points.count_field
+    return sum(target.count(m, start, stop, field=field) for m in measurements)
+
+
+def reconcile_points(
+    spec: MigrationSpec,
+    job_id: str,
+    plan: TablePlan,
+    chunk: Chunk,
+    manifest: ChunkManifest,
+    loaded: PointsLoaded,
+) -> int:
+    """InfluxDB holds exactly the points written for the chunk's range, and the staged rows
+    are all accounted for (written, or left out and reported). Then the ledger marks the chunk
+    loaded. Returns InfluxDB's count."""
+    where = f"chunk {_label(plan, chunk)} [{chunk.lower}, {chunk.upper})"
+    if loaded.points_written + loaded.rows_dropped != manifest.rows:
+        raise ValidationFailed(
+            f"{where}: {loaded.points_written} points written and {loaded.rows_dropped} rows left out, "
+            f"but the staged file holds {manifest.rows} rows"
+        )
+    counted = count_points(spec, plan, chunk, loaded.measurements)
+    if counted != loaded.points_written:
+        more = counted > loaded.points_written
+        why = (
+            "the range also holds points this chunk did not write (another job's, or data that was "
+            "there before): pick another bucket or measurement, or delete them first"
+            if more
+            else "rows that share measurement, tags and time collapse into one point in InfluxDB, "
+            "or points were lost: check the source for duplicate series and time"
+        )
+        raise ValidationFailed(
+            f"{where}: InfluxDB counts {counted} points in {plan.target.schema_name} "
+            f"({', '.join(loaded.measurements) or 'no measurement'}), {loaded.points_written} were written; {why}"
+        )
+    if not loaded.already_loaded:
+        details = {
+            "measurements": loaded.measurements,
+            "rows_dropped": loaded.rows_dropped,
+            "problems": loaded.problems,
+            "start_ns": time_ns(chunk.lower),
+            "stop_ns": time_ns(chunk.upper),
+        }
+        build_ledger(spec).mark_chunk_written(
+            job_id, plan.spec.name, chunk.chunk_id, loaded.points_written, manifest.uri, details
+        )
+    return counted

@@ -1,0 +1,371 @@
+"""Time series into InfluxDB through the `migrate` flow: Parquet files (a Timestream UNLOAD) and
+Timestream's query API (moto) as sources, InfluxDB 1.x directly and through the v2 API.
+
+Every test reads InfluxDB back and compares every measurement, tag, field value, field type
+and nanosecond timestamp with the source records.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from blocks.errors import ConfigError, ConnectionCheckError, DataConversionError, SourceSchemaError
+from blocks.influxdb import InfluxDBTarget
+from tests.energy_support import (
+    INFLUX_KIND,
+    MEASURES,
+    START,
+    START_NS,
+    VALUE_COLUMNS,
+    assert_same_points,
+    expected_points,
+    influx_migrations,
+    single_measure_records,
+    stored,
+    write_files,
+)
+from tests.influx_readback import select, write_lines
+from tests.test_resume import task_states
+
+TAGS = ["region", "plant", "source"]
+FIELDS = {c: c for c in VALUE_COLUMNS}
+FLOAT_KEYS = {"measure_value::double"}
+
+
+def unload_source(tmp_path, table: pa.Table) -> dict:
+    write_files(tmp_path / "unload" / "generation_data", table)
+    return {"type": "parquet", "location": str(tmp_path / "unload")}
+
+
+def energy_table(**mapping) -> dict:
+    return {"name": "generation_data", "chunk_column": "time", "chunk_interval": "1d", **mapping}
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_unload_files_reach_influxdb_value_for_value(tmp_path, servers, pg_database, influx_database, api):
+    from flows.migrate import migrate
+
+    records = single_measure_records(6_000)
+    path = influx_migrations(
+        tmp_path / "m.yaml",
+        servers,
+        pg_database,
+        influx_database,
+        [energy_table(mapping={"tags": TAGS})],
+        source=unload_source(tmp_path, records),
+        api=api,
+    )
+    report = migrate(source_name="energy", migrations_file=str(path))
+
+    assert report.status == "completed" and report.rows == records.num_rows
+    assert len(report.chunks) == 3 and all(c.unit == "points" and not c.problems for c in report.chunks)
+    assert "points" in report.summary()
+    got, types = stored(servers, influx_database)
+    assert_same_points(got, expected_points(records, TAGS, FIELDS, "measure_name", None), FLOAT_KEYS)
+    for name, (kind, column) in MEASURES.items():  # measurement = measure_name, one typed field each
+        assert types[name] == {column: INFLUX_KIND[kind]}
+
+
+def test_multi_measure_records_with_constant_measurement_and_string_timestamps(
+    tmp_path, servers, pg_database, influx_database
+):
+    from flows.migrate import migrate
+
+    n = 2_000
+    index = np.arange(n)
+    times = pa.array(
+        1_709_251_200_000_000_000 + index * 86_400_000_000_000 // n * 2 + 7, pa.timestamp("ns", "UTC")
+    )
+    records = pa.table(
+        {
+            "time": times,
+            "plant": pa.array(np.array(["a, b=c", 'q "x"', "ü €", "p\\q"], dtype=object)[index % 4]),
+            "power": pa.array(np.linspace(-1e6, 1e6, n)),
+            "units": pa.array(index * 3 - 100, pa.int64()),
+            "note": pa.array(np.array(["x=1, y", None, "ok"], dtype=object)[index % 3]),
+            "online": pa.array(index % 5 != 0),
+            "read_at": pa.array(times.cast(pa.int64()).to_numpy() - 1, pa.timestamp("ns", "UTC")),
+        }
+    )
+    path = influx_migrations(
+        tmp_path / "m.yaml",
+        servers,
+        pg_database,
+        influx_database,
+        [
+            energy_table(
+                name="plant_metrics",
+                chunk_interval="12h",
+                mapping={
+                    "measurement": "plant metrics, v1",
+                    "tags": ["plant"],
+                    "fields": [
+                        "power",
+                        {"column": "units", "key": "units online"},
+                        "note",
+                        "online",
+                        "read_at",
+                    ],
+                    "timestamp_fields": "string",
+                    "count_field": "power",
+                },
+            )
+        ],
+        source={"type": "parquet", "location": str(tmp_path / "files")},
+        api="v2",
+    )
+    write_files(tmp_path / "files" / "plant_metrics", records)
+    report = migrate(source_name="energy", migrations_file=str(path))
+    assert report.rows == n and len(report.chunks) == 4
+
+    fields = {"power": "power", "units": "units online", "note": "note", "online": "online"}
+    want = expected_points(records, ["plant"], fields, None, "plant metrics, v1")
+    read_at = {
+        t: v
+        for t, v in zip(
+            times.cast(pa.int64()).to_pylist(), records.column("read_at").to_pylist(), strict=True
+        )
+    }
+    for (_, _, ns), values in want.items():  # RFC 3339 with all nine digits
+        values["read_at"] = read_at[ns].strftime("%Y-%m-%dT%H:%M:%S.") + f"{(ns - 1) % 10**9:09d}Z"
+    got, types = stored(servers, influx_database)
+    assert_same_points(got, want, {"power"})
+    assert types["plant metrics, v1"] == {
+        "power": "float",
+        "units online": "integer",
+        "note": "string",
+        "online": "boolean",
+        "read_at": "string",
+    }
+
+
+def test_lossy_rows_and_values_are_reported_per_chunk(tmp_path, servers, pg_database, influx_database):
+    from flows.migrate import migrate
+
+    base = 1_709_251_200_000_000_000
+    records = pa.table(
+        {
+            "time": pa.array([base + k for k in range(8)], pa.timestamp("ns", "UTC")),
+            "host": pa.array(["ok", "new\nline", "ok", "", "ok", "ok", "ok", "b"]),
+            "value": pa.array([1.0, 2.0, math.nan, 4.0, math.inf, None, -math.inf, 8.0]),
+            "flag": pa.array([True, True, True, True, None, None, None, False]),
+        }
+    )
+    path = influx_migrations(
+        tmp_path / "m.yaml",
+        servers,
+        pg_database,
+        influx_database,
+        [energy_table(name="m", mapping={"tags": ["host"], "fields": ["value", "flag"]})],
+        source={"type": "parquet", "location": str(tmp_path / "files")},
+    )
+    write_files(tmp_path / "files" / "m", records, files=1)
+    report = migrate(source_name="energy", migrations_file=str(path))
+
+    (chunk,) = report.chunks
+    # row 1: newline in a tag; rows 4 and 6: ±Inf and no other field; row 5: nothing at all
+    assert chunk.rows == 4 and chunk.rows_dropped == 4
+    problems = "\n".join(chunk.problems)
+    assert "1 row(s) dropped: the measurement or a tag value holds a newline" in problems
+    assert "3 row(s) dropped: no field value is left" in problems
+    assert "field 'value': 3 NaN/Inf value(s) left out" in problems
+    assert "tag 'host': 1 empty value(s) left out" in problems
+    assert report.tables[0].rows_dropped == 4 and "left out" in report.summary()
+    got, _ = stored(servers, influx_database)
+    assert_same_points(
+        got,
+        expected_points(records.take([0, 2, 3, 7]), ["host"], {"value": "value", "flag": "flag"}, None, "m"),
+        {"value"},
+    )
+
+
+def test_field_type_conflict_fails_naming_field_and_chunk(tmp_path, servers, pg_database, influx_database):
+    from blocks.errors import MigrationFailed
+    from flows.migrate import migrate
+
+    records = single_measure_records(400, days=1)
+    # the field exists as a string (in the same shard: 1.x keeps field types per shard)
+    write_lines(servers, influx_database, f'generation_mw measure_value::double="text" {START_NS + 1}')
+    path = influx_migrations(
+        tmp_path / "m.yaml",
+        servers,
+        pg_database,
+        influx_database,
+        [energy_table(mapping={"tags": TAGS})],
+        source=unload_source(tmp_path, records),
+    )
+    with pytest.raises(MigrationFailed) as failure:
+        migrate(source_name="energy", migrations_file=str(path))
+    message = str(failure.value)
+    assert 'field "measure_value::double" of measurement "generation_mw" is stored as string' in message
+    assert "chunk generation_data/00000-" in message
+
+
+def test_failure_in_chunk_k_then_rerun_resumes_without_exporting_again(
+    tmp_path, servers, pg_database, influx_database, monkeypatch
+):
+    from flows.migrate import migrate
+
+    records = single_measure_records(8_000, days=6)
+    path = influx_migrations(
+        tmp_path / "m.yaml",
+        servers,
+        pg_database,
+        influx_database,
+        [energy_table(mapping={"tags": TAGS})],
+        source=unload_source(tmp_path, records),
+        extra={"concurrency": 1},
+    )
+    real_write = InfluxDBTarget.write_chunk
+    failing = "00003"
+
+    def write_failing_at_k(self, batches, mapping, *, chunk=None):
+        if chunk.split("/")[1].startswith(failing):
+            raise DataConversionError("injected failure in chunk 3")
+        return real_write(self, batches, mapping, chunk=chunk)
+
+    monkeypatch.setattr(InfluxDBTarget, "write_chunk", write_failing_at_k)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        migrate(source_name="energy", job_id="energy-k", migrations_file=str(path))
+    got, _ = stored(servers, influx_database)
+    assert 0 < len(got) < records.num_rows
+
+    monkeypatch.setattr(InfluxDBTarget, "write_chunk", real_write)
+    state = migrate(source_name="energy", job_id="energy-k", migrations_file=str(path), return_state=True)
+    report = state.result()
+    assert report.status == "completed" and report.resumed and len(report.chunks) == 6
+    chunk_states = task_states(state.state_details.flow_run_id, "chunk", expected=6)
+    exports = task_states(state.state_details.flow_run_id, "export", expected=3)
+    done_before = [c for c in chunk_states if c < failing]
+    assert len(done_before) == 3
+    for cid in done_before:  # finished in the first run: cached whole, nothing exported again
+        assert chunk_states[cid] == "Cached" and cid not in exports
+    got, _ = stored(servers, influx_database)
+    assert_same_points(got, expected_points(records, TAGS, FIELDS, "measure_name", None), FLOAT_KEYS)
+
+
+# --- bad input: a clear error, and nothing written ----------------------------------------------
+
+
+def energy_file(tmp_path, servers, pg_database, influx_database, records=None, **changes):
+    records = records if records is not None else single_measure_records(300, days=1)
+    table = energy_table(mapping={"tags": TAGS}) | changes.pop("table", {})
+    return influx_migrations(
+        tmp_path / "m.yaml",
+        servers,
+        pg_database,
+        influx_database,
+        [table],
+        source=unload_source(tmp_path, records),
+        **changes,
+    )
+
+
+def assert_nothing_written(servers, db: str) -> None:
+    assert not select(servers, db, "SHOW MEASUREMENTS")
+
+
+def test_bad_time_range_is_refused(tmp_path, servers, pg_database, influx_database):
+    from flows.migrate import migrate
+
+    path = energy_file(tmp_path, servers, pg_database, influx_database)
+    with pytest.raises(ConfigError, match="is not after start_time"):
+        migrate(
+            source_name="energy",
+            migrations_file=str(path),
+            start_time=(START + timedelta(days=1)).isoformat(),
+            end_time=START.isoformat(),
+        )
+    with pytest.raises(ConfigError, match="not an ISO 8601 time"):
+        migrate(source_name="energy", migrations_file=str(path), start_time="yesterday")
+    assert_nothing_written(servers, influx_database)
+
+
+def test_unknown_table_is_named(tmp_path, servers, pg_database, influx_database):
+    from flows.migrate import migrate
+
+    path = energy_file(tmp_path, servers, pg_database, influx_database, table={"name": "no_such_table"})
+    with pytest.raises(SourceSchemaError, match="no_such_table"):
+        migrate(source_name="energy", migrations_file=str(path))
+    assert_nothing_written(servers, influx_database)
+
+
+def test_measure_type_the_mapping_cannot_represent(tmp_path, servers, pg_database, influx_database):
+    from flows.migrate import migrate
+
+    records = single_measure_records(100, days=1).append_column(
+        "blob", pa.array([b"\x00"] * 100, pa.binary())
+    )
+    path = energy_file(tmp_path, servers, pg_database, influx_database, records=records)
+    with pytest.raises(SourceSchemaError, match="field blob .*no binary field type"):
+        migrate(source_name="energy", migrations_file=str(path))
+    path = energy_file(
+        tmp_path,
+        servers,
+        pg_database,
+        influx_database,
+        table={
+            "mapping": {"tags": TAGS, "fields": [{"column": "measure_value::varchar", "kind": "integer"}]}
+        },
+    )
+    with pytest.raises(SourceSchemaError, match="measure_value::varchar .*cannot be written as kind integer"):
+        migrate(source_name="energy", migrations_file=str(path))
+    assert_nothing_written(servers, influx_database)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ({"url": "http://127.0.0.1:9"}, "cannot reach InfluxDB at http://127.0.0.1:9"),
+        ({"username": "nobody"}, "unauthorized"),
+        ({"database": "missing_db"}, "missing_db"),
+    ],
+)
+def test_unreachable_unauthorized_or_missing_database(
+    tmp_path, servers, pg_database, influx_database, target, message
+):
+    from flows.migrate import migrate
+
+    path = energy_file(tmp_path, servers, pg_database, influx_database, target=target)
+    with pytest.raises(ConnectionCheckError, match=message) as failure:
+        migrate(source_name="energy", migrations_file=str(path))
+    assert "target:" in str(failure.value)
+    assert_nothing_written(servers, influx_database)
+
+
+def test_v2_unknown_bucket_and_bad_token(tmp_path, servers, pg_database, influx_database, monkeypatch):
+    from flows.migrate import migrate
+
+    path = energy_file(
+        tmp_path, servers, pg_database, influx_database, api="v2", target={"bucket": "nobucket"}
+    )
+    with pytest.raises(ConnectionCheckError, match="nobucket"):
+        migrate(source_name="energy", migrations_file=str(path))
+    monkeypatch.setenv("INFLUX_TOKEN", "wrong-token-" + str(time.time()))
+    path = energy_file(tmp_path, servers, pg_database, influx_database, api="v2")
+    with pytest.raises(ConnectionCheckError, match="unauthorized") as failure:
+        migrate(source_name="energy", migrations_file=str(path))
+    assert "wrong-token" not in str(failure.value)
+    assert_nothing_written(servers, influx_database)
+
+
+def test_influxdb_target_needs_a_ledger_and_no_replace(tmp_path, servers, pg_database, influx_database):
+    import yaml
+
+    from tasks.config import load_migrations
+
+    path = energy_file(tmp_path, servers, pg_database, influx_database)
+    spec = yaml.safe_load(path.read_text())
+    del spec["migrations"]["energy"]["ledger"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="an influxdb target needs ledger"):
+        load_migrations(path)
+    path = energy_file(tmp_path, servers, pg_database, influx_database, table={"load_mode": "replace"})
+    with pytest.raises(ConfigError, match="replace is not available for influxdb targets"):
+        load_migrations(path)
