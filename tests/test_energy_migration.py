@@ -32,6 +32,7 @@ from tests.energy_support import (
 )
 from tests.influx_readback import select, write_lines
 from tests.test_resume import task_states
+from tests.timestream_fake import queue_table
 
 TAGS = ["region", "plant", "source"]
 FIELDS = {c: c for c in VALUE_COLUMNS}
@@ -369,3 +370,118 @@ def test_influxdb_target_needs_a_ledger_and_no_replace(tmp_path, servers, pg_dat
     path = energy_file(tmp_path, servers, pg_database, influx_database, table={"load_mode": "replace"})
     with pytest.raises(ConfigError, match="replace is not available for influxdb targets"):
         load_migrations(path)
+
+
+# --- Timestream's query API (moto) as the source --------------------------------------------
+
+
+def timestream_source(servers, database: str) -> dict:
+    return {
+        "type": "timestream",
+        "database": database,
+        "region": "us-east-1",
+        "endpoint_url": f"http://127.0.0.1:{servers['moto'].port}",
+        "access_key_id_env": "AWS_ACCESS_KEY_ID",
+        "secret_access_key_env": "AWS_SECRET_ACCESS_KEY",
+        "page_rows": 300,
+    }
+
+
+def queue_timestream(
+    servers, settings: dict, table: str, data: pa.Table, kinds: dict, roles: dict, days: int
+):
+    from blocks.timestream import TimestreamSource
+    from tasks.config import TimestreamSettings
+    from tasks.connections import _timestream_source
+
+    source: TimestreamSource = _timestream_source(TimestreamSettings.model_validate(settings))
+    windows = [(START + timedelta(days=d), START + timedelta(days=d + 1)) for d in range(days)]
+    return queue_table(
+        servers["moto"].port,
+        source,
+        table,
+        data,
+        kind_by_column=kinds,
+        roles=roles,
+        windows=windows,
+        page_rows=300,
+    )
+
+
+def test_timestream_single_measure_records_with_default_mapping(
+    tmp_path, servers, pg_database, influx_database
+):
+    from flows.migrate import migrate
+
+    records = single_measure_records(3_000, days=2)
+    settings = timestream_source(servers, "ons_" + influx_database)
+    kinds = {"region": "VARCHAR", "plant": "VARCHAR", "source": "VARCHAR", "measure_name": "VARCHAR"}
+    kinds |= {"time": "TIMESTAMP"} | {column: kind for kind, column in MEASURES.values()}
+    roles = {
+        "region": "DIMENSION",
+        "plant": "DIMENSION",
+        "source": "DIMENSION",
+        "measure_name": "MEASURE_NAME",
+    }
+    roles |= {"time": "TIMESTAMP"} | {column: "MEASURE_VALUE" for column in VALUE_COLUMNS}
+    windows = queue_timestream(servers, settings, "generation_data", records, kinds, roles, days=2)
+    assert sum(w.num_rows for w in windows) == records.num_rows
+    path = influx_migrations(
+        tmp_path / "m.yaml", servers, pg_database, influx_database, [energy_table()], source=settings
+    )
+    report = migrate(
+        source_name="energy",
+        migrations_file=str(path),
+        start_time=START.isoformat(),
+        end_time=(START + timedelta(days=2)).isoformat(),
+    )
+    assert report.rows == records.num_rows and len(report.chunks) == 2
+    got, types = stored(servers, influx_database)
+    assert_same_points(got, expected_points(records, TAGS, FIELDS, "measure_name", None), FLOAT_KEYS)
+    assert types["units_online"] == {"measure_value::bigint": "integer"}
+
+
+def test_timestream_multi_measure_records(tmp_path, servers, pg_database, influx_database):
+    from flows.migrate import migrate
+
+    n = 1_500
+    index = np.arange(n)
+    times = 1_709_251_200_000_000_000 + index * (86_400_000_000_000 // n) + 123
+    records = pa.table(
+        {
+            "plant": pa.array(np.array(["a, b=c", 'q "x"', "ü €", "p\\q"], dtype=object)[index % 4]),
+            "measure_name": pa.array(["metrics"] * n),
+            "time": pa.array(times, pa.timestamp("ns", "UTC")),
+            "power": pa.array(np.where(index % 9 == 0, np.nan, np.linspace(-5e5, 5e5, n))),
+            "units": pa.array(index - 700, pa.int64()),
+            "note": pa.array(np.array(["x=1, y", None, "ok"], dtype=object)[index % 3]),
+            "online": pa.array(index % 5 != 0),
+        }
+    )
+    settings = timestream_source(servers, "ons_" + influx_database)
+    kinds = {"plant": "VARCHAR", "measure_name": "VARCHAR", "time": "TIMESTAMP", "power": "DOUBLE"}
+    kinds |= {"units": "BIGINT", "note": "VARCHAR", "online": "BOOLEAN"}
+    roles = {"plant": "DIMENSION", "measure_name": "MEASURE_NAME", "time": "TIMESTAMP"}
+    roles |= {c: "MULTI" for c in ("power", "units", "note", "online")}
+    queue_timestream(servers, settings, "plant_metrics", records, kinds, roles, days=1)
+    path = influx_migrations(
+        tmp_path / "m.yaml",
+        servers,
+        pg_database,
+        influx_database,
+        [energy_table(name="plant_metrics")],
+        source=settings,
+        api="v2",
+    )
+    report = migrate(
+        source_name="energy",
+        migrations_file=str(path),
+        start_time=START.isoformat(),
+        end_time=(START + timedelta(days=1)).isoformat(),
+    )
+    (chunk,) = report.chunks
+    assert chunk.rows == n and "field 'power': 167 NaN/Inf value(s) left out" in chunk.problems[0]
+    fields = {c: c for c in ("power", "units", "note", "online")}
+    got, types = stored(servers, influx_database)
+    assert_same_points(got, expected_points(records, ["plant"], fields, "measure_name", None), {"power"})
+    assert types["metrics"] == {"power": "float", "units": "integer", "note": "string", "online": "boolean"}
