@@ -109,8 +109,9 @@ def main() -> int:
             f"PostgreSQL: PGPASSWORD=$(cat .demo/pgpassword) psql -h 127.0.0.1 -p {pg.port} -U postgres analytics"
         )
         print(
-            f"InfluxDB: influx -host 127.0.0.1 -port {influx.port} -username {influx.extra['user']} "
-            "-password $(cat .demo/influxpassword) -database generation_data"
+            f"InfluxDB: curl -s -u {influx.extra['user']}:$(cat .demo/influxpassword) "
+            f"'http://127.0.0.1:{influx.port}/query?db=generation_data' "
+            "--data-urlencode 'q=SELECT COUNT(*) FROM generation_mw'"
         )
         (DEMO / "influxpassword").write_text(influx.extra["password"] + "\n")
         if args.keep_running:

@@ -257,6 +257,8 @@ class MigrationSpec(_Strict):
         if dupes:
             raise ValueError(f"table(s) listed twice: {dupes}")
         influx = self.target.type == "influxdb"
+        if not influx and self.ledger is not None:
+            raise ValueError("ledger applies to influxdb targets; a PostgreSQL target keeps its own ledger")
         if influx and self.ledger is None:
             raise ValueError(
                 "an influxdb target needs ledger: a PostgreSQL connection (type: postgres) that keeps "
@@ -265,10 +267,10 @@ class MigrationSpec(_Strict):
         for table in self.tables:
             if table.mapping is not None and not influx:
                 raise ValueError(f"table {table.name}: mapping applies to influxdb targets only")
-            if influx and table.load_mode is LoadMode.REPLACE:
+            if influx and table.load_mode is not LoadMode.APPEND:
                 raise ValueError(
-                    f"table {table.name}: load_mode replace is not available for influxdb targets; "
-                    "points with the same series and time overwrite, so append is already idempotent"
+                    f"table {table.name}: load_mode {table.load_mode} is not available for influxdb "
+                    "targets; points with the same series and time overwrite, so append is already idempotent"
                 )
             if (table.path or table.manifest) and self.source.type != "parquet":
                 raise ValueError(f"table {table.name}: path and manifest apply to parquet sources only")

@@ -4,8 +4,9 @@ Defaults (each applies only where the table's `mapping:` leaves the part unset):
 
 - measurement: the `measure_name` column when the table has one (Timestream), else the
   target name (`target:`, or the table name);
-- tags: Timestream dimensions; for sources without attribute roles, the text columns that are
-  not the measurement, a `measure_value::*` column or the time;
+- tags: Timestream dimensions; for sources without dimension roles (Parquet files, UNLOAD
+  output), the text columns that are not the measurement, a measure (`measure_value::*`) or
+  the time;
 - fields: every other column, under its own name, with the type its values carry (bigint →
   integer, double → float, varchar → string, boolean → boolean, timestamps as integer
   nanoseconds or RFC 3339 strings as `timestamp_fields` says);
@@ -29,7 +30,14 @@ _KIND_ACCEPTS = {
     "unsigned": (LogicalType.INTEGER, LogicalType.DECIMAL),
     "float": (LogicalType.INTEGER, LogicalType.FLOAT, LogicalType.DECIMAL),
     "boolean": (LogicalType.BOOLEAN,),
-    "string": (LogicalType.STRING, LogicalType.JSON, LogicalType.DATE, LogicalType.TIME, *_TIME_TYPES),
+    "string": (
+        LogicalType.STRING,
+        LogicalType.JSON,
+        LogicalType.DATE,
+        LogicalType.TIME,
+        LogicalType.DECIMAL,
+        *_TIME_TYPES,
+    ),
 }
 
 
@@ -132,14 +140,15 @@ def resolve_points(table: TableSpec, columns: tuple[Column, ...], default_measur
 
 def _tags(configured: list[str] | None, columns, used: set[str], need, where: str) -> list[str]:
     if configured is None:
-        if any(c.role for c in columns):
+        if any(c.role == "dimension" for c in columns):
             configured = [c.name for c in columns if c.role == "dimension" and c.name not in used]
-        else:
+        else:  # no dimension roles (Parquet files, UNLOAD output): text columns that are no measure
             configured = [
                 c.name
                 for c in columns
                 if c.logical is LogicalType.STRING
                 and c.name not in used
+                and c.role not in ("measure", "measure_name", "time")
                 and not c.name.startswith("measure_value::")
             ]
     for name in configured:

@@ -78,8 +78,13 @@ def test_prefect_yaml_deploys(servers):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     api = os.environ["PREFECT_API_URL"]
-    for name in ("analytics", "conflict"):
+    for name, source_name in [
+        ("analytics", "analytics"),
+        ("conflict", "conflict"),
+        ("energy", "energy"),
+        ("energy-live", "energy_live"),
+    ]:
         deployment = httpx.get(f"{api}/deployments/name/migrate/{name}").json()
         assert deployment["entrypoint"] == "flows/migrate.py:migrate"
-        assert deployment["parameters"] == {"source_name": name}
+        assert deployment["parameters"] == {"source_name": source_name}
         assert deployment["work_pool_name"] == "migrations"

@@ -50,6 +50,7 @@ def energy_table(**mapping) -> dict:
 
 @pytest.mark.parametrize("api", ["v1", "v2"])
 def test_unload_files_reach_influxdb_value_for_value(tmp_path, servers, pg_database, influx_database, api):
+    """With the default mapping: measurement from measure_name, text columns as tags."""
     from flows.migrate import migrate
 
     records = single_measure_records(6_000)
@@ -58,7 +59,7 @@ def test_unload_files_reach_influxdb_value_for_value(tmp_path, servers, pg_datab
         servers,
         pg_database,
         influx_database,
-        [energy_table(mapping={"tags": TAGS})],
+        [energy_table()],
         source=unload_source(tmp_path, records),
         api=api,
     )
@@ -367,9 +368,11 @@ def test_influxdb_target_needs_a_ledger_and_no_replace(tmp_path, servers, pg_dat
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="an influxdb target needs ledger"):
         load_migrations(path)
-    path = energy_file(tmp_path, servers, pg_database, influx_database, table={"load_mode": "replace"})
-    with pytest.raises(ConfigError, match="replace is not available for influxdb targets"):
-        load_migrations(path)
+    for mode in ("replace", "upsert"):
+        table = {"load_mode": mode, "primary_key": ["time"]}
+        path = energy_file(tmp_path, servers, pg_database, influx_database, table=table)
+        with pytest.raises(ConfigError, match=f"load_mode {mode} is not available for influxdb"):
+            load_migrations(path)
 
 
 # --- Timestream's query API (moto) as the source --------------------------------------------
@@ -485,3 +488,37 @@ def test_timestream_multi_measure_records(tmp_path, servers, pg_database, influx
     got, types = stored(servers, influx_database)
     assert_same_points(got, expected_points(records, ["plant"], fields, "measure_name", None), {"power"})
     assert types["metrics"] == {"power": "float", "units": "integer", "note": "string", "online": "boolean"}
+
+
+def test_the_repos_migrations_file_defines_the_energy_jobs():
+    from tasks.config import DEFAULT_MIGRATIONS_FILE, load_migrations
+
+    migrations = load_migrations(DEFAULT_MIGRATIONS_FILE).migrations
+    assert {"analytics", "conflict", "energy", "energy_live"} <= migrations.keys()
+    energy, live = migrations["energy"], migrations["energy_live"]
+    assert (energy.source.type, energy.target.type, energy.target.container) == (
+        "parquet",
+        "influxdb",
+        "generation_data",
+    )
+    assert (live.source.type, live.source.database, live.target.bucket) == (
+        "timestream",
+        "ons_energy_data",
+        "generation_data",
+    )
+
+
+def test_a_postgresql_target_keeps_its_own_ledger(tmp_path, servers, pg_database):
+    from tasks.config import load_migrations
+    from tests.support import write_migrations
+
+    ledger = {"type": "postgres", "host": "127.0.0.1", "port": servers["pg"].port, "dbname": "elsewhere"}
+    path = write_migrations(
+        tmp_path / "m.yaml",
+        servers,
+        pg_database,
+        [{"name": "EVENTS", "chunk_column": "EVENT_ID"}],
+        extra={"ledger": ledger},
+    )
+    with pytest.raises(ConfigError, match="ledger applies to influxdb targets"):
+        load_migrations(path)

@@ -15,7 +15,8 @@ from tests.support import write_migrations
 
 
 def secret_values() -> list[str]:
-    return [os.environ["PGPASSWORD"], os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["SNOWFLAKE_PASSWORD"]]
+    names = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "SNOWFLAKE_PASSWORD", "INFLUX_PASSWORD", "INFLUX_TOKEN")
+    return [os.environ[name] for name in names]
 
 
 def flow_run_texts(flow_run_id) -> list[str]:
@@ -70,6 +71,11 @@ def test_no_secret_in_logs_artifacts_results_or_ledger(
     assert state.is_completed()
     assert_no_secret(flow_run_texts(state.state_details.flow_run_id), "the Prefect API")
 
+    assert_no_secret_in_results()
+    assert_no_secret_in_ledger(pg_connect)
+
+
+def assert_no_secret_in_results() -> None:
     results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
     files = [p for p in results.rglob("*") if p.is_file()]
     assert files, "expected persisted results to scan"
@@ -78,10 +84,45 @@ def test_no_secret_in_logs_artifacts_results_or_ledger(
         for secret in secret_values():
             assert secret.encode() not in data, f"a secret value appears in persisted result {file}"
 
+
+def assert_no_secret_in_ledger(pg_connect) -> None:
     with pg_connect() as conn:
         ledger = conn.execute("SELECT r::text FROM migration_status.migration_runs r").fetchall()
         ledger += conn.execute("SELECT c::text FROM migration_status.migration_chunk_status c").fetchall()
     assert_no_secret([row[0] for row in ledger], "the ledger")
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_no_secret_in_an_influxdb_migration_from_s3(
+    tmp_path, servers, pg_database, pg_connect, influx_database, api
+):
+    from flows.migrate import migrate
+    from tests.energy_support import influx_migrations, single_measure_records, write_files
+
+    bucket = "secrets-" + secrets.token_hex(4)
+    endpoint = f"http://127.0.0.1:{servers['moto'].port}"
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    write_files(tmp_path / "files" / "generation_data", single_measure_records(500, days=1))
+    for file in (tmp_path / "files" / "generation_data").iterdir():
+        s3.upload_file(str(file), bucket, f"unload/generation_data/{file.name}")
+    source = {
+        "type": "parquet",
+        "location": f"s3://{bucket}/unload",
+        "region": "us-east-1",
+        "endpoint_url": endpoint,
+        "access_key_id_env": "AWS_ACCESS_KEY_ID",
+        "secret_access_key_env": "AWS_SECRET_ACCESS_KEY",
+    }
+    table = {"name": "generation_data", "chunk_column": "time", "chunk_interval": "1d"}
+    path = influx_migrations(
+        tmp_path / "m.yaml", servers, pg_database, influx_database, [table], source=source, api=api
+    )
+    state = migrate(source_name="energy", migrations_file=str(path), return_state=True)
+    assert state.is_completed() and state.result().rows == 500
+    assert_no_secret(flow_run_texts(state.state_details.flow_run_id), "the Prefect API")
+    assert_no_secret_in_results()
+    assert_no_secret_in_ledger(pg_connect)
 
 
 def test_no_secret_in_a_failure(tmp_path, servers, pg_database, demo_source, monkeypatch):
