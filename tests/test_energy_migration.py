@@ -390,6 +390,18 @@ def timestream_source(servers, database: str) -> dict:
     }
 
 
+# Timestream's types and attribute roles of `single_measure_records`' columns.
+SINGLE_KINDS = {"region": "VARCHAR", "plant": "VARCHAR", "source": "VARCHAR", "measure_name": "VARCHAR"}
+SINGLE_KINDS |= {"time": "TIMESTAMP"} | {column: kind for kind, column in MEASURES.values()}
+SINGLE_ROLES = {
+    "region": "DIMENSION",
+    "plant": "DIMENSION",
+    "source": "DIMENSION",
+    "measure_name": "MEASURE_NAME",
+}
+SINGLE_ROLES |= {"time": "TIMESTAMP"} | {column: "MEASURE_VALUE" for column in VALUE_COLUMNS}
+
+
 def queue_timestream(
     servers, settings: dict, table: str, data: pa.Table, kinds: dict, roles: dict, days: int
 ):
@@ -411,24 +423,11 @@ def queue_timestream(
     )
 
 
-def test_timestream_single_measure_records_with_default_mapping(
-    tmp_path, servers, pg_database, influx_database
-):
+def migrate_two_days_exactly(tmp_path, servers, pg_database, influx_database, settings, records) -> dict:
+    """Run `energy` from Timestream over START's first two days; InfluxDB must hold every record
+    exactly. Returns the field types per measurement."""
     from flows.migrate import migrate
 
-    records = single_measure_records(3_000, days=2)
-    settings = timestream_source(servers, "ons_" + influx_database)
-    kinds = {"region": "VARCHAR", "plant": "VARCHAR", "source": "VARCHAR", "measure_name": "VARCHAR"}
-    kinds |= {"time": "TIMESTAMP"} | {column: kind for kind, column in MEASURES.values()}
-    roles = {
-        "region": "DIMENSION",
-        "plant": "DIMENSION",
-        "source": "DIMENSION",
-        "measure_name": "MEASURE_NAME",
-    }
-    roles |= {"time": "TIMESTAMP"} | {column: "MEASURE_VALUE" for column in VALUE_COLUMNS}
-    windows = queue_timestream(servers, settings, "generation_data", records, kinds, roles, days=2)
-    assert sum(w.num_rows for w in windows) == records.num_rows
     path = influx_migrations(
         tmp_path / "m.yaml", servers, pg_database, influx_database, [energy_table()], source=settings
     )
@@ -441,6 +440,19 @@ def test_timestream_single_measure_records_with_default_mapping(
     assert report.rows == records.num_rows and len(report.chunks) == 2
     got, types = stored(servers, influx_database)
     assert_same_points(got, expected_points(records, TAGS, FIELDS, "measure_name", None), FLOAT_KEYS)
+    return types
+
+
+def test_timestream_single_measure_records_with_default_mapping(
+    tmp_path, servers, pg_database, influx_database
+):
+
+    records = single_measure_records(3_000, days=2)
+    settings = timestream_source(servers, "ons_" + influx_database)
+    kinds, roles = SINGLE_KINDS, SINGLE_ROLES
+    windows = queue_timestream(servers, settings, "generation_data", records, kinds, roles, days=2)
+    assert sum(w.num_rows for w in windows) == records.num_rows
+    types = migrate_two_days_exactly(tmp_path, servers, pg_database, influx_database, settings, records)
     assert types["units_online"] == {"measure_value::bigint": "integer"}
 
 
@@ -522,3 +534,40 @@ def test_a_postgresql_target_keeps_its_own_ledger(tmp_path, servers, pg_database
     )
     with pytest.raises(ConfigError, match="ledger applies to influxdb targets"):
         load_migrations(path)
+
+
+def test_timestream_unload_mode_reads_each_chunk_back_through_its_manifest(
+    tmp_path, servers, pg_database, influx_database
+):
+    from tasks.config import TimestreamSettings
+    from tasks.connections import _timestream_source
+    from tests.test_timestream_source import put_unload, queue_unload
+
+    records = single_measure_records(2_000, days=2)
+    settings = timestream_source(servers, "ons_" + influx_database)
+    settings |= {
+        "export_mode": "unload",
+        "unload_location": f"s3://unload-{influx_database.replace('_', '-')}/x/",
+    }
+    source = _timestream_source(TimestreamSettings.model_validate(settings))
+    kinds, roles = SINGLE_KINDS, SINGLE_ROLES
+    windows = [(START + timedelta(days=d), START + timedelta(days=d + 1)) for d in range(2)]
+    # DESCRIBE runs once per chunk too in unload mode (for the types to read the files back as)
+    rows = queue_table(
+        servers["moto"].port,
+        source,
+        "generation_data",
+        records,
+        kind_by_column=kinds,
+        roles=roles,
+        windows=windows,
+        repeat=3,
+    )
+    names = records.column_names
+    for (lower, upper), window in zip(windows, rows, strict=True):
+        select_sql = source.window_sql("generation_data", names, "time", lower, upper)
+        naive = window.set_column(names.index("time"), "time", window.column("time").cast(pa.timestamp("ns")))
+        files = [naive.slice(0, 300), naive.slice(300)]  # UNLOAD writes naive nanosecond times
+        manifest = put_unload(servers, source, select_sql, files)
+        queue_unload(servers, source, select_sql, window.num_rows, manifest)
+    migrate_two_days_exactly(tmp_path, servers, pg_database, influx_database, settings, records)
