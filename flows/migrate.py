@@ -14,7 +14,7 @@ from tasks.connections import check_connections, validate_config
 from tasks.jobs import finish_job, load_recorded_plan, prepare_targets, record_plan, start_job
 from tasks.pipeline import ChunkReport, migrate_chunk
 from tasks.plan import TablePlan, inspect_source, plan_chunks
-from tasks.progress import ProgressTracker
+from tasks.progress import ProgressTracker, label_flow_run
 from tasks.report import MigrationReport, build_report, publish_report
 
 
@@ -31,20 +31,30 @@ def migrate(
     no_resume: bool = False,
     resume_max_age_hours: float = 12,
     migrations_file: str | None = None,
+    resume_attempt: int = 0,
+    resume_attempt_count: int = 3,
 ) -> MigrationReport:
     """Move the tables of migration `source_name` into its target, chunk by chunk.
 
     Bad config, bad times and unreachable servers fail before anything is written. A rerun
     with the same job_id (or, without one, within resume_max_age_hours) skips finished chunks.
+    `resume_attempt` counts automatic resumes after a crash (the auto-resume automation sets
+    it); past `resume_attempt_count` the run fails at once instead of trying again.
     """
     logger = get_run_logger()
     started = time.perf_counter()
+    if resume_attempt > resume_attempt_count:
+        raise MigrationFailed(
+            f"migration {source_name!r}: giving up after {resume_attempt_count} automatic resume attempts; "
+            "resume it by hand once the cause is fixed"
+        )
     spec, window = validate_config(source_name, migrations_file, start_time, end_time, batch_size)
     check_connections(spec)
     tables = inspect_source(spec)
 
     job_id, resumed = start_job(spec, window, job_id, job_name, no_resume, resume_max_age_hours)
     logger.info("%s job %s", "Resuming" if resumed else "Starting", job_id)
+    label_flow_run(job_id, spec.name)
     reports: list[ChunkReport] = []
     try:
         plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(

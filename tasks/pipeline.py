@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
+from blocks.errors import ValidationFailed
 from tasks.config import MigrationSpec
 from tasks.export import export_chunk
 from tasks.load import load_chunk, reconcile_chunk
 from tasks.load_points import PointsLoaded
 from tasks.plan import Chunk, TablePlan
 from tasks.policy import chunk_cache_key, with_retries
-from tasks.progress import report_stage
+from tasks.progress import report_stage, report_validation_failed
 from tasks.validate import ChunkManifest, validate_chunk
 
 
@@ -32,6 +35,16 @@ class ChunkReport(BaseModel):
     unit: str = "rows"  # "points" for InfluxDB targets
     rows_dropped: int = 0  # InfluxDB: rows the encoder left out, with the reasons in `problems`
     problems: list[str] = []
+
+
+@contextmanager
+def validation_events(job_id: str, table: str, chunk_id: str) -> Iterator[None]:
+    """Emit `migration.validation.failed` when a check inside fails, then let the error go on."""
+    try:
+        yield
+    except ValidationFailed as exc:
+        report_validation_failed(job_id, table, chunk_id, str(exc))
+        raise
 
 
 @task(
@@ -53,7 +66,8 @@ def migrate_chunk(
 
     if validation_enabled:
         report_stage(job_id, table, cid, "validation", "started")
-        manifest = with_retries(validate_chunk, spec.retries)(**args, staged=staged)
+        with validation_events(job_id, table, cid):
+            manifest = with_retries(validate_chunk, spec.retries)(**args, staged=staged)
         report_stage(job_id, table, cid, "validation", "finished", rows=manifest.rows)
     else:
         manifest = ChunkManifest(
@@ -69,7 +83,8 @@ def migrate_chunk(
     report_stage(job_id, table, cid, "migration", "started")
     started = time.perf_counter()
     loaded = with_retries(load_chunk, spec.retries)(**args, manifest=manifest)
-    with_retries(reconcile_chunk, spec.retries)(**args, manifest=manifest, loaded=loaded)
+    with validation_events(job_id, table, cid):
+        with_retries(reconcile_chunk, spec.retries)(**args, manifest=manifest, loaded=loaded)
     points = isinstance(loaded, PointsLoaded)
     rows = loaded.points_written if points else loaded.rows_loaded
     report_stage(job_id, table, cid, "migration", "finished", rows=rows)

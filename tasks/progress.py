@@ -74,6 +74,31 @@ def artifact_slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-") or "job"
 
 
+def label_flow_run(job_id: str, migration: str) -> None:
+    """Tag the current flow run `job:<job_id>` and `migration:<name>`, so status and automations
+    find a job's runs through the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import get_run_context
+
+    flow_run = get_run_context().flow_run
+    tags = sorted({*(flow_run.tags or []), f"job:{job_id}", f"migration:{migration}"})
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, tags=tags)
+
+
+def report_validation_failed(job_id: str, table: str, chunk_id: str, error: str) -> None:
+    """Emit `migration.validation.failed` (automations notify on it) for one chunk."""
+    emit_event(
+        event="migration.validation.failed",
+        resource={
+            "prefect.resource.id": f"migration.job.{job_id}",
+            "migration.table": table,
+            "migration.chunk": chunk_id,
+        },
+        payload={"error": error},
+    )
+
+
 def report_stage(job_id: str, table: str, chunk_id: str, stage: str, phase: str, **payload) -> None:
     """Emit `migration.chunk.<stage>.<phase>` and update the job's progress artifact, if any."""
     emit_event(
