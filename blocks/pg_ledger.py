@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS migration_status.migration_table_status (
     prepared_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, table_name)
 );
+ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS target_ident jsonb;
 """
 
 UNFINISHED = ("running", "failed", "crashed", "cancelled")
@@ -74,6 +75,13 @@ def ensure_ledger(conn: psycopg.Connection) -> None:
 def lock(conn: psycopg.Connection, key: str) -> None:
     """Hold a transaction-scoped advisory lock on `key` until commit or rollback."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+
+def lock_job_loads(conn: psycopg.Connection, job_id: str, exclusive: bool = False) -> None:
+    """Loads of a job hold this lock shared; a rollback holds it exclusively, so it waits for
+    loads in flight and no load of the job runs while it works."""
+    kind = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    conn.execute(f"SELECT {kind}(hashtextextended(%s, 0))", (f"job-loads/{job_id}",))
 
 
 def get_run(conn: psycopg.Connection, job_id: str) -> dict[str, Any] | None:
@@ -156,13 +164,20 @@ def mark_chunk_loaded(
     rows_before: int,
     rows_after: int,
     staged_uri: str,
+    xid: int,
 ) -> None:
+    """Mark a chunk loaded by the current transaction, whose id (`xid`) tags the rows it wrote."""
     conn.execute(
         "UPDATE migration_status.migration_chunk_status SET status = 'loaded', rows_loaded = %s, "
-        "rows_before = %s, rows_after = %s, staged_uri = %s, loaded_at = now() "
+        "rows_before = %s, rows_after = %s, staged_uri = %s, details = %s, loaded_at = now() "
         "WHERE job_id = %s AND table_name = %s AND chunk_id = %s",
-        (rows_loaded, rows_before, rows_after, staged_uri, job_id, table, chunk_id),
+        (rows_loaded, rows_before, rows_after, staged_uri, Jsonb({"xid": xid}), job_id, table, chunk_id),
     )
+
+
+def current_xid(conn: psycopg.Connection) -> int:
+    """The current transaction's id as rows' `xmin` holds it (32 bits, without the epoch)."""
+    return conn.execute("SELECT txid_current() % 4294967296").fetchone()[0]
 
 
 def mark_chunk_written(
@@ -193,13 +208,49 @@ def get_table_status(conn: psycopg.Connection, job_id: str, table: str) -> dict[
 
 
 def record_table_prepared(
-    conn: psycopg.Connection, job_id: str, table: str, target: str, mode: str, created: bool, truncated: bool
+    conn: psycopg.Connection,
+    job_id: str,
+    table: str,
+    target: str,
+    mode: str,
+    created: bool,
+    truncated: bool,
+    ident: tuple[str, str],
 ) -> None:
     conn.execute(
         "INSERT INTO migration_status.migration_table_status "
-        "(job_id, table_name, target_table, load_mode, created_table, truncated) VALUES (%s,%s,%s,%s,%s,%s)",
-        (job_id, table, target, mode, created, truncated),
+        "(job_id, table_name, target_table, load_mode, created_table, truncated, target_ident) "
+        "VALUES (%s,%s,%s,%s,%s,%s,%s)",
+        (job_id, table, target, mode, created, truncated, Jsonb(list(ident))),
     )
+
+
+def job_tables(conn: psycopg.Connection, job_id: str) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT * FROM migration_status.migration_table_status WHERE job_id = %s ORDER BY table_name",
+            (job_id,),
+        )
+        return cur.fetchall()
+
+
+def job_chunks(conn: psycopg.Connection, job_id: str, status: str = "loaded") -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT * FROM migration_status.migration_chunk_status WHERE job_id = %s AND status = %s "
+            "ORDER BY table_name, chunk_id",
+            (job_id, status),
+        )
+        return cur.fetchall()
+
+
+def mark_job_rolled_back(conn: psycopg.Connection, job_id: str) -> None:
+    conn.execute(
+        "UPDATE migration_status.migration_chunk_status SET status = 'rolled_back' "
+        "WHERE job_id = %s AND status = 'loaded'",
+        (job_id,),
+    )
+    set_run_status(conn, job_id, "rolled_back")
 
 
 def other_jobs_for_target(conn: psycopg.Connection, job_id: str, target: str) -> list[dict[str, Any]]:

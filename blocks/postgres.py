@@ -72,6 +72,15 @@ class TargetTable(BaseModel, frozen=True):
         return sql.Identifier(self.schema_name, self.name)
 
 
+class TableRollback(BaseModel):
+    """What a rollback did to one target table."""
+
+    table: str
+    rows_deleted: int
+    dropped: bool
+    rows_kept: int  # rows the job did not write, left in place
+
+
 class PreparedTable(BaseModel):
     created: bool
     truncated: bool
@@ -217,8 +226,64 @@ class PostgresTarget(Block):
     ) -> None:
         """Mark a chunk loaded after its write to another store (InfluxDB) was verified."""
         with self.connect() as conn:
+            pg_ledger.lock_job_loads(conn, job_id)
             pg_ledger.lock(conn, f"chunk/{job_id}/{table}/{chunk_id}")
+            prior = pg_ledger.get_chunk(conn, job_id, table, chunk_id)
+            if prior and prior["status"] == "rolled_back":
+                raise TargetGuardError(f"job {job_id} was rolled back; its chunks are not loaded again")
             pg_ledger.mark_chunk_written(conn, job_id, table, chunk_id, rows, staged_uri, details)
+
+    def loaded_chunks(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's chunks marked loaded, with their ledger details."""
+        with self.connect() as conn:
+            return pg_ledger.job_chunks(conn, job_id)
+
+    def mark_rolled_back(self, job_id: str) -> None:
+        """Record the job and its loaded chunks as rolled back (after their data was removed)."""
+        with self.connect() as conn:
+            pg_ledger.lock_job_loads(conn, job_id, exclusive=True)
+            pg_ledger.mark_job_rolled_back(conn, job_id)
+
+    def rollback_job(self, job_id: str) -> list[TableRollback]:
+        """Remove exactly the rows the job's chunks wrote, in one transaction with the ledger.
+
+        Each chunk's load transaction recorded its id, which PostgreSQL keeps in the `xmin` of
+        every row it wrote, so rows that were there before the job (or written since by anyone
+        else) are never touched. A table the job created is dropped once no other rows remain
+        in it. Waits for the job's loads in flight; afterwards its chunks never load again.
+        """
+        with self.connect() as conn:
+            pg_ledger.ensure_ledger(conn)
+            pg_ledger.lock_job_loads(conn, job_id, exclusive=True)
+            chunks = pg_ledger.job_chunks(conn, job_id)
+            missing = [c["chunk_id"] for c in chunks if "xid" not in (c["details"] or {})]
+            if missing:
+                raise TargetGuardError(
+                    f"job {job_id}: chunks {missing[:5]} were loaded without a recorded transaction id, "
+                    "so their rows cannot be told apart from others; roll back by hand"
+                )
+            results = []
+            for prepared in pg_ledger.job_tables(conn, job_id):
+                xids = [str(c["details"]["xid"]) for c in chunks if c["table_name"] == prepared["table_name"]]
+                results.append(self._remove_rows(conn, prepared, xids))
+            pg_ledger.mark_job_rolled_back(conn, job_id)
+            return results
+
+    def _remove_rows(
+        self, conn: psycopg.Connection, prepared: dict[str, Any], xids: list[str]
+    ) -> TableRollback:
+        ident = sql.Identifier(*prepared["target_ident"])
+        name = prepared["target_table"]
+        if conn.execute("SELECT to_regclass(%s)", (ident.as_string(conn),)).fetchone()[0] is None:
+            return TableRollback(table=name, rows_deleted=0, dropped=False, rows_kept=0)
+        deleted = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE xmin = ANY(%s::text[]::xid[])").format(ident), (xids,)
+        ).rowcount
+        kept = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()[0]
+        dropped = bool(prepared["created_table"]) and kept == 0
+        if dropped:
+            conn.execute(sql.SQL("DROP TABLE {}").format(ident))
+        return TableRollback(table=name, rows_deleted=deleted, dropped=dropped, rows_kept=kept)
 
     def job_run(self, job_id: str) -> dict[str, Any] | None:
         with self.connect() as conn:
@@ -286,7 +351,14 @@ class PostgresTarget(Block):
                 conn.execute(sql.SQL("TRUNCATE {}").format(table.ident()))
                 truncated = True
             pg_ledger.record_table_prepared(
-                conn, job_id, source_table, table.qualified, mode, created, truncated
+                conn,
+                job_id,
+                source_table,
+                table.qualified,
+                mode,
+                created,
+                truncated,
+                (table.schema_name, table.name),
             )
             return PreparedTable(created=created, truncated=truncated, resumed=False)
 
@@ -385,10 +457,13 @@ class PostgresTarget(Block):
         Prefect persisted the result), nothing is written and the recorded counts are returned.
         """
         with self.connect() as conn:
+            pg_ledger.lock_job_loads(conn, job_id)
             pg_ledger.lock(conn, f"chunk/{job_id}/{source_table}/{chunk_id}")
             prior = pg_ledger.get_chunk(conn, job_id, source_table, chunk_id)
             if prior is None:
                 raise ValidationFailed(f"chunk {chunk_id} of {source_table} is not in job {job_id}'s plan")
+            if prior["status"] == "rolled_back":
+                raise TargetGuardError(f"job {job_id} was rolled back; its chunks are not loaded again")
             if prior["status"] == "loaded":
                 return ChunkLoad(
                     rows_loaded=prior["rows_loaded"],
@@ -407,7 +482,15 @@ class PostgresTarget(Block):
                 )
             after = self.count_range(conn, table, lower, upper)
             pg_ledger.mark_chunk_loaded(
-                conn, job_id, source_table, chunk_id, copied, before, after, staged_uri
+                conn,
+                job_id,
+                source_table,
+                chunk_id,
+                copied,
+                before,
+                after,
+                staged_uri,
+                pg_ledger.current_xid(conn),
             )
             return ChunkLoad(rows_loaded=copied, rows_before=before, rows_after=after, already_loaded=False)
 

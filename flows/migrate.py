@@ -9,6 +9,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.errors import MigrationFailed
+from flows.rollback import rollback
 from tasks.config import MigrationSpec
 from tasks.connections import check_connections, validate_config
 from tasks.jobs import finish_job, load_recorded_plan, prepare_targets, record_plan, start_job
@@ -73,13 +74,21 @@ def migrate(
     logger.info(report.summary())
     if error:
         if rollback_enabled:
-            logger.warning(
-                "rollback_enabled is set, but the rollback subflow is not available yet; job %s "
-                "keeps its loaded chunks and can be resumed",
-                job_id,
-            )
+            error += rollback_after_failure(job_id, spec.name, migrations_file)
         raise MigrationFailed(f"migration {spec.name!r} job {job_id} failed: {error}")
     return report
+
+
+def rollback_after_failure(job_id: str, migration: str, migrations_file: str | None) -> str:
+    """Run the rollback subflow for a failed job; returns what to add to the error message."""
+    logger = get_run_logger()
+    logger.warning("rollback_enabled: rolling back job %s", job_id)
+    try:
+        rollback(job_id=job_id, source_name=migration, migrations_file=migrations_file)
+    except Exception as exc:
+        logger.error("rollback of job %s failed: %s", job_id, exc)
+        return f" (rollback failed too: {exc}; rerun the rollback deployment with job_id={job_id})"
+    return " (rolled back: everything the job wrote was removed)"
 
 
 def run_chunks(

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from blocks.errors import ValidationFailed
+from blocks.errors import TargetGuardError, ValidationFailed
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_staging, build_target
 from tasks.plan import Bound, Chunk, TablePlan
@@ -71,6 +71,8 @@ def write_points(
     prior = build_ledger(spec).chunk_status(job_id, plan.spec.name, chunk.chunk_id)
     if prior is None:
         raise ValidationFailed(f"chunk {chunk.chunk_id} of {plan.spec.name} is not in job {job_id}'s plan")
+    if prior["status"] == "rolled_back":
+        raise TargetGuardError(f"job {job_id} was rolled back; its chunks are not loaded again")
     if prior["status"] == "loaded":
         details = prior.get("details") or {}
         return PointsLoaded(

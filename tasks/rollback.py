@@ -1,0 +1,80 @@
+"""Undo one job: remove exactly what it wrote to the target, and its staged files.
+
+PostgreSQL: the rows each chunk's load transaction wrote (found through the transaction id
+the ledger recorded), removed in one transaction with the ledger update; tables the job
+created are dropped once empty. InfluxDB: a delete per measurement and chunk time range the
+ledger recorded (the reconcile proved those ranges held only the job's points when it
+loaded them). Then the job is recorded as rolled back, and it never resumes.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from blocks.errors import ConfigError, TargetGuardError
+from tasks.config import MigrationSpec
+from tasks.connections import build_ledger, build_staging, build_target
+from tasks.policy import STEP_RETRIES
+
+
+class RollbackReport(BaseModel):
+    job_id: str
+    migration: str
+    tables: list[dict] = []
+    points_deleted_ranges: int = 0
+    staged_files_removed: bool = False
+    already_rolled_back: bool = False
+
+    def summary(self) -> str:
+        if self.already_rolled_back:
+            return f"Job {self.job_id} ({self.migration}) was already rolled back; nothing to do"
+        lines = [f"Rolled back job {self.job_id} ({self.migration})"]
+        for t in self.tables:
+            dropped = ", table dropped" if t["dropped"] else ""
+            kept = f", {t['rows_kept']:,} rows the job did not write kept" if t["rows_kept"] else ""
+            lines.append(f"  {t['table']}: {t['rows_deleted']:,} rows removed{dropped}{kept}")
+        if self.points_deleted_ranges:
+            lines.append(f"  InfluxDB: {self.points_deleted_ranges} measurement time ranges deleted")
+        if self.staged_files_removed:
+            lines.append("  staged files removed")
+        return "\n".join(lines)
+
+
+@task(name="check-rollback", **STEP_RETRIES)
+def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
+    """The job's ledger row; refuses an unknown job, or a running one unless `force`."""
+    run = build_ledger(spec).job_run(job_id)
+    if run is None:
+        raise ConfigError(f"job {job_id} is not in the ledger of migration {spec.name!r}")
+    if run["migration"] != spec.name:
+        raise ConfigError(f"job {job_id} belongs to migration {run['migration']!r}, not {spec.name!r}")
+    if run["status"] == "running" and not force:
+        raise TargetGuardError(
+            f"job {job_id} is still running: cancel its flow run first, or pass force=true if it crashed"
+        )
+    return run
+
+
+@task(name="rollback-target", **STEP_RETRIES)
+def rollback_target(spec: MigrationSpec, job_id: str) -> RollbackReport:
+    """Remove the job's data from the target and mark it rolled back in the ledger."""
+    report = RollbackReport(job_id=job_id, migration=spec.name)
+    if spec.target.type == "postgres":
+        tables = build_target(spec).rollback_job(job_id)
+        report.tables = [t.model_dump() for t in tables]
+        return report
+    target, ledger = build_target(spec), build_ledger(spec)
+    for chunk in ledger.loaded_chunks(job_id):
+        details = chunk["details"] or {}
+        for measurement in details.get("measurements", []):
+            target.delete(measurement, details.get("start_ns"), details.get("stop_ns"))
+            report.points_deleted_ranges += 1
+    ledger.mark_rolled_back(job_id)
+    return report
+
+
+@task(name="remove-staged-files", **STEP_RETRIES)
+def remove_staged_files(spec: MigrationSpec, job_id: str) -> None:
+    build_staging(spec).delete_prefix(job_id)
+    get_run_logger().info("removed staged files of job %s", job_id)
