@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
+from prefect.context import get_run_context
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -32,6 +33,7 @@ def migrate(
     no_resume: bool = False,
     resume_max_age_hours: float = 12,
     migrations_file: str | None = None,
+    window: str | None = None,
     resume_attempt: int = 0,
     resume_attempt_count: int = 3,
 ) -> MigrationReport:
@@ -39,7 +41,8 @@ def migrate(
 
     Bad config, bad times and unreachable servers fail before anything is written. A rerun
     with the same job_id (or, without one, within resume_max_age_hours) skips finished chunks.
-    `resume_attempt` counts automatic resumes after a crash (the auto-resume automation sets
+    `window` ("previous_day", "previous_hour") sets start_time and end_time relative to the
+    run's scheduled time, for scheduled incremental runs. `resume_attempt` counts automatic resumes after a crash (the auto-resume automation sets
     it); past `resume_attempt_count` the run fails at once instead of trying again.
     """
     logger = get_run_logger()
@@ -49,17 +52,20 @@ def migrate(
             f"migration {source_name!r}: giving up after {resume_attempt_count} automatic resume attempts; "
             "resume it by hand once the cause is fixed"
         )
-    spec, window = validate_config(source_name, migrations_file, start_time, end_time, batch_size)
+    scheduled = getattr(get_run_context().flow_run, "expected_start_time", None)
+    spec, run_window = validate_config(
+        source_name, migrations_file, start_time, end_time, batch_size, window, scheduled
+    )
     check_connections(spec)
     tables = inspect_source(spec)
 
-    job_id, resumed = start_job(spec, window, job_id, job_name, no_resume, resume_max_age_hours)
+    job_id, resumed = start_job(spec, run_window, job_id, job_name, no_resume, resume_max_age_hours)
     logger.info("%s job %s", "Resuming" if resumed else "Starting", job_id)
     label_flow_run(job_id, spec.name)
     reports: list[ChunkReport] = []
     try:
         plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(
-            spec, tables, window
+            spec, tables, run_window
         )
         record_plan(spec, job_id, plans)
         prepare_targets(spec, job_id, plans, resume_max_age_hours)

@@ -379,9 +379,32 @@ def parse_time(name: str, value: str | datetime | None) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def run_window(start_time, end_time, batch_size) -> RunWindow:
+WINDOWS = {"previous_day": timedelta(days=1), "previous_hour": timedelta(hours=1)}
+
+
+def relative_window(window: str, scheduled: datetime) -> tuple[datetime, datetime]:
+    """The whole day (or hour) before `scheduled`, in UTC: `previous_day` at 02:00 gives
+    yesterday 00:00 up to today 00:00."""
+    if window not in WINDOWS:
+        raise ConfigError(f"window {window!r} is not one of {', '.join(WINDOWS)}")
+    scheduled = scheduled.astimezone(UTC)
+    if window == "previous_day":
+        end = scheduled.replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        end = scheduled.replace(minute=0, second=0, microsecond=0)
+    return end - WINDOWS[window], end
+
+
+def run_window(
+    start_time, end_time, batch_size, window: str | None = None, scheduled: datetime | None = None
+) -> RunWindow:
+    """The run's checked window; `window` (a name in WINDOWS) fills start and end from the
+    run's scheduled time, and explicit start_time/end_time win over it."""
     start = parse_time("start_time", start_time)
     end = parse_time("end_time", end_time)
+    if window:
+        default_start, default_end = relative_window(window, scheduled or datetime.now(UTC))
+        start, end = start or default_start, end or default_end
     if start and end and end <= start:
         raise ConfigError(f"end_time {end.isoformat()} is not after start_time {start.isoformat()}")
     if batch_size is not None and int(batch_size) <= 0:

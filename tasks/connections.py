@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prefect import task
 from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
@@ -169,8 +171,14 @@ def check_connections(spec: MigrationSpec) -> None:
 
 @task(name="validate-config", **STEP_RETRIES)
 def validate_config(
-    source_name: str, migrations_file: str | None, start_time, end_time, batch_size
+    source_name: str,
+    migrations_file: str | None,
+    start_time,
+    end_time,
+    batch_size,
+    window: str | None = None,
+    scheduled: datetime | None = None,
 ) -> tuple[MigrationSpec, RunWindow]:
     """The named migration and the run's window, checked; any problem raises ConfigError."""
-    window = run_window(start_time, end_time, batch_size)
+    window = run_window(start_time, end_time, batch_size, window, scheduled)
     return load_migration(source_name, migrations_path(migrations_file)), window

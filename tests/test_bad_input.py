@@ -283,3 +283,26 @@ def test_password_env_not_set(migrations, pg_connect, monkeypatch, role):
     other = "source" if role == "target" else "target"
     assert f"{other}:" not in text
     assert_target_untouched(pg_connect)
+
+
+def test_relative_windows_follow_the_scheduled_time():
+    from datetime import UTC, datetime
+
+    from tasks.config import relative_window, run_window
+
+    scheduled = datetime(2024, 3, 5, 2, 0, 7, tzinfo=UTC)
+    assert relative_window("previous_day", scheduled) == (
+        datetime(2024, 3, 4, tzinfo=UTC),
+        datetime(2024, 3, 5, tzinfo=UTC),
+    )
+    assert relative_window("previous_hour", scheduled) == (
+        datetime(2024, 3, 5, 1, tzinfo=UTC),
+        datetime(2024, 3, 5, 2, tzinfo=UTC),
+    )
+    explicit = run_window("2024-03-04T12:00:00Z", None, None, "previous_day", scheduled)
+    assert (explicit.start_time, explicit.end_time) == (
+        datetime(2024, 3, 4, 12, tzinfo=UTC),
+        datetime(2024, 3, 5, tzinfo=UTC),
+    )
+    with pytest.raises(ConfigError, match="window 'last_week' is not one of previous_day, previous_hour"):
+        run_window(None, None, None, "last_week", scheduled)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
+from tests.prefect_support import deploy_all
 from tests.support import assert_same_rows, source_rows, target_rows, write_migrations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,18 +63,7 @@ def test_migration_with_saved_blocks(
 
 
 def test_prefect_yaml_deploys(servers):
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    env = {**os.environ, "PREFECT_CLI_PROMPT": "false"}
-    subprocess.run(
-        [prefect, "work-pool", "create", "migrations", "--type", "process", "--overwrite"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    done = subprocess.run(
-        [prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    done = deploy_all()
     assert done.returncode == 0, done.stdout + done.stderr
     api = os.environ["PREFECT_API_URL"]
     for name, source_name in [
@@ -88,3 +76,9 @@ def test_prefect_yaml_deploys(servers):
         assert deployment["entrypoint"] == "flows/migrate.py:migrate"
         assert deployment["parameters"] == {"source_name": source_name}
         assert deployment["work_pool_name"] == "migrations"
+    nightly = httpx.get(f"{api}/deployments/name/migrate/page-views-nightly").json()
+    assert nightly["parameters"] == {"source_name": "page_views_daily", "window": "previous_day"}
+    (schedule,) = nightly["schedules"]
+    assert schedule["schedule"]["cron"] == "0 2 * * *" and not schedule["active"]
+    by_job = httpx.get(f"{api}/deployments/name/rollback/by-job").json()
+    assert by_job["entrypoint"] == "flows/rollback.py:rollback" and by_job["work_pool_name"] == "migrations"

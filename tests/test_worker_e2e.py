@@ -1,0 +1,129 @@
+"""Through Prefect itself: deploy prefect.yaml, run deployments by name on a process worker
+(a subprocess), cancel a running migration, and roll a job back through its deployment."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from tests.prefect_support import (
+    PREFECT,
+    ROOT,
+    deploy_all,
+    run_deployment_by_name,
+    stack_env,
+    wait_for_state,
+    worker,
+)
+from tests.support import assert_same_rows, source_rows, target_rows, write_migrations
+
+EVENTS_JSON = {"PAYLOAD", "ATTRS", "TAGS"}
+
+
+@pytest.fixture(scope="module")
+def deployed(servers):
+    done = deploy_all()
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def running_worker(tmp_path, servers, pg_database, deployed):
+    log = tmp_path / "worker.log"
+    with worker(log, stack_env(servers, pg_database, tmp_path / "staging")):
+        yield log
+
+
+def assert_events_exact(snowflake_kwargs, pg_connect) -> None:
+    names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "EVENTS", "EVENT_ID", EVENTS_JSON)
+    assert_same_rows(expected, target_rows(pg_connect, "analytics.events", names, "event_id"), names)
+
+
+def test_deployment_run_by_name_completes_on_a_worker(
+    running_worker, pg_connect, snowflake_kwargs, demo_source
+):
+    """`prefect deployment run migrate/analytics` with the repo's own migrations.yaml."""
+    done = subprocess.run(
+        [PREFECT, "deployment", "run", "migrate/analytics", "--param", "job_id=e2e-analytics"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = next(line.split()[-1] for line in done.stdout.splitlines() if "UUID" in line)
+    run = wait_for_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}, timeout=240, log=running_worker)
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert "job:e2e-analytics" in run["tags"]
+    assert_events_exact(snowflake_kwargs, pg_connect)
+    names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "PAGE_VIEWS", "VIEW_ID")
+    assert_same_rows(expected, target_rows(pg_connect, "analytics.page_views", names, "view_id"), names)
+
+
+def loaded_chunks(pg_connect, job_id: str) -> list[tuple]:
+    with pg_connect() as conn:
+        if conn.execute("SELECT to_regclass('migration_status.migration_chunk_status')").fetchone() == (
+            None,
+        ):
+            return []  # the job has not started yet
+        return conn.execute(
+            "SELECT lower_bound::bigint, upper_bound::bigint, rows_loaded FROM migration_status.migration_chunk_status "
+            "WHERE job_id = %s AND status = 'loaded'",
+            (job_id,),
+        ).fetchall()
+
+
+def test_cancel_leaves_whole_chunks_then_resume_or_rollback(
+    tmp_path, servers, pg_database, pg_connect, snowflake_kwargs, demo_source, running_worker
+):
+    path = write_migrations(
+        tmp_path / "migrations.yaml",
+        servers,
+        pg_database,
+        [{"name": "EVENTS", "chunk_column": "EVENT_ID", "chunk_size": 2_000}],
+        extra={"concurrency": 1},
+    )
+    parameters = {"source_name": "analytics", "job_id": "e2e-cancel", "migrations_file": str(path)}
+    run_id = run_deployment_by_name("migrate/analytics", parameters)
+    wait_for_state(run_id, {"RUNNING"}, timeout=60, log=running_worker)
+    deadline = time.monotonic() + 120
+    while len(loaded_chunks(pg_connect, "e2e-cancel")) < 3:
+        assert time.monotonic() < deadline, "no chunk loaded within 120 s"
+        time.sleep(0.2)
+
+    done = subprocess.run([PREFECT, "flow-run", "cancel", run_id], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = wait_for_state(
+        run_id, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"}, timeout=60, log=running_worker
+    )
+    assert run["state_type"] == "CANCELLED", run["state"]
+
+    # No half-loaded chunk: the target holds exactly the rows of the chunks the ledger calls loaded.
+    chunks = loaded_chunks(pg_connect, "e2e-cancel")
+    assert 3 <= len(chunks) < 55
+    with pg_connect() as conn:
+        for lower, upper, rows in chunks:
+            count = conn.execute(
+                "SELECT count(*) FROM analytics.events WHERE event_id >= %s AND event_id < %s", (lower, upper)
+            ).fetchone()[0]
+            assert count == rows
+        assert conn.execute("SELECT count(*) FROM analytics.events").fetchone()[0] == sum(
+            c[2] for c in chunks
+        )
+
+    rerun = run_deployment_by_name("migrate/analytics", parameters)
+    run = wait_for_state(
+        rerun, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, timeout=240, log=running_worker
+    )
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert_events_exact(snowflake_kwargs, pg_connect)
+
+    rollback = run_deployment_by_name(
+        "rollback/by-job", {"job_id": "e2e-cancel", "source_name": "analytics", "migrations_file": str(path)}
+    )
+    run = wait_for_state(
+        rollback, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, timeout=120, log=running_worker
+    )
+    assert run["state_type"] == "COMPLETED", run["state"]
+    with pg_connect() as conn:
+        assert conn.execute("SELECT to_regclass('analytics.events')").fetchone() == (None,)
