@@ -11,6 +11,7 @@ from blocks.influxdb import InfluxDBTarget
 from blocks.parquet_files import ParquetFilesSource
 from blocks.postgres import PostgresTarget
 from blocks.snowflake import SnowflakeSource
+from blocks.sns import SnsNotification
 from blocks.staging import LocalStaging, S3Staging
 from blocks.timestream import TimestreamSource
 
@@ -22,6 +23,7 @@ BLOCK_TYPES = (
     TimestreamSource,
     ParquetFilesSource,
     InfluxDBTarget,
+    SnsNotification,
 )
 
 

@@ -1,0 +1,335 @@
+"""Notification blocks and automations for the `migrate` flow, created or updated by name.
+
+    python -m deployments.automations [--webhook-url URL] [--slack-webhook-url-env VAR]
+        [--sns-topic-arn ARN ...] [--aws-credentials-block NAME] [--notify-block SLUG/NAME ...]
+        [--name-prefix PREFIX] [--no-auto-resume] [--disabled]
+
+Idempotent: running it again updates the blocks and automations of the same names in place, so
+there is always exactly one of each. The automations:
+
+- `migration-run-finished`: a `migrate` flow run ended Completed, Failed (or TimedOut), Crashed or Cancelled;
+  notifies every configured block with the run, its state, its migration and its job.
+- `migration-validation-failed`: the flow emitted `migration.validation.failed` for a chunk;
+  notifies with the error, the job and the chunk.
+- `migration-auto-resume`: a `migrate` flow run of a deployment crashed; runs the same deployment
+  again with the same parameters, `job_id` taken from the run's `job:<id>` tag when it had none,
+  and `resume_attempt` one higher (the flow gives up past `resume_attempt_count`).
+
+The two notifying automations are created only when at least one notification target is given;
+without one, any that exist are left as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.blocks.notifications import CustomWebhookNotificationBlock, SlackWebhook
+from prefect.client.orchestration import get_client
+from prefect.events.actions import RunDeployment, SendNotification
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.exceptions import ObjectNotFound
+from prefect_aws import AwsCredentials
+from pydantic import SecretStr
+
+from blocks.sns import SnsNotification
+
+FLOW_NAME = "migrate"
+RUN_FINISHED = "migration-run-finished"
+VALIDATION_FAILED = "migration-validation-failed"
+AUTO_RESUME = "migration-auto-resume"
+WEBHOOK_BLOCK = "migration-webhook"
+SLACK_BLOCK = "migration-slack"
+SNS_BLOCK = "migration-sns"
+
+# A run that exceeds its timeout ends in state TimedOut, of type Failed, so it is announced too.
+FINISHED_STATES = ("Completed", "Failed", "TimedOut", "Crashed", "Cancelled")
+_NAME_PREFIX = re.compile(r"[a-z0-9-]*")
+_TOPIC_ARN = re.compile(r"arn:[\w-]+:sns:(?P<region>[\w-]+):\d+:(?P<topic>[\w-]+(\.fifo)?)")
+
+# The job of a flow run: its `job_id` parameter, else its `job:<id>` tag (the flow tags itself once
+# the job is known), else nothing. Jinja, rendered by the server with `flow_run` in its context.
+_JOB_ID = (
+    "{%- set ns = namespace(job_id=flow_run.parameters.get('job_id')) -%}"
+    "{%- for tag in flow_run.tags -%}"
+    "{%- if not ns.job_id and tag.startswith('job:') -%}{%- set ns.job_id = tag[4:] -%}{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+RUN_FINISHED_SUBJECT = (
+    "Migration {{ flow_run.parameters.source_name }} {{ flow_run.state.name }}: flow run {{ flow_run.name }}"
+)
+RUN_FINISHED_BODY = (
+    _JOB_ID
+    + "Flow run {{ flow_run.name }} ({{ flow_run.id }}) of flow migrate ended {{ flow_run.state.name }}.\n"
+    "Migration: {{ flow_run.parameters.source_name }}\n"
+    "Job: {{ ns.job_id or 'none yet (the run ended before its job started)' }}\n"
+    "Resume attempt: {{ flow_run.parameters.get('resume_attempt') or 0 }}\n"
+    "{% if flow_run.state.message %}Message: {{ flow_run.state.message }}\n{% endif %}"
+    "{% if flow_run|ui_url %}Flow run: {{ flow_run|ui_url }}\n{% endif %}"
+)
+
+VALIDATION_FAILED_SUBJECT = (
+    "Migration validation failed: job {{ event.resource.id[14:] }}, "
+    "{{ event.resource['migration.table'] }} chunk {{ event.resource['migration.chunk'] }}"
+)
+VALIDATION_FAILED_BODY = (
+    "A validation check failed; the chunk was not loaded.\n"
+    "Job: {{ event.resource.id[14:] }}\n"
+    "Table: {{ event.resource['migration.table'] }}\n"
+    "Chunk: {{ event.resource['migration.chunk'] }}\n"
+    "Error: {{ event.payload.error }}\n"
+    "{% if flow_run %}Flow run: {{ flow_run.name }} ({{ flow_run.id }})"
+    "{% if flow_run|ui_url %} {{ flow_run|ui_url }}{% endif %}\n{% endif %}"
+)
+
+# All of the crashed run's parameters, with its job and the next attempt number. The whole parameter
+# set is one JSON-valued template, so parameters passed to the crashed run (not only the
+# deployment's defaults) carry over.
+AUTO_RESUME_PARAMETERS = {
+    "__prefect_kind": "json",
+    "value": {
+        "__prefect_kind": "jinja",
+        "template": _JOB_ID + "{{ dict(flow_run.parameters, job_id=ns.job_id or none,"
+        " resume_attempt=(flow_run.parameters.get('resume_attempt') or 0) + 1) | tojson }}",
+    },
+}
+
+
+def _migrate_runs(*, of_deployment: bool = False) -> list[dict[str, str]]:
+    """match_related for flow runs of flow `migrate` (and of some deployment)."""
+    related = [{"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME}]
+    if of_deployment:
+        related.append({"prefect.resource.role": "deployment"})
+    return related
+
+
+def run_finished_automation(name: str, block_ids: Sequence[UUID], enabled: bool = True) -> AutomationCore:
+    return AutomationCore(
+        name=name,
+        description="Notify when a migrate flow run ends Completed, Failed, TimedOut, Crashed or Cancelled",
+        enabled=enabled,
+        tags=["prefect-migrate"],
+        trigger=EventTrigger(
+            expect={f"prefect.flow-run.{state}" for state in FINISHED_STATES},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=_migrate_runs(),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            SendNotification(block_document_id=block_id, subject=RUN_FINISHED_SUBJECT, body=RUN_FINISHED_BODY)
+            for block_id in block_ids
+        ],
+    )
+
+
+def validation_failed_automation(
+    name: str, block_ids: Sequence[UUID], enabled: bool = True
+) -> AutomationCore:
+    return AutomationCore(
+        name=name,
+        description="Notify when a migration chunk fails validation (event migration.validation.failed)",
+        enabled=enabled,
+        tags=["prefect-migrate"],
+        trigger=EventTrigger(
+            expect={"migration.validation.failed"},
+            match={"prefect.resource.id": "migration.job.*"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_id, subject=VALIDATION_FAILED_SUBJECT, body=VALIDATION_FAILED_BODY
+            )
+            for block_id in block_ids
+        ],
+    )
+
+
+def auto_resume_automation(name: str, enabled: bool = True) -> AutomationCore:
+    return AutomationCore(
+        name=name,
+        description=(
+            "Run a crashed migrate deployment run again with the same job_id, so it resumes "
+            "(resume_attempt + 1; the flow gives up past resume_attempt_count)"
+        ),
+        enabled=enabled,
+        tags=["prefect-migrate"],
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Crashed"},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=_migrate_runs(of_deployment=True),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[RunDeployment(source="inferred", parameters=AUTO_RESUME_PARAMETERS)],
+    )
+
+
+def sns_block_name(topic_arn: str, name_prefix: str = "") -> str:
+    """The SNS block's name for a topic: `<prefix>migration-sns-<topic>`; a malformed ARN raises ValueError."""
+    found = _TOPIC_ARN.fullmatch(topic_arn)
+    if not found:
+        raise ValueError(f"{topic_arn!r} is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<topic>)")
+    topic = re.sub(r"[^a-z0-9]+", "-", found["topic"].lower()).strip("-")
+    return f"{name_prefix}{SNS_BLOCK}-{topic}"
+
+
+def _notify_block_id(client, reference: str) -> UUID:
+    """The id of a saved notification block named `<block-type-slug>/<name>`."""
+    slug, _, name = reference.partition("/")
+    if not slug or not name:
+        raise ValueError(
+            f"--notify-block {reference!r}: expected <block-type-slug>/<name>, like slack-webhook/ops"
+        )
+    try:
+        document = client.read_block_document_by_name(name, slug, include_secrets=False)
+    except ObjectNotFound:
+        raise ValueError(f"--notify-block {reference!r}: no such block") from None
+    capabilities = document.block_schema.capabilities if document.block_schema else []
+    if "notify" not in capabilities:
+        raise ValueError(f"--notify-block {reference!r}: block type {slug} cannot send notifications")
+    return document.id
+
+
+def _ensure(client, automation: AutomationCore) -> None:
+    """Create `automation`, or update the one of its name in place (removing any duplicates)."""
+    existing = client.read_automations_by_name(automation.name)
+    if not existing:
+        client.create_automation(automation)
+        return
+    keep, *extra = existing
+    client.update_automation(keep.id, automation)
+    for duplicate in extra:
+        client.delete_automation(duplicate.id)
+
+
+def ensure_automations(
+    *,
+    webhook_url: str | None = None,
+    slack_webhook_url: str | None = None,
+    sns_topic_arns: Sequence[str] = (),
+    aws_credentials: AwsCredentials | None = None,
+    notify_blocks: Sequence[str] = (),
+    name_prefix: str = "",
+    auto_resume: bool = True,
+    enabled: bool = True,
+) -> list[str]:
+    """Create or update the notification blocks and automations; return the automations' names.
+
+    `webhook_url` gets a Custom Webhook block posting JSON {"subject", "body", "source"};
+    `slack_webhook_url` a Slack Webhook block; each of `sns_topic_arns` a Migration SNS Notification
+    block using `aws_credentials` (default: boto3's own chain in the topic's region). `notify_blocks`
+    names saved notification blocks as `<block-type-slug>/<name>`. Every name gets `name_prefix`
+    (lowercase letters, digits and dashes). A bad ARN, prefix or block reference raises ValueError
+    before anything is changed.
+    """
+    if not _NAME_PREFIX.fullmatch(name_prefix):
+        raise ValueError(f"name prefix {name_prefix!r} may hold only lowercase letters, digits and dashes")
+    sns_names = [sns_block_name(arn, name_prefix) for arn in sns_topic_arns]
+    with get_client(sync_client=True) as client:
+        block_ids = [_notify_block_id(client, reference) for reference in notify_blocks]
+        if webhook_url:
+            webhook = CustomWebhookNotificationBlock(
+                name="prefect-migrate",
+                url=webhook_url,
+                json_data={"subject": "{{subject}}", "body": "{{body}}", "source": "prefect-migrate"},
+            )
+            block_ids.append(webhook.save(f"{name_prefix}{WEBHOOK_BLOCK}", overwrite=True))
+        if slack_webhook_url:
+            slack = SlackWebhook(url=SecretStr(slack_webhook_url))
+            block_ids.append(slack.save(f"{name_prefix}{SLACK_BLOCK}", overwrite=True))
+        for arn, block_name in zip(sns_topic_arns, sns_names, strict=True):
+            credentials = aws_credentials or AwsCredentials(
+                region_name=_TOPIC_ARN.fullmatch(arn)["region"]  # type: ignore[index]
+            )
+            sns = SnsNotification(aws_credentials=credentials, topic_arn=arn)
+            block_ids.append(sns.save(block_name, overwrite=True))
+
+        automations: list[AutomationCore] = []
+        if block_ids:
+            automations += [
+                run_finished_automation(f"{name_prefix}{RUN_FINISHED}", block_ids, enabled),
+                validation_failed_automation(f"{name_prefix}{VALIDATION_FAILED}", block_ids, enabled),
+            ]
+        if auto_resume:
+            automations.append(auto_resume_automation(f"{name_prefix}{AUTO_RESUME}", enabled))
+        for automation in automations:
+            _ensure(client, automation)
+    return [automation.name for automation in automations]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.automations",
+        description="Create or update the migrate flow's notification blocks and automations (idempotent).",
+    )
+    parser.add_argument("--webhook-url", help="POST JSON {subject, body, source} to this URL")
+    parser.add_argument(
+        "--slack-webhook-url-env",
+        metavar="VAR",
+        help="the environment variable holding a Slack incoming-webhook URL (a secret, so not an argument)",
+    )
+    parser.add_argument(
+        "--sns-topic-arn",
+        action="append",
+        default=[],
+        metavar="ARN",
+        help="publish to this SNS topic (repeatable)",
+    )
+    parser.add_argument(
+        "--aws-credentials-block",
+        metavar="NAME",
+        help="a saved AwsCredentials block for SNS (default: boto3's own chain, the topic's region)",
+    )
+    parser.add_argument(
+        "--notify-block",
+        action="append",
+        default=[],
+        metavar="SLUG/NAME",
+        help="also notify this saved notification block, e.g. email/ops (repeatable)",
+    )
+    parser.add_argument("--name-prefix", default="", help="prefix for every block and automation name")
+    parser.add_argument("--no-auto-resume", action="store_true", help="leave out migration-auto-resume")
+    parser.add_argument("--disabled", action="store_true", help="create or update the automations disabled")
+    args = parser.parse_args(argv)
+
+    slack_url = None
+    if args.slack_webhook_url_env:
+        slack_url = os.environ.get(args.slack_webhook_url_env)
+        if not slack_url:
+            parser.error(f"--slack-webhook-url-env: ${args.slack_webhook_url_env} is not set")
+    credentials = AwsCredentials.load(args.aws_credentials_block) if args.aws_credentials_block else None
+    try:
+        names = ensure_automations(
+            webhook_url=args.webhook_url,
+            slack_webhook_url=slack_url,
+            sns_topic_arns=args.sns_topic_arn,
+            aws_credentials=credentials,
+            notify_blocks=args.notify_block,
+            name_prefix=args.name_prefix,
+            auto_resume=not args.no_auto_resume,
+            enabled=not args.disabled,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not any((args.webhook_url, slack_url, args.sns_topic_arn, args.notify_block)):
+        print("no notification target given: the notifying automations were left as they are")
+    print("automations:", ", ".join(names) or "none")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
