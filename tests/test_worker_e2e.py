@@ -12,12 +12,15 @@ from tests.prefect_support import (
     PREFECT,
     ROOT,
     deploy_all,
+    flow_run,
+    flow_runs_tagged,
     run_deployment_by_name,
     stack_env,
     wait_for_state,
     worker,
 )
 from tests.support import assert_same_rows, source_rows, target_rows, write_migrations
+from tests.test_automations import prefix  # noqa: F401  (fixture: automations removed afterwards)
 
 EVENTS_JSON = {"PAYLOAD", "ATTRS", "TAGS"}
 
@@ -80,7 +83,7 @@ def test_cancel_leaves_whole_chunks_then_resume_or_rollback(
         tmp_path / "migrations.yaml",
         servers,
         pg_database,
-        [{"name": "EVENTS", "chunk_column": "EVENT_ID", "chunk_size": 2_000}],
+        [{"name": "EVENTS", "chunk_column": "EVENT_ID", "chunk_size": 4_000}],
         extra={"concurrency": 1},
     )
     parameters = {"source_name": "analytics", "job_id": "e2e-cancel", "migrations_file": str(path)}
@@ -100,7 +103,7 @@ def test_cancel_leaves_whole_chunks_then_resume_or_rollback(
 
     # No half-loaded chunk: the target holds exactly the rows of the chunks the ledger calls loaded.
     chunks = loaded_chunks(pg_connect, "e2e-cancel")
-    assert 3 <= len(chunks) < 55
+    assert 3 <= len(chunks) < 28
     with pg_connect() as conn:
         for lower, upper, rows in chunks:
             count = conn.execute(
@@ -127,3 +130,58 @@ def test_cancel_leaves_whole_chunks_then_resume_or_rollback(
     assert run["state_type"] == "COMPLETED", run["state"]
     with pg_connect() as conn:
         assert conn.execute("SELECT to_regclass('analytics.events')").fetchone() == (None,)
+
+
+def test_a_crashed_run_resumes_automatically(
+    tmp_path,
+    servers,
+    pg_database,
+    pg_connect,
+    snowflake_kwargs,
+    demo_source,
+    running_worker,
+    prefix,  # noqa: F811
+):
+    """The worker's flow process dies (kill -9); the auto-resume automation runs the deployment
+    again with the crashed run's job, which resumes and ends with exact data."""
+    import os
+    import signal
+
+    from deployments.automations import ensure_automations
+
+    ensure_automations(name_prefix=prefix)  # only auto-resume: no notification target given
+    path = write_migrations(
+        tmp_path / "migrations.yaml",
+        servers,
+        pg_database,
+        [{"name": "EVENTS", "chunk_column": "EVENT_ID", "chunk_size": 4_000}],
+        extra={"concurrency": 1},
+    )
+    run_id = run_deployment_by_name(
+        "migrate/analytics", {"source_name": "analytics", "migrations_file": str(path)}
+    )
+    wait_for_state(run_id, {"RUNNING"}, timeout=60, log=running_worker)
+    deadline = time.monotonic() + 120
+    while True:  # the job id comes from the run's tag (no job_id parameter was given)
+        job_tags = [t for t in flow_run(run_id)["tags"] if t.startswith("job:")]
+        if job_tags and len(loaded_chunks(pg_connect, job_tags[0][4:])) >= 3:
+            break
+        assert time.monotonic() < deadline, "no chunk loaded within 120 s"
+        time.sleep(0.2)
+    job_id = job_tags[0][4:]
+    pid = int(str(flow_run(run_id)["infrastructure_pid"]).rsplit(":", 1)[-1])
+    os.kill(pid, signal.SIGKILL)
+    crashed = wait_for_state(run_id, {"CRASHED", "COMPLETED", "FAILED"}, timeout=60, log=running_worker)
+    assert crashed["state_type"] == "CRASHED", crashed["state"]
+
+    deadline = time.monotonic() + 240
+    while True:
+        runs = [r for r in flow_runs_tagged(f"job:{job_id}") if r["id"] != run_id]
+        if runs and runs[-1]["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        assert time.monotonic() < deadline, f"no resumed run finished: {[r['state_type'] for r in runs]}"
+        time.sleep(1)
+    resumed = runs[-1]
+    assert resumed["state_type"] == "COMPLETED", resumed["state"]
+    assert resumed["parameters"]["resume_attempt"] == 1 and resumed["parameters"]["job_id"] == job_id
+    assert_events_exact(snowflake_kwargs, pg_connect)
