@@ -9,6 +9,7 @@ the step. Retries back off exponentially with jitter, and never retry a `Migrati
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import Any
 
 from prefect import Task
@@ -18,7 +19,7 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from blocks.errors import MigrationError
-from tasks.config import RetryPolicy
+from tasks.config import MigrationSpec, RetryPolicy
 
 
 def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -42,11 +43,25 @@ STEP_RETRIES: dict[str, Any] = {
 
 
 def chunk_cache_key(step: str):
+    """Persisted results are found again by job, chunk, bounds and step, and by where the job
+    writes: the same job id against another target or staging area is another job."""
+
     def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         chunk = parameters["chunk"]
-        return f"migrate/{parameters['job_id']}/{chunk.table}/{chunk.chunk_id}/{chunk.lower}/{chunk.upper}/{step}"
+        where = destination_digest(parameters["spec"])
+        return (
+            f"migrate/{parameters['job_id']}/{where}/{chunk.table}/{chunk.chunk_id}/"
+            f"{chunk.lower}/{chunk.upper}/{step}"
+        )
 
     return key
+
+
+def destination_digest(spec: MigrationSpec) -> str:
+    """A short digest of the target, ledger and staging settings (names of secrets, never values)."""
+    settings = [spec.target, spec.ledger_settings, spec.staging]
+    blob = "|".join(s.model_dump_json() for s in settings)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 @functools.cache

@@ -50,10 +50,34 @@ def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
     if run["migration"] != spec.name:
         raise ConfigError(f"job {job_id} belongs to migration {run['migration']!r}, not {spec.name!r}")
     if run["status"] == "running" and not force:
-        raise TargetGuardError(
-            f"job {job_id} is still running: cancel its flow run first, or pass force=true if it crashed"
-        )
+        active = active_flow_runs(job_id)
+        if active:
+            raise TargetGuardError(
+                f"job {job_id} is still running (flow run {active[0]}): cancel it first, "
+                "or pass force=true if it crashed"
+            )
+        get_run_logger().info("job %s: the ledger says running, but none of its flow runs is active", job_id)
     return run
+
+
+def active_flow_runs(job_id: str) -> list[str]:
+    """Names of the job's flow runs (tagged `job:<id>`) that have not reached a final state.
+
+    A cancelled or crashed run cannot update the ledger, which then still says running; the
+    Prefect API knows better.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"job:{job_id}"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=50,
+            offset=0,
+        )
+    return [r.name for r in runs if r.state is None or not r.state.is_final()]
 
 
 @task(name="rollback-target", **STEP_RETRIES)

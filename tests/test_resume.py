@@ -174,7 +174,7 @@ def test_commit_without_persisted_result_is_not_loaded_twice(events_file, pg_con
     results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"]) / "migrate" / "crash-after-commit"
     removed = 0
     for step in ("load", "reconcile", "chunk"):
-        for path in results.glob(f"*/*/*/*/{step}"):
+        for path in results.glob(f"*/*/*/*/*/{step}"):  # <where>/<table>/<chunk>/<lower>/<upper>
             path.unlink()
             removed += 1
     assert removed == 3 * len(first.chunks)

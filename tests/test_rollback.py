@@ -105,7 +105,14 @@ def test_a_failed_run_with_rollback_enabled_rolls_back(
     assert rows(pg_connect, "SELECT to_regclass('analytics.customers')") == [(None,)]
 
 
-def test_a_running_job_needs_force(tmp_path, servers, pg_database, pg_connect, demo_source):
+def test_a_running_job_is_refused_until_its_flow_run_ends(
+    tmp_path, servers, pg_database, pg_connect, demo_source
+):
+    """The ledger of a crashed or cancelled run still says running; Prefect says whether a run is active."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed, Running
+
     from flows.migrate import migrate
     from flows.rollback import rollback
 
@@ -115,12 +122,47 @@ def test_a_running_job_needs_force(tmp_path, servers, pg_database, pg_connect, d
         conn.execute(
             "UPDATE migration_status.migration_runs SET status = 'running' WHERE job_id = 'crashed-1'"
         )
-    with pytest.raises(TargetGuardError, match="still running"):
+
+    @flow(name="migrate")
+    def stand_in() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:  # a run of the job that is still going
+        run = client.create_flow_run(stand_in, tags=["job:crashed-1"], state=Running())
+    with pytest.raises(TargetGuardError, match=f"still running \\(flow run {run.name}\\)"):
         rollback(job_id="crashed-1", source_name="conflict", migrations_file=str(path))
-    assert rollback(job_id="crashed-1", source_name="conflict", migrations_file=str(path), force=True).tables
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Crashed(), force=True)
+    assert rollback(job_id="crashed-1", source_name="conflict", migrations_file=str(path)).tables
+    assert job_status(pg_connect, "crashed-1") == "rolled_back"
 
 
-def test_influxdb_rollback_deletes_only_the_jobs_points(tmp_path, servers, pg_database, influx_database):
+def test_force_rolls_back_while_a_run_looks_active(tmp_path, servers, pg_database, pg_connect, demo_source):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from flows.migrate import migrate
+    from flows.rollback import rollback
+
+    path = customers_file(tmp_path, servers, pg_database)
+    migrate(source_name="conflict", job_id="crashed-2", migrations_file=str(path))
+    with pg_connect() as conn:
+        conn.execute(
+            "UPDATE migration_status.migration_runs SET status = 'running' WHERE job_id = 'crashed-2'"
+        )
+
+    @flow(name="migrate")
+    def stand_in() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:  # e.g. its worker died and nobody marked it crashed
+        client.create_flow_run(stand_in, tags=["job:crashed-2"], state=Running())
+    assert rollback(job_id="crashed-2", source_name="conflict", migrations_file=str(path), force=True).tables
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])  # InfluxQL DELETE on 1.x; the v2 delete API
+def test_influxdb_rollback_deletes_only_the_jobs_points(tmp_path, servers, pg_database, influx_database, api):
     from flows.migrate import migrate
     from flows.rollback import rollback
 
@@ -129,7 +171,7 @@ def test_influxdb_rollback_deletes_only_the_jobs_points(tmp_path, servers, pg_da
     table = {"name": "generation_data", "chunk_column": "time", "chunk_interval": "1d"}
     source = {"type": "parquet", "location": str(tmp_path / "unload")}
     path = influx_migrations(
-        tmp_path / "m.yaml", servers, pg_database, influx_database, [table], source=source
+        tmp_path / "m.yaml", servers, pg_database, influx_database, [table], source=source, api=api
     )
     # points that are not the job's: another measurement in its range, and its own measurement outside it
     foreign = "other_measure value=1 1709251200000000005\ngeneration_mw,plant=x measure_value::double=2 1000"
