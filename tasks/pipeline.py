@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ class ChunkReport(BaseModel):
     load_seconds: float
     already_loaded: bool
     unit: str = "rows"  # "points" for InfluxDB targets
+    pid: int = 0  # the process that ran the chunk (Dask spreads chunks over worker processes)
     rows_dropped: int = 0  # InfluxDB: rows the encoder left out, with the reasons in `problems`
     problems: list[str] = []
 
@@ -103,6 +105,7 @@ def migrate_chunk(
         load_seconds=time.perf_counter() - started,
         already_loaded=loaded.already_loaded,
         unit="points" if points else "rows",
+        pid=os.getpid(),
         rows_dropped=loaded.rows_dropped if points else 0,
         problems=loaded.problems if points else [],
     )
