@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import time
 
-from prefect import task
 from pydantic import BaseModel
 
 from tasks.arrow_types import conform
 from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
 from tasks.plan import Chunk, TablePlan
-from tasks.policy import STEP_RETRIES, chunk_cache_key
 
 
 class StagedChunk(BaseModel):
@@ -45,14 +43,3 @@ def export_chunk_to_staging(spec: MigrationSpec, job_id: str, plan: TablePlan, c
     return StagedChunk(
         key=key, uri=staged.uri, rows=staged.rows, bytes=staged.bytes, seconds=time.perf_counter() - started
     )
-
-
-@task(
-    name="export-chunk",
-    task_run_name="export {chunk.table}/{chunk.chunk_id}",
-    persist_result=True,
-    cache_key_fn=chunk_cache_key("export"),
-    **STEP_RETRIES,
-)
-def export_chunk(spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk) -> StagedChunk:
-    return export_chunk_to_staging(spec, job_id, plan, chunk)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel
 
 from blocks.errors import ValidationFailed
@@ -14,7 +13,6 @@ from tasks.config import MigrationSpec
 from tasks.connections import build_staging, build_target
 from tasks.load_points import PointsLoaded, reconcile_points, write_points
 from tasks.plan import Chunk, TablePlan
-from tasks.policy import STEP_RETRIES, chunk_cache_key
 from tasks.validate import ChunkManifest
 
 READ_BATCH_ROWS = 65_536
@@ -79,29 +77,16 @@ def reconcile_loaded(
     return now
 
 
-@task(
-    name="load-chunk",
-    task_run_name="load {chunk.table}/{chunk.chunk_id}",
-    persist_result=True,
-    cache_key_fn=chunk_cache_key("load"),
-    **STEP_RETRIES,
-)
-def load_chunk(
+def load_step(
     spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest
 ) -> LoadedChunk | PointsLoaded:
+    """Load the validated chunk into its target: PostgreSQL by COPY, InfluxDB as points."""
     if plan.points is not None:
         return write_points(spec, job_id, plan, chunk, manifest)
     return load_manifest(spec, job_id, plan, chunk, manifest)
 
 
-@task(
-    name="reconcile-chunk",
-    task_run_name="reconcile {chunk.table}/{chunk.chunk_id}",
-    persist_result=True,
-    cache_key_fn=chunk_cache_key("reconcile"),
-    **STEP_RETRIES,
-)
-def reconcile_chunk(
+def reconcile_step(
     spec: MigrationSpec,
     job_id: str,
     plan: TablePlan,
@@ -109,6 +94,7 @@ def reconcile_chunk(
     manifest: ChunkManifest,
     loaded: LoadedChunk | PointsLoaded,
 ) -> int:
+    """The target's count for the chunk's range agrees with the load; returns that count."""
     if isinstance(loaded, PointsLoaded):
         return reconcile_points(spec, job_id, plan, chunk, manifest, loaded)
     return reconcile_loaded(spec, plan, chunk, manifest, loaded)

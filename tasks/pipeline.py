@@ -1,4 +1,11 @@
-"""One chunk's whole path: export, validate, load, reconcile, each a cached task."""
+"""One chunk's whole path, export → validate → load → reconcile, as one cached Prefect task.
+
+The chunk is the unit of resume: its task result is persisted, so a rerun of the job skips a
+finished chunk at once. Inside, the steps are plain calls, each retried in-process on
+transient errors; a chunk that failed part way runs its steps again on resume, which is safe
+because staging writes replace the file whole and the load checks the ledger first. One task
+run per chunk keeps Prefect's orchestration cost per chunk low.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +19,13 @@ from pydantic import BaseModel
 
 from blocks.errors import ValidationFailed
 from tasks.config import MigrationSpec
-from tasks.export import export_chunk
-from tasks.load import load_chunk, reconcile_chunk
+from tasks.export import export_chunk_to_staging
+from tasks.load import load_step, reconcile_step
 from tasks.load_points import PointsLoaded
 from tasks.plan import Chunk, TablePlan
-from tasks.policy import chunk_cache_key, with_retries
+from tasks.policy import chunk_cache_key, run_step
 from tasks.progress import report_stage, report_validation_failed
-from tasks.validate import ChunkManifest, validate_chunk
+from tasks.validate import ChunkManifest, validate_staged_chunk
 
 
 class ChunkReport(BaseModel):
@@ -58,18 +65,21 @@ def validation_events(job_id: str, table: str, chunk_id: str) -> Iterator[None]:
 def migrate_chunk(
     spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, validation_enabled: bool
 ) -> ChunkReport:
-    """Export → validate → load → reconcile one chunk. Steps done in an earlier run are skipped."""
-    args = {"spec": spec, "job_id": job_id, "plan": plan, "chunk": chunk}
+    """Export → validate → load → reconcile one chunk; the load happens at most once per job."""
+    args = (spec, job_id, plan, chunk)
     table, cid = plan.spec.name, chunk.chunk_id
+    label = f"{table}/{cid}"
 
     report_stage(job_id, table, cid, "export", "started")
-    staged = with_retries(export_chunk, spec.retries)(**args)
+    staged = run_step(lambda: export_chunk_to_staging(*args), spec.retries, f"export {label}")
     report_stage(job_id, table, cid, "export", "finished", rows=staged.rows, bytes=staged.bytes)
 
     if validation_enabled:
         report_stage(job_id, table, cid, "validation", "started")
         with validation_events(job_id, table, cid):
-            manifest = with_retries(validate_chunk, spec.retries)(**args, staged=staged)
+            manifest = run_step(
+                lambda: validate_staged_chunk(*args, staged), spec.retries, f"validate {label}"
+            )
         report_stage(job_id, table, cid, "validation", "finished", rows=manifest.rows)
     else:
         manifest = ChunkManifest(
@@ -84,9 +94,9 @@ def migrate_chunk(
 
     report_stage(job_id, table, cid, "migration", "started")
     started = time.perf_counter()
-    loaded = with_retries(load_chunk, spec.retries)(**args, manifest=manifest)
+    loaded = run_step(lambda: load_step(*args, manifest), spec.retries, f"load {label}")
     with validation_events(job_id, table, cid):
-        with_retries(reconcile_chunk, spec.retries)(**args, manifest=manifest, loaded=loaded)
+        run_step(lambda: reconcile_step(*args, manifest, loaded), spec.retries, f"reconcile {label}")
     points = isinstance(loaded, PointsLoaded)
     rows = loaded.points_written if points else loaded.rows_loaded
     report_stage(job_id, table, cid, "migration", "finished", rows=rows)

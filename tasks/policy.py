@@ -1,18 +1,21 @@
-"""Retries and cache keys for the chunk steps, declared once here.
+"""Retries and cache keys, declared once here.
 
-Cache keys are built from the job id, the table, the chunk id and its bounds, and the step,
-and results are persisted: a rerun of the same job finds a finished step's result and skips
-the step. Retries back off exponentially with jitter, and never retry a `MigrationError`
-(bad config, bad data, a guard refusing), which would only fail again.
+Cache keys are built from the job id, where it writes, the table, the chunk id and its
+bounds, and the step, and results are persisted: a rerun of the same job finds a finished
+chunk's result and skips it. Retries back off exponentially with jitter, and never retry a
+`MigrationError` (bad config, bad data, a guard refusing), which would only fail again.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from typing import Any
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from prefect import Task
+from prefect import Task, get_run_logger
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.states import State
@@ -20,6 +23,8 @@ from prefect.tasks import exponential_backoff
 
 from blocks.errors import MigrationError
 from tasks.config import MigrationSpec, RetryPolicy
+
+T = TypeVar("T")
 
 
 def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -64,18 +69,37 @@ def destination_digest(spec: MigrationSpec) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-@functools.cache
-def with_retries(step: Task, policy: RetryPolicy) -> Task:
-    """`step` with the migration's retry policy. Cached: `Task.with_options` is slow (~0.5 s)."""
-    return step.with_options(**retry_options(policy))
+def run_step(step: Callable[[], T], policy: RetryPolicy, label: str) -> T:
+    """Run one chunk step, retrying transient failures with the migration's policy.
+
+    A `MigrationError` (bad config, bad data, a guard refusing) is raised at once. Any other
+    error is retried up to `policy.attempts` times, after `delay_seconds`, then twice that,
+    and so on, each spread by ±`jitter`; the last error is raised.
+    """
+    for attempt in range(policy.attempts + 1):
+        try:
+            return step()
+        except MigrationError:
+            raise
+        except Exception as exc:
+            if attempt == policy.attempts:
+                raise
+            wait = policy.delay_seconds * 2**attempt * (1 + random.uniform(-policy.jitter, policy.jitter))
+            _logger().warning(
+                "%s failed (%s: %s); retry %d/%d in %.1f s",
+                label,
+                type(exc).__name__,
+                exc,
+                attempt + 1,
+                policy.attempts,
+                wait,
+            )
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
-def retry_options(policy: RetryPolicy) -> dict[str, Any]:
-    return {
-        "retries": policy.attempts,
-        "retry_delay_seconds": exponential_backoff(backoff_factor=policy.delay_seconds)(policy.attempts)
-        if policy.attempts
-        else 0,
-        "retry_jitter_factor": policy.jitter,
-        "retry_condition_fn": is_transient,
-    }
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:  # outside a Prefect run
+        return logging.getLogger("migrate")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel
 
 from blocks.errors import ValidationFailed
@@ -13,7 +12,6 @@ from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
 from tasks.export import StagedChunk
 from tasks.plan import Chunk, TablePlan
-from tasks.policy import STEP_RETRIES, chunk_cache_key
 
 
 class ChunkManifest(BaseModel):
@@ -68,16 +66,3 @@ def validate_staged_chunk(
         export_seconds=staged.seconds,
         validate_seconds=time.perf_counter() - started,
     )
-
-
-@task(
-    name="validate-chunk",
-    task_run_name="validate {chunk.table}/{chunk.chunk_id}",
-    persist_result=True,
-    cache_key_fn=chunk_cache_key("validate"),
-    **STEP_RETRIES,
-)
-def validate_chunk(
-    spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, staged: StagedChunk
-) -> ChunkManifest:
-    return validate_staged_chunk(spec, job_id, plan, chunk, staged)

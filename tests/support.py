@@ -70,6 +70,12 @@ def write_migrations(
     return path
 
 
+def staged_files(staging: Path, job_id: str) -> dict[str, tuple[int, int]]:
+    """chunk id -> (inode, mtime in ns) of each staged file of a job: an export writes a new
+    file and renames it into place, so a chunk exported again shows a new inode."""
+    return {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (staging / job_id).glob("*/*.parquet")}
+
+
 def normalise(value: Any) -> Any:
     """One comparable form per value: JSON text parsed, binary as bytes, Decimal normalised."""
     if isinstance(value, memoryview):

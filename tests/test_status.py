@@ -127,6 +127,7 @@ def test_failed_chunk_shows_failed_with_its_error_then_resume_completes(customer
 
 
 def test_failed_validation_is_listed_as_an_error(customers_file, monkeypatch):
+    import tasks.pipeline
     import tasks.validate
     from flows.migrate import migrate
 
@@ -137,7 +138,7 @@ def test_failed_validation_is_listed_as_an_error(customers_file, monkeypatch):
             raise ValidationFailed("staged checksum does not match the source")
         return real_validate(spec, job_id, plan, chunk, staged)
 
-    monkeypatch.setattr(tasks.validate, "validate_staged_chunk", validate_failing_first_chunk)
+    monkeypatch.setattr(tasks.pipeline, "validate_staged_chunk", validate_failing_first_chunk)
     job_id = new_job_id("status-invalid")
     with pytest.raises(RuntimeError, match="checksum"):
         migrate(source_name="analytics", job_id=job_id, migrations_file=str(customers_file))
