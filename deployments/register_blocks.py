@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from blocks.influxdb import InfluxDBTarget
 from blocks.parquet_files import ParquetFilesSource
+from blocks.pg_source import PostgresSource
 from blocks.postgres import PostgresTarget
 from blocks.snowflake import SnowflakeSource
 from blocks.sns import SnsNotification
@@ -17,6 +18,7 @@ from blocks.timestream import TimestreamSource
 
 BLOCK_TYPES = (
     PostgresTarget,
+    PostgresSource,
     SnowflakeSource,
     LocalStaging,
     S3Staging,

@@ -59,6 +59,9 @@ class SnowflakeSettings(_Strict):
 
 
 class PostgresSettings(_Strict):
+    """A PostgreSQL connection: a target, the ledger, or a source (whose `schema` is the one
+    read from, and whose `block` names a saved migration-postgres-source block)."""
+
     type: Literal["postgres"]
     block: str | None = Field(default=None, description="Name of a saved migration-postgres-target block")
     host: str = "localhost"
@@ -236,7 +239,10 @@ class TableSpec(_Strict):
 class MigrationSpec(_Strict):
     name: str = ""
     description: str = ""
-    source: Annotated[SnowflakeSettings | TimestreamSettings | ParquetSettings, Field(discriminator="type")]
+    source: Annotated[
+        SnowflakeSettings | TimestreamSettings | ParquetSettings | PostgresSettings,
+        Field(discriminator="type"),
+    ]
     target: Annotated[PostgresSettings | InfluxSettings, Field(discriminator="type")]
     ledger: PostgresSettings | None = Field(
         default=None, description="Where job state lives (default: the PostgreSQL target)"

@@ -11,6 +11,7 @@ from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 from blocks.errors import ConfigError, ConnectionCheckError
 from blocks.influxdb import InfluxDBTarget
 from blocks.parquet_files import ParquetTables
+from blocks.pg_source import PostgresSource
 from blocks.postgres import PostgresTarget
 from blocks.snowflake import SnowflakeSource
 from blocks.staging import LocalStaging, S3Staging
@@ -38,7 +39,7 @@ def _load_block(block_type, name: str, setting: str):
         raise ConfigError(f"{setting}: cannot load {block_type.__name__} block {name!r}: {exc}") from None
 
 
-Source = SnowflakeSource | TimestreamSource | ParquetTables
+Source = SnowflakeSource | TimestreamSource | ParquetTables | PostgresSource
 
 
 def aws_credentials(settings: AwsAccess, where: str) -> AwsCredentials:
@@ -62,6 +63,8 @@ def build_source(spec: MigrationSpec) -> Source:
     if isinstance(s, ParquetSettings):
         tables = {t.name: (t.path, t.manifest) for t in spec.tables}
         return ParquetTables(location=s.location, credentials=aws_credentials(s, "source"), tables=tables)
+    if isinstance(s, PostgresSettings):
+        return _postgres_source(s)
     if s.block:
         connector = _load_block(SnowflakeConnector, s.block, "source.block")
     else:
@@ -79,6 +82,21 @@ def build_source(spec: MigrationSpec) -> Source:
         )
     return SnowflakeSource(
         connector=connector, host=s.host, port=s.port, protocol=s.protocol, login_timeout=s.login_timeout
+    )
+
+
+def _postgres_source(s: PostgresSettings) -> PostgresSource:
+    if s.block:
+        return _load_block(PostgresSource, s.block, "source.block")
+    return PostgresSource(
+        host=s.host,
+        port=s.port,
+        dbname=s.dbname,
+        user=s.user,
+        password=secret_from_env(s.password_env, "source.password_env"),
+        sslmode=s.sslmode,
+        connect_timeout=s.connect_timeout,
+        schema_name=s.schema_name,
     )
 
 
