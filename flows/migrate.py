@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.errors import MigrationFailed
@@ -36,6 +39,7 @@ def migrate(
     window: str | None = None,
     resume_attempt: int = 0,
     resume_attempt_count: int = 3,
+    dask_address: str | None = None,
 ) -> MigrationReport:
     """Move the tables of migration `source_name` into its target, chunk by chunk.
 
@@ -44,6 +48,8 @@ def migrate(
     `window` ("previous_day", "previous_hour") sets start_time and end_time relative to the
     run's scheduled time, for scheduled incremental runs. `resume_attempt` counts automatic resumes after a crash (the auto-resume automation sets
     it); past `resume_attempt_count` the run fails at once instead of trying again.
+    `dask_address` (or env MIGRATE_DASK_ADDRESS) is a Dask scheduler ("tcp://host:8786"): chunks
+    then run on that cluster's workers instead of this process's threads.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -69,7 +75,7 @@ def migrate(
         )
         record_plan(spec, job_id, plans)
         prepare_targets(spec, job_id, plans, resume_max_age_hours)
-        error = run_chunks(spec, job_id, plans, validation_enabled, reports)
+        error = run_chunks(spec, job_id, plans, validation_enabled, reports, dask_address)
     except Exception as exc:
         error = str(exc)
 
@@ -103,32 +109,54 @@ def run_chunks(
     plans: list[TablePlan],
     validation_enabled: bool,
     reports: list[ChunkReport],
+    dask_address: str | None = None,
 ) -> str | None:
     """Run every chunk's pipeline, at most `spec.concurrency` at once; returns the first error.
 
     After a chunk fails no new chunk starts; those in flight finish, so their work is kept.
+    Chunks run on the flow's threads, or on the Dask cluster at `dask_address` (default: env
+    MIGRATE_DASK_ADDRESS); a scheduler that cannot be reached raises OSError.
     """
     progress = ProgressTracker(job_id, spec.name, sum(len(p.chunks) for p in plans))
     pending = [(p.model_copy(update={"chunks": []}), c) for p in plans for c in p.chunks]
+    shared = {"spec": spec, "job_id": job_id, "validation_enabled": validation_enabled}
     futures = []
     error: str | None = None
     try:
-        while pending or futures:
-            while pending and len(futures) < spec.concurrency:
-                plan, chunk = pending.pop(0)
-                futures.append(migrate_chunk.submit(spec, job_id, plan, chunk, validation_enabled))
-            done = next(as_completed(futures))
-            futures.remove(done)
-            try:
-                report = done.result()
-                reports.append(report)
-                progress.chunk_done(f"{report.table}/{report.chunk_id}", report.rows)
-            except Exception as exc:
-                error = error or str(exc)
-                pending.clear()
+        with chunk_runner(dask_address or os.environ.get("MIGRATE_DASK_ADDRESS") or None) as submit:
+            while pending or futures:
+                while pending and len(futures) < spec.concurrency:
+                    plan, chunk = pending.pop(0)
+                    futures.append(submit({**shared, "plan": plan, "chunk": chunk}))
+                done = next(as_completed(futures))
+                futures.remove(done)
+                try:
+                    report = done.result()
+                    reports.append(report)
+                    progress.chunk_done(f"{report.table}/{report.chunk_id}", report.rows)
+                except Exception as exc:
+                    error = error or str(exc)
+                    pending.clear()
     finally:
         progress.close()
     return error
+
+
+@contextmanager
+def chunk_runner(dask_address: str | None) -> Iterator[Callable[[dict], PrefectFuture[ChunkReport]]]:
+    """A function submitting `migrate_chunk` with the given parameters: to the flow's own task
+    runner, or, given a scheduler address, to that Dask cluster."""
+    if not dask_address:
+        yield lambda parameters: migrate_chunk.submit(**parameters)
+        return
+    # Imported here: distributed is heavy, and only scale-out runs need it.
+    from prefect_dask import DaskTaskRunner
+
+    get_run_logger().info("Chunks run on the Dask cluster at %s", dask_address)
+    # Workers run the task in their own processes: they need the project importable and the
+    # flow's PREFECT_API_URL, result storage, and secrets env vars.
+    with DaskTaskRunner(address=dask_address) as runner:
+        yield lambda parameters: runner.submit(migrate_chunk, parameters=parameters, wait_for=None)
 
 
 if __name__ == "__main__":
