@@ -2,8 +2,8 @@
 
 The tracker lives in the flow's process; chunk tasks report stage changes to it through
 `report_stage`, and the flow reports each finished chunk, including chunks whose result
-came from the cache on a resumed run. Artifact updates are throttled, except when a chunk
-finishes.
+came from the cache on a resumed run. Artifact updates are throttled to one a second, and
+the last chunk always updates it; `close` pushes the final state.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class ProgressTracker:
         self.in_stage: dict[str, str] = {}
         self._lock = threading.Lock()
         self._last_push = 0.0
+        self._timer: threading.Timer | None = None
         self.artifact_id = create_progress_artifact(
             progress=self.percent,
             key=f"migration-progress-{artifact_slug(migration)}",
@@ -58,15 +59,34 @@ class ProgressTracker:
             self.in_stage.pop(chunk_key, None)
             self.done += 1
             self.rows += rows
-            self._push(force=True)
+            # Every push is a round trip to the API that the next chunk would wait for: push at
+            # most once a second (a timer sends what is left), and always the last chunk.
+            self._push(force=self.done >= self.total)
 
     def _push(self, force: bool) -> None:
-        now = time.monotonic()
-        if force or now - self._last_push > 1.0:
-            self._last_push = now
-            update_progress_artifact(self.artifact_id, progress=self.percent, description=self.description())
+        since = time.monotonic() - self._last_push
+        if force or since > 1.0:
+            self._send()
+        elif self._timer is None:
+            self._timer = threading.Timer(1.0 - since, self._flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._send()
+
+    def _send(self) -> None:
+        self._last_push = time.monotonic()
+        update_progress_artifact(self.artifact_id, progress=self.percent, description=self.description())
 
     def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._send()
         _TRACKERS.pop(self.job_id, None)
 
 

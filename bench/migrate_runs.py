@@ -1,0 +1,68 @@
+"""Migrations files written by the bench, and `migrate` flow runs in child processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.stack import BENCH_DB, Stack
+
+REPO = Path(__file__).resolve().parent.parent
+NO_RETRIES = {"attempts": 0, "delay_seconds": 0.1, "jitter": 0.1}  # a failure should show, not hide
+PROFILE_DIR: Path | None = None  # set (python -m bench.run --profile): py-spy samples per flow run
+
+
+def pg_settings(stack: Stack, schema: str | None = None) -> dict:
+    settings = {
+        "type": "postgres",
+        "host": "127.0.0.1",
+        "port": stack.pg.port,
+        "dbname": BENCH_DB,
+        "user": "postgres",
+        "password_env": "PGPASSWORD",
+    }
+    return settings | ({"schema": schema} if schema else {})
+
+
+def write_migration(stack: Stack, name: str, spec: dict) -> Path:
+    """A migrations file holding the one migration `name`, staging under the bench's root."""
+    spec = {"staging": {"type": "local", "path": str(stack.root / "staging")}, "retries": NO_RETRIES, **spec}
+    path = stack.root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"migrations": {name: spec}}, sort_keys=False))
+    return path
+
+
+def run_migrate(path: Path, name: str, job_id: str) -> dict:
+    """Run the flow in a child process; returns its BENCH_RESULT (seconds, max_rss_mb, rows, ...).
+    Raises RuntimeError with the child's output tail when the flow fails."""
+    cmd = [sys.executable, "-m", "bench.flow_child", str(path), name, job_id]
+    if PROFILE_DIR:
+        # Every thread's stacks, waiting ones too (chunks run in a thread pool), for bench.profile_summary.
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        out = PROFILE_DIR / f"{job_id}-{time.strftime('%H%M%S')}.txt"
+        cmd = [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--format",
+            "raw",
+            "--idle",
+            "--rate",
+            "100",
+            "-o",
+            str(out),
+            "--",
+            *cmd,
+        ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            result = json.loads(line.removeprefix("BENCH_RESULT "))
+            if result["status"] == "completed":
+                return result
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    raise RuntimeError(f"migrate {name} job {job_id} failed (exit {proc.returncode}):\n{tail}")

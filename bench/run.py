@@ -1,0 +1,93 @@
+"""The migration benchmark: private servers, generated data, and the `migrate` flow side by side
+with the plain tools, in one run.
+
+    .venv/bin/python -m bench.run [--rows 1000000] [--big-rows 5000000] [--only a,b,c,d,e] [--quick]
+
+a  PostgreSQL -> PostgreSQL: migrate vs psql's binary COPY pipe vs dlt (checksums compared)
+b  Parquet -> InfluxDB 1.x: migrate vs precomputed line protocol, 10k-line POSTs, 2 writers
+c  peak RSS of the flow process at --rows and at --big-rows
+d  orchestration overhead per chunk
+e  rerun of a completed job vs its first run
+
+Every migrated table is compared with its source through a checksum over all columns; a
+mismatch stops the run. Timings belong here, never in tests/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+from pathlib import Path
+
+from bench import influx_points, memory, migrate_runs, overhead, pg_to_pg, rerun
+from bench.report import Row, machine, markdown
+from bench.stack import start_stack
+
+OVERHEAD_ROWS = 100_000  # (d): 100 chunks of 1,000 rows against one chunk
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for a, b, c and e")
+    parser.add_argument("--big-rows", type=int, default=5_000_000, help="the larger table for c")
+    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated measurements to run")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 100k rows, 300k for c, 30 chunks for d"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="a pyinstrument report per flow run in bench/out/"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the servers' temp folder")
+    parser.add_argument("--markdown", help="also write the table and machine line to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.big_rows = 100_000, 300_000
+    args.only = [m.strip() for m in args.only.split(",") if m.strip()]
+    unknown = set(args.only) - set("abcde")
+    if unknown:
+        parser.error(f"unknown measurement(s) {sorted(unknown)}; choose from a,b,c,d,e")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.profile:
+        migrate_runs.PROFILE_DIR = Path(__file__).resolve().parent / "out"
+    started = time.perf_counter()
+    where = machine()
+    print(f"machine: {where}")
+    stack = start_stack()
+    print(f"servers up in {time.perf_counter() - started:.0f} s under {stack.root}")
+    steps = {
+        "a": lambda: pg_to_pg.measure(stack, args.rows),
+        "b": lambda: influx_points.measure(stack, args.rows),
+        "c": lambda: memory.measure(stack, args.rows, args.big_rows),
+        "d": lambda: overhead.measure(stack, 30_000 if args.quick else min(args.rows, OVERHEAD_ROWS)),
+        "e": lambda: rerun.measure(stack, args.rows),
+    }
+    rows: list[Row] = []
+    failed = False
+    try:
+        for name in args.only:
+            print(f"({name}) ...", flush=True)
+            step_started = time.perf_counter()
+            try:
+                rows += steps[name]()
+            except Exception as exc:
+                failed = True
+                traceback.print_exc()
+                rows.append(Row(f"{name}: FAILED", f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"))
+            print(f"({name}) took {time.perf_counter() - step_started:.0f} s", flush=True)
+    finally:
+        stack.stop(keep=args.keep)
+    table = markdown(rows)
+    print(f"\n{where}; whole run {time.perf_counter() - started:.0f} s\n\n{table}")
+    if args.markdown:
+        with open(args.markdown, "w") as out:
+            out.write(f"{where}; whole run {time.perf_counter() - started:.0f} s\n\n{table}\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
