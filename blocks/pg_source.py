@@ -16,6 +16,7 @@ hex, decoded in bulk afterwards; real widened to double precision exactly).
 from __future__ import annotations
 
 import binascii
+import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from prefect.blocks.core import Block
 from psycopg import sql
 from pydantic import Field, SecretStr
 
+from blocks import pg_pool
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConnectionCheckError, DataConversionError, SourceSchemaError
 
@@ -226,7 +228,18 @@ class PostgresSource(Block):
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        """A read-only connection with the session settings the export relies on."""
+        """A read-only connection with the session settings the export relies on, reused within
+        the process (`blocks.pg_pool`) when its work ended without an error."""
+        with pg_pool.pooled(self._pool_key(), self._open) as conn:
+            yield conn
+            conn.rollback()  # end the read-only transaction, so the connection can be reused
+
+    def _pool_key(self) -> tuple:
+        secret = self.password.get_secret_value() if self.password else ""
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        return ("source", self.host, self.port, self.dbname, self.user, digest, self.sslmode)
+
+    def _open(self) -> psycopg.Connection:
         try:
             conn = psycopg.connect(
                 host=self.host,
@@ -246,9 +259,10 @@ class PostgresSource(Block):
             conn.execute(_SESSION)
             conn.autocommit = False
             conn.read_only = True
-            yield conn
-        finally:
+        except BaseException:
             conn.close()
+            raise
+        return conn
 
     def _table(self, table: str) -> sql.Identifier:
         return sql.Identifier(self.schema_name, table)

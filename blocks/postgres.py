@@ -7,6 +7,7 @@ one transaction together with its ledger row, by COPY.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field, SecretStr
 
-from blocks import pg_ledger
+from blocks import pg_ledger, pg_pool
 from blocks.columns import Column, LogicalType
 from blocks.errors import ConnectionCheckError, DataConversionError, TargetGuardError, ValidationFailed
 from blocks.pg_copy import batch_to_copy_csv
@@ -115,9 +116,27 @@ class PostgresTarget(Block):
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        """A connection in one transaction: committed on success, rolled back on any error."""
+        """A connection in one transaction: committed on success, rolled back on any error.
+
+        Connections are reused within the process (`blocks.pg_pool`); a fresh one is opened
+        when none is idle."""
+        with pg_pool.pooled(self._pool_key(), self._open) as conn:
+            try:
+                yield conn
+                conn.commit()
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+
+    def _pool_key(self) -> tuple:
+        secret = self.password.get_secret_value() if self.password else ""
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        return ("target", self.host, self.port, self.dbname, self.user, digest, self.sslmode)
+
+    def _open(self) -> psycopg.Connection:
         try:
-            conn = psycopg.connect(
+            return psycopg.connect(
                 host=self.host,
                 port=self.port,
                 dbname=self.dbname,
@@ -130,8 +149,6 @@ class PostgresTarget(Block):
         except psycopg.OperationalError as exc:
             # psycopg's message names host, port and user, never the password.
             raise ConnectionCheckError(f"cannot connect to {self.describe_target()}: {exc}".strip()) from None
-        with conn:
-            yield conn
 
     def check(self) -> None:
         with self.connect() as conn:
