@@ -9,16 +9,52 @@ read-only session, a target's), so each use names its own key.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from blocks.errors import ConnectionCheckError
+
 MAX_IDLE_PER_KEY = 8
 _IDLE: dict[tuple, list[psycopg.Connection]] = {}
 _LOCK = threading.Lock()
+
+
+def describe(settings: Any) -> str:
+    """`PostgreSQL user@host:port/dbname` for a block with PostgreSQL connection settings."""
+    return f"PostgreSQL {settings.user}@{settings.host}:{settings.port}/{settings.dbname}"
+
+
+def pool_key(use: str, settings: Any) -> tuple:
+    """What makes two connections interchangeable: the use and every login setting (the
+    password only as a digest)."""
+    secret = settings.password.get_secret_value() if settings.password else ""
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    return (use, settings.host, settings.port, settings.dbname, settings.user, digest, settings.sslmode)
+
+
+def open_connection(settings: Any, application_name: str, **options: Any) -> psycopg.Connection:
+    """Log in with a block's settings; a failed login raises `ConnectionCheckError`, whose
+    message (psycopg's) names host, port and user, never the password."""
+    try:
+        return psycopg.connect(
+            host=settings.host,
+            port=settings.port,
+            dbname=settings.dbname,
+            user=settings.user,
+            password=settings.password.get_secret_value() if settings.password else None,
+            sslmode=settings.sslmode,
+            connect_timeout=settings.connect_timeout,
+            application_name=application_name,
+            **options,
+        )
+    except psycopg.OperationalError as exc:
+        raise ConnectionCheckError(f"cannot connect to {describe(settings)}: {exc}".strip()) from None
 
 
 def _take(key: tuple) -> psycopg.Connection | None:

@@ -16,7 +16,6 @@ hex, decoded in bulk afterwards; real widened to double precision exactly).
 from __future__ import annotations
 
 import binascii
-import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -224,37 +223,18 @@ class PostgresSource(Block):
     )
 
     def describe_target(self) -> str:
-        return f"PostgreSQL {self.user}@{self.host}:{self.port}/{self.dbname}"
+        return pg_pool.describe(self)
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
         """A read-only connection with the session settings the export relies on, reused within
         the process (`blocks.pg_pool`) when its work ended without an error."""
-        with pg_pool.pooled(self._pool_key(), self._open) as conn:
+        with pg_pool.pooled(pg_pool.pool_key("source", self), self._open) as conn:
             yield conn
             conn.rollback()  # end the read-only transaction, so the connection can be reused
 
-    def _pool_key(self) -> tuple:
-        secret = self.password.get_secret_value() if self.password else ""
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        return ("source", self.host, self.port, self.dbname, self.user, digest, self.sslmode)
-
     def _open(self) -> psycopg.Connection:
-        try:
-            conn = psycopg.connect(
-                host=self.host,
-                port=self.port,
-                dbname=self.dbname,
-                user=self.user,
-                password=self.password.get_secret_value() if self.password else None,
-                sslmode=self.sslmode,
-                connect_timeout=self.connect_timeout,
-                application_name="prefect-migrate-source",
-                autocommit=True,
-            )
-        except psycopg.OperationalError as exc:
-            # psycopg's message names host, port and user, never the password.
-            raise ConnectionCheckError(f"cannot connect to {self.describe_target()}: {exc}".strip()) from None
+        conn = pg_pool.open_connection(self, "prefect-migrate-source", autocommit=True)
         try:
             conn.execute(_SESSION)
             conn.autocommit = False

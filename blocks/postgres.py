@@ -7,7 +7,7 @@ one transaction together with its ledger row, by COPY.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from blocks import pg_ledger, pg_pool
 from blocks.columns import Column, LogicalType
-from blocks.errors import ConnectionCheckError, DataConversionError, TargetGuardError, ValidationFailed
+from blocks.errors import DataConversionError, TargetGuardError, ValidationFailed
 from blocks.pg_copy import batch_to_copy_csv
 
 
@@ -112,7 +112,7 @@ class PostgresTarget(Block):
     connect_timeout: int = 10
 
     def describe_target(self) -> str:
-        return f"PostgreSQL {self.user}@{self.host}:{self.port}/{self.dbname}"
+        return pg_pool.describe(self)
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
@@ -120,7 +120,8 @@ class PostgresTarget(Block):
 
         Connections are reused within the process (`blocks.pg_pool`); a fresh one is opened
         when none is idle."""
-        with pg_pool.pooled(self._pool_key(), self._open) as conn:
+        opener = functools.partial(pg_pool.open_connection, self, "prefect-migrate")
+        with pg_pool.pooled(pg_pool.pool_key("target", self), opener) as conn:
             try:
                 yield conn
                 conn.commit()
@@ -128,27 +129,6 @@ class PostgresTarget(Block):
                 if not conn.closed:
                     conn.rollback()
                 raise
-
-    def _pool_key(self) -> tuple:
-        secret = self.password.get_secret_value() if self.password else ""
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        return ("target", self.host, self.port, self.dbname, self.user, digest, self.sslmode)
-
-    def _open(self) -> psycopg.Connection:
-        try:
-            return psycopg.connect(
-                host=self.host,
-                port=self.port,
-                dbname=self.dbname,
-                user=self.user,
-                password=self.password.get_secret_value() if self.password else None,
-                sslmode=self.sslmode,
-                connect_timeout=self.connect_timeout,
-                application_name="prefect-migrate",
-            )
-        except psycopg.OperationalError as exc:
-            # psycopg's message names host, port and user, never the password.
-            raise ConnectionCheckError(f"cannot connect to {self.describe_target()}: {exc}".strip()) from None
 
     def check(self) -> None:
         with self.connect() as conn:
