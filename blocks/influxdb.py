@@ -35,6 +35,7 @@ import dataclasses
 import io
 import json
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
@@ -59,6 +60,10 @@ from blocks.line_protocol import MAX_TIME_NS, MIN_TIME_NS, EncodeReport, PointMa
 GZIP_LEVEL = 1
 # Rows per response chunk when `count` lists points.
 _SCAN_CHUNK_ROWS = 10_000
+# Write requests in flight to one database, per process: chunks loading at the same time
+# share the `writers` slots, so a busy server is not sent more requests than it can take.
+_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
 _TYPE_CONFLICT = re.compile(
     r'field type conflict: input field "(?P<field>.*?)" on measurement "(?P<measurement>.*?)" '
     r"is type (?P<sent>\w+), already exists as type (?P<stored>\w+)"
@@ -189,7 +194,12 @@ class InfluxDBTarget(Block):
     timeout_seconds: float = Field(default=60.0, gt=0)
     batch_lines: int = Field(default=10_000, ge=1, description="Lines per HTTP request, at most")
     gzip: bool = True
-    writers: int = Field(default=2, ge=1, le=16, description="HTTP requests in flight within one chunk")
+    writers: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Write requests in flight to this database from one process, shared by its chunks",
+    )
 
     @model_validator(mode="after")
     def _settings_for_api(self) -> InfluxDBTarget:
@@ -409,8 +419,9 @@ class InfluxDBTarget(Block):
 
         Each batch is cut into zero-copy row slices so that every request carries at most
         `batch_lines` lines (the line protocol is never split after encoding: a string field
-        may hold a newline). At most `writers` requests are in flight while the next one is
-        encoded, so memory holds a few requests, never the chunk. `chunk` names the chunk in
+        may hold a newline). At most `writers` requests are in flight to this database from the
+        process (the chunks loading at once share them) while the next one is encoded, so
+        memory holds a few requests, never the chunk. `chunk` names the chunk in
         error messages. Raises as the module docstring says, plus `ConfigError` when the
         mapping does not fit the data and `DataConversionError` when a value cannot take its
         field's kind; on any error the chunk may be partly written, and writing it again is
@@ -485,10 +496,16 @@ class InfluxDBTarget(Block):
         if lines:
             yield b"".join(pieces), lines
 
+    def _write_slots(self) -> threading.BoundedSemaphore:
+        key = f"{self.display_url} {self.container()} {self.writers}"
+        with _SLOTS_LOCK:
+            return _SLOTS.setdefault(key, threading.BoundedSemaphore(self.writers))
+
     def _send(self, wire: _Wire, body: bytes, lines: int, label: str) -> _Sent:
         wire_body = gzip_compress(body, compresslevel=GZIP_LEVEL, mtime=0) if self.gzip else body
         try:
-            self._post_lines(wire, wire_body, f"writing {label}", compressed=self.gzip)
+            with self._write_slots():
+                self._post_lines(wire, wire_body, f"writing {label}", compressed=self.gzip)
         except ValidationFailed as exc:
             raise self._with_type_conflict(exc, label) from None
         return _Sent(lines=lines, raw_bytes=len(body), wire_bytes=len(wire_body))
