@@ -8,6 +8,7 @@ one transaction together with its ledger row, by COPY.
 from __future__ import annotations
 
 import functools
+import itertools
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from pydantic import BaseModel, Field, SecretStr
 from blocks import pg_ledger, pg_pool
 from blocks.columns import Column, LogicalType
 from blocks.errors import DataConversionError, TargetGuardError, ValidationFailed
+from blocks.pg_binary import COPY_HEADER, COPY_TRAILER, BinaryCopyEncoder, target_typnames
 from blocks.pg_copy import batch_to_copy_csv
 
 
@@ -498,15 +500,32 @@ class PostgresTarget(Block):
         table: TargetTable,
         batches: Iterable[pa.RecordBatch],
     ) -> int:
-        columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
-        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(ident, columns)
+        """COPY the batches in; binary when every column's (Arrow, PostgreSQL) type pair has an
+        exact binary form (`blocks.pg_binary`), CSV otherwise (say, an existing table whose
+        column is float4 for a float64 source)."""
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            return 0
+        names = [c.name for c in table.columns]
+        encoder = BinaryCopyEncoder.for_columns(
+            first.schema.types, target_typnames(conn, table.ident().as_string(conn), names), names
+        )
+        encode = encoder.encode if encoder else batch_to_copy_csv
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(
+            ident, sql.SQL(", ").join(map(sql.Identifier, names)), sql.SQL("binary" if encoder else "csv")
+        )
         rows = 0
         with conn.cursor() as cur:
             try:
                 with cur.copy(statement) as copy:
-                    for batch in batches:
-                        copy.write(batch_to_copy_csv(batch))
+                    if encoder:
+                        copy.write(COPY_HEADER)
+                    for batch in itertools.chain([first], batches):
+                        copy.write(encode(batch))
                         rows += batch.num_rows
+                    if encoder:
+                        copy.write(COPY_TRAILER)
             except psycopg.errors.DataError as exc:
                 raise DataConversionError(f"{table.qualified} rejected a value: {exc}".strip()) from None
             except psycopg.errors.IntegrityError as exc:
