@@ -25,8 +25,10 @@ Errors: 401 raises `ConnectionCheckError` saying "unauthorized"; 403 and an unkn
 database or retention policy raise `ConnectionCheckError` naming it; a field type conflict
 (v2: 422, v1: 400 "partial write: field type conflict") raises `ValidationFailed` naming the
 field; other 4xx answers raise `ValidationFailed` with the server's message. 5xx, 408 and 429
-raise `InfluxServerError`, and connection failures raise urllib3's own exceptions: both are
-transient, so the task layer retries the chunk. No message ever holds the token or password.
+raise `InfluxServerError`, and so does a write or InfluxQL request that gets no answer
+(connection refused, reset or timed out), saying "cannot reach InfluxDB at <url> while
+<doing>: <reason>": both are transient, so the task layer retries the chunk. No message ever
+holds the token or password.
 """
 
 from __future__ import annotations
@@ -119,7 +121,31 @@ def _check_columns(schema: pa.Schema, mapping: PointMapping, label: str) -> None
 
 
 class InfluxServerError(RuntimeError):
-    """InfluxDB answered 5xx, 408 or 429: transient (overloaded, restarting), so it is retried."""
+    """InfluxDB answered 5xx, 408 or 429, or did not answer at all: transient (overloaded,
+    restarting, unreachable), so it is retried."""
+
+
+def _no_answer_reason(exc: BaseException) -> str:
+    """Why a request got no answer, in a few words ("connection refused", "read timed out"),
+    from urllib3's exception and what it wraps; never a repr of a connection object."""
+    chain, todo = [], [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or any(current is seen for seen in chain):
+            continue
+        chain.append(current)
+        todo += [arg for arg in current.args if isinstance(arg, BaseException)]
+        todo += [current.__cause__, current.__context__]
+    for error in chain:
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror[:1].lower() + error.strerror[1:]
+    for error in chain:
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError | TimeoutError):
+            return "read timed out" if "read" in str(error).lower() else "timed out"
+    text = str(chain[-1]) or type(chain[-1]).__name__
+    text = re.sub(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*", "", text)
+    text = re.sub(r"^\w*HTTPS?Connection(Pool)?\([^)]*\):\s*", "", text)
+    return text[:1].lower() + text[1:]
 
 
 class InfluxLoad(BaseModel):
@@ -282,6 +308,13 @@ class InfluxDBTarget(Block):
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         return f"{self.url.rstrip('/')}{path}" + (f"?{query}" if query else "")
 
+    def _no_answer(self, exc: BaseException, doing: str) -> InfluxServerError:
+        """The exception for a request that got no answer (refused, reset, timed out)."""
+        reason = _no_answer_reason(exc)
+        if reason == "read timed out":
+            reason += f" after {self.timeout_seconds:g} s (setting timeout_seconds)"
+        return InfluxServerError(f"cannot reach InfluxDB at {self.display_url} while {doing}: {reason}")
+
     def _refusal(self, status: int, message: str, doing: str) -> Exception:
         """The exception for an HTTP error answer (see the module docstring)."""
         message = message.strip()
@@ -338,13 +371,16 @@ class InfluxDBTarget(Block):
         fields = {"q": statement, "db": db, "rp": rp, "epoch": "ns"}
         if chunk_rows:
             fields.update(chunked="true", chunk_size=str(chunk_rows))
-        response = wire.http.request(
-            "POST",
-            self._endpoint("/query"),
-            body=urllib.parse.urlencode({k: v for k, v in fields.items() if v is not None}),
-            headers={**self._auth_headers(), "Content-Type": "application/x-www-form-urlencoded"},
-            preload_content=False,
-        )
+        try:
+            response = wire.http.request(
+                "POST",
+                self._endpoint("/query"),
+                body=urllib.parse.urlencode({k: v for k, v in fields.items() if v is not None}),
+                headers={**self._auth_headers(), "Content-Type": "application/x-www-form-urlencoded"},
+                preload_content=False,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._no_answer(exc, doing) from None
         try:
             if response.status != 200:
                 raise self._refusal(response.status, self._error_text(response.read()), doing)
@@ -359,6 +395,8 @@ class InfluxDBTarget(Block):
                     if "error" in result:
                         raise self._refusal(400, result["error"], doing)
                     yield result
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut off while answering
+            raise self._no_answer(exc, doing) from None
         finally:
             response.release_conn()
 
@@ -398,7 +436,9 @@ class InfluxDBTarget(Block):
                             f'retention policy "{rp}" does not exist in database "{db}" at {self.display_url}'
                         )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ConnectionCheckError(f"cannot reach InfluxDB at {self.display_url}: {exc}") from None
+            raise ConnectionCheckError(
+                f"cannot reach InfluxDB at {self.display_url}: {_no_answer_reason(exc)}"
+            ) from None
         except InfluxServerError as exc:
             raise ConnectionCheckError(str(exc)) from None
 
@@ -532,16 +572,23 @@ class InfluxDBTarget(Block):
                 )
             except ApiException as exc:
                 if not exc.status:  # urllib3 SSL errors arrive as status 0
-                    raise InfluxServerError(f"InfluxDB at {self.display_url}: {exc.reason}") from None
+                    raise InfluxServerError(
+                        f"cannot reach InfluxDB at {self.display_url} while {doing}: {exc.reason}"
+                    ) from None
                 raise self._refusal(exc.status, self._error_text(exc.body), doing) from None
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise self._no_answer(exc, doing) from None
             return
         db, rp = self.influxql_database()
         headers = {**self._auth_headers(), "Content-Type": "text/plain; charset=utf-8"}
         if compressed:
             headers["Content-Encoding"] = "gzip"
-        response = wire.http.request(
-            "POST", self._endpoint("/write", db=db, rp=rp, precision="ns"), body=body, headers=headers
-        )
+        try:
+            response = wire.http.request(
+                "POST", self._endpoint("/write", db=db, rp=rp, precision="ns"), body=body, headers=headers
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._no_answer(exc, doing) from None
         if not 200 <= response.status < 300:
             raise self._refusal(response.status, self._error_text(response.data), doing)
 

@@ -3,8 +3,16 @@
 A chunk's steps each open a connection (export, validation count, load, reconcile), and with
 SCRAM authentication each costs some 20 ms. Connections that end their work cleanly, with no
 transaction open, go back here and the next step with the same settings takes one; a
-connection that saw an error is closed instead. Settings differ per use (a source's
-read-only session, a target's), so each use names its own key.
+connection that saw an error, or that a server restart broke, is closed instead. Settings
+differ per use (a source's read-only session, a target's), so each use names its own key.
+
+A login that fails for good (wrong password, unknown database or role, no pg_hba.conf entry,
+bad SSL or connection settings) raises `ConnectionCheckError`, which is permanent. A server
+that cannot be reached right now (refused, closed the connection, starting up or shutting
+down, timed out) raises `ConnectionError`, which the steps' retries retry: a PostgreSQL
+restart in the middle of a migration costs a few retries, not the run. The blocks' `check()`,
+the connection check before a run, turns an unreachable server into a `ConnectionCheckError`
+too: nothing is written yet, so waiting gains nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +32,19 @@ MAX_IDLE_PER_KEY = 8
 _IDLE: dict[tuple, list[psycopg.Connection]] = {}
 _LOCK = threading.Lock()
 
+# Words in libpq's message when the server answered and refused the login, or the settings
+# cannot work: retrying would fail the same way. (Connection errors carry no SQLSTATE.)
+_REFUSED_FOR_GOOD = (
+    "authentication",  # password, SCRAM, ident... failed or unsupported
+    "no password supplied",
+    "does not exist",  # database, role, or a certificate file
+    "no pg_hba.conf entry",
+    "permission denied",
+    "invalid",  # sslmode, port, option names or values
+    "does not support ssl",
+    "certificate",
+)
+
 
 def describe(settings: Any) -> str:
     """`PostgreSQL user@host:port/dbname` for a block with PostgreSQL connection settings."""
@@ -38,23 +59,42 @@ def pool_key(use: str, settings: Any) -> tuple:
     return (use, settings.host, settings.port, settings.dbname, settings.user, digest, settings.sslmode)
 
 
+def refused_for_good(message: str) -> bool:
+    """True when a connect error's message says retrying cannot help (see `_REFUSED_FOR_GOOD`).
+
+    Anything else, including a host name that does not resolve (a restarting server's DNS
+    entry can vanish for a while), counts as the server being unavailable for now."""
+    text = message.lower()
+    return any(words in text for words in _REFUSED_FOR_GOOD)
+
+
 def open_connection(settings: Any, application_name: str, **options: Any) -> psycopg.Connection:
-    """Log in with a block's settings; a failed login raises `ConnectionCheckError`, whose
-    message (psycopg's) names host, port and user, never the password."""
+    """Log in with a block's settings.
+
+    A login refused for good raises `ConnectionCheckError`; a server unavailable for now raises
+    `ConnectionError`. Either message (psycopg's)
+    names host, port, user and database, never the password."""
+    secret = settings.password.get_secret_value() if settings.password else ""
     try:
         return psycopg.connect(
             host=settings.host,
             port=settings.port,
             dbname=settings.dbname,
             user=settings.user,
-            password=settings.password.get_secret_value() if settings.password else None,
+            password=secret or None,
             sslmode=settings.sslmode,
             connect_timeout=settings.connect_timeout,
             application_name=application_name,
             **options,
         )
     except psycopg.OperationalError as exc:
-        raise ConnectionCheckError(f"cannot connect to {describe(settings)}: {exc}".strip()) from None
+        detail = str(exc).strip()
+        # libpq does not echo the password; should a message ever quote the settings, it still must not.
+        shown = detail.replace(secret, "***") if secret else detail
+        message = f"cannot connect to {describe(settings)}: {shown}"
+        if refused_for_good(detail):
+            raise ConnectionCheckError(message) from None
+        raise ConnectionError(message) from None
 
 
 def _take(key: tuple) -> psycopg.Connection | None:
@@ -84,14 +124,20 @@ def _give(key: tuple, conn: psycopg.Connection) -> None:
 @contextmanager
 def pooled(key: tuple, connect: Callable[[], psycopg.Connection]) -> Iterator[psycopg.Connection]:
     """An idle connection for `key`, or a new one from `connect`. The caller ends its
-    transaction; the connection returns to the pool only if it left none open and saw no error."""
+    transaction; the connection returns to the pool only if it left none open, saw no error
+    and is not broken (a restarted server ends every session)."""
     conn = _take(key) or connect()
     clean = False
     try:
         yield conn
         clean = True
     finally:
-        if clean and not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+        if (
+            clean
+            and not conn.closed
+            and not conn.broken
+            and conn.info.transaction_status == TransactionStatus.IDLE
+        ):
             _give(key, conn)
         else:
             conn.close()

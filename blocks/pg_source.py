@@ -248,11 +248,17 @@ class PostgresSource(Block):
         return sql.Identifier(self.schema_name, table)
 
     def check(self) -> None:
-        """Raise `ConnectionCheckError` unless a login succeeds and the schema exists."""
-        with self.connect() as conn:
-            found = conn.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema_name,)
-            ).fetchone()
+        """Raise `ConnectionCheckError` unless a login succeeds and the schema exists.
+
+        An unreachable server fails the check too: before a run it is a setting to fix, where
+        during a run (`ConnectionError`) it is retried."""
+        try:
+            with self.connect() as conn:
+                found = conn.execute(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema_name,)
+                ).fetchone()
+        except ConnectionError as exc:
+            raise ConnectionCheckError(str(exc)) from None
         if found is None:
             raise ConnectionCheckError(
                 f"{self.describe_target()} has no schema {self.schema_name!r} (source.schema)"

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from blocks import pg_ledger, pg_pool
 from blocks.columns import Column, LogicalType
-from blocks.errors import DataConversionError, TargetGuardError, ValidationFailed
+from blocks.errors import ConnectionCheckError, DataConversionError, TargetGuardError, ValidationFailed
 from blocks.pg_binary import COPY_HEADER, COPY_TRAILER, BinaryCopyEncoder, target_typnames
 from blocks.pg_copy import batch_to_copy_csv
 
@@ -133,8 +133,13 @@ class PostgresTarget(Block):
                 raise
 
     def check(self) -> None:
-        with self.connect() as conn:
-            conn.execute("SELECT 1")
+        """Log in once; any failure, even a server that is only down for now, raises
+        `ConnectionCheckError`: before a run, waiting gains nothing."""
+        try:
+            with self.connect() as conn:
+                conn.execute("SELECT 1")
+        except ConnectionError as exc:
+            raise ConnectionCheckError(str(exc)) from None
 
     def start_job(
         self,
@@ -345,8 +350,11 @@ class PostgresTarget(Block):
             if mode is LoadMode.UPSERT:
                 self._check_unique_key(conn, table)
             truncated = False
+            rows_truncated = None
             if mode is LoadMode.REPLACE and not created:
                 self._truncation_guard(conn, job_id, migration, table, allow_foreign_rows, resumable_within)
+                count = sql.SQL("SELECT count(*) FROM {}").format(table.ident())
+                rows_truncated = conn.execute(count).fetchone()[0]
                 conn.execute(sql.SQL("TRUNCATE {}").format(table.ident()))
                 truncated = True
             pg_ledger.record_table_prepared(
@@ -358,6 +366,7 @@ class PostgresTarget(Block):
                 created,
                 truncated,
                 (table.schema_name, table.name),
+                rows_truncated,
             )
             return PreparedTable(created=created, truncated=truncated, resumed=False)
 

@@ -71,6 +71,18 @@ def snowflake_column(name: str, data_type: str, precision: Any, scale: Any, null
     return Column(name=name, logical=logical, nullable=nullable == "YES", source_type=kind)
 
 
+def snowflake_unreachable(exc: Exception) -> bool:
+    """True when a connect error means Snowflake could not be reached for now: the connector's
+    `OperationalError` (no answer, a timeout, a 5xx) or a socket error. Refused logins
+    (`DatabaseError` with Snowflake's 390xxx codes), an HTTP 403, a TLS certificate that will
+    never verify, and bad settings are permanent."""
+    from snowflake.connector.errors import NonRetryableTlsError, OperationalError, RevocationCheckError
+
+    if isinstance(exc, NonRetryableTlsError | RevocationCheckError):
+        return False
+    return isinstance(exc, OperationalError | OSError)
+
+
 class SnowflakeSource(Block):
     """Reads ranges of Snowflake tables as Arrow record batches."""
 
@@ -106,13 +118,21 @@ class SnowflakeSource(Block):
 
     @contextmanager
     def connection(self):
-        """A fresh connection per caller, so concurrent chunks never share one."""
+        """A fresh connection per caller, so concurrent chunks never share one.
+
+        A login Snowflake refuses, or settings that cannot work, raise `ConnectionCheckError`
+        (permanent); a service that cannot be reached or times out raises `ConnectionError`,
+        which the steps' retries retry."""
         try:
             conn = self.connector.credentials.get_client(**self._connect_kwargs())
         except Exception as exc:  # the connector raises many types; all mean "cannot connect"
-            raise ConnectionCheckError(
-                f"cannot connect to Snowflake {self.describe_target()}: {exc}"
-            ) from None
+            message = f"cannot connect to Snowflake {self.describe_target()}: {exc}"
+            secret = self.connector.credentials.password
+            if secret is not None and secret.get_secret_value():
+                message = message.replace(secret.get_secret_value(), "***")
+            if snowflake_unreachable(exc):
+                raise ConnectionError(message) from None
+            raise ConnectionCheckError(message) from None
         try:
             yield conn
         finally:
@@ -126,16 +146,20 @@ class SnowflakeSource(Block):
         return ".".join(quote_snowflake(p) for p in (self.connector.database, self.connector.schema_, table))
 
     def check(self) -> None:
-        """Raise `ConnectionCheckError` unless a login and a trivial query succeed."""
-        with self.connection() as conn:
-            cur = conn.cursor()
-            try:
-                cur.execute("SELECT 1")
-                cur.fetchall()
-            except Exception as exc:
-                raise ConnectionCheckError(
-                    f"Snowflake {self.describe_target()} refused a query: {exc}"
-                ) from None
+        """Raise `ConnectionCheckError` unless a login and a trivial query succeed; an
+        unreachable service fails the check too (before a run it is a setting to fix)."""
+        try:
+            with self.connection() as conn:
+                cur = conn.cursor()
+                try:
+                    cur.execute("SELECT 1")
+                    cur.fetchall()
+                except Exception as exc:
+                    raise ConnectionCheckError(
+                        f"Snowflake {self.describe_target()} refused a query: {exc}"
+                    ) from None
+        except ConnectionError as exc:
+            raise ConnectionCheckError(str(exc)) from None
 
     def describe(self, table: str) -> TableSchema:
         """The table's columns in order. A missing table raises `SourceSchemaError`."""

@@ -1,7 +1,8 @@
 """Where chunks wait as Parquet files between export and load: a local folder or an S3 bucket.
 
 Files are written under a temporary name and then renamed or uploaded, so a crash never
-leaves a half-written file under a chunk's final name.
+leaves a half-written file under a chunk's final name. An upload or download that S3 does not
+complete (after boto3's own retries) raises `StagingUnavailable`, naming the file's s3:// URI.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from boto3.exceptions import Boto3Error
+from botocore.exceptions import BotoCoreError, ClientError
 from prefect.blocks.core import Block
 from prefect_aws import S3Bucket
 from pydantic import BaseModel, Field
@@ -22,6 +25,13 @@ from pydantic import BaseModel, Field
 from blocks.errors import ConnectionCheckError
 
 PARQUET_COMPRESSION = "zstd"
+_S3_ERRORS = (Boto3Error, BotoCoreError, ClientError, OSError)
+
+
+class StagingUnavailable(RuntimeError):
+    """Staging did not take or give back a chunk's file (unreachable, erroring, missing):
+    transient, so the chunk step is retried. The message names the file's location, never a
+    credential."""
 
 
 class StagedFile(BaseModel):
@@ -106,6 +116,11 @@ class S3Staging(Block):
         except Exception as exc:
             raise ConnectionCheckError(f"cannot reach {self.describe_target()}: {exc}") from None
 
+    def _failed(self, exc: Exception, doing: str) -> StagingUnavailable:
+        # boto3 wraps the S3 error of an upload in S3UploadFailedError, with a local path around it
+        cause = exc.__context__ if isinstance(exc, Boto3Error) and exc.__context__ is not None else exc
+        return StagingUnavailable(f"cannot reach {self.describe_target()} while {doing}: {cause}")
+
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket.bucket_name}/{self._key(key)}"
 
@@ -114,14 +129,20 @@ class S3Staging(Block):
             local = Path(tmp) / "chunk.parquet"
             rows = write_parquet(local, schema, batches)
             size = local.stat().st_size
-            self._client().upload_file(str(local), self.bucket.bucket_name, self._key(key))
+            try:
+                self._client().upload_file(str(local), self.bucket.bucket_name, self._key(key))
+            except _S3_ERRORS as exc:
+                raise self._failed(exc, f"uploading {self.uri(key)}") from None
         return StagedFile(uri=self.uri(key), rows=rows, bytes=size)
 
     @contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="migrate-") as tmp:
             local = Path(tmp) / "chunk.parquet"
-            self._client().download_file(self.bucket.bucket_name, self._key(key), str(local))
+            try:
+                self._client().download_file(self.bucket.bucket_name, self._key(key), str(local))
+            except _S3_ERRORS as exc:
+                raise self._failed(exc, f"downloading {self.uri(key)}") from None
             yield local
 
     def exists(self, key: str) -> bool:

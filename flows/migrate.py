@@ -16,7 +16,7 @@ from blocks.errors import MigrationFailed
 from flows.rollback import rollback
 from tasks.config import MigrationSpec
 from tasks.connections import check_connections, validate_config
-from tasks.jobs import finish_job, load_recorded_plan, prepare_targets, record_plan, start_job
+from tasks.jobs import finish_job, hold_job_run, load_recorded_plan, prepare_targets, record_plan, start_job
 from tasks.pipeline import ChunkReport, migrate_chunk
 from tasks.plan import TablePlan, inspect_source, plan_chunks
 from tasks.progress import ProgressTracker, label_flow_run
@@ -45,6 +45,8 @@ def migrate(
 
     Bad config, bad times and unreachable servers fail before anything is written. A rerun
     with the same job_id (or, without one, within resume_max_age_hours) skips finished chunks.
+    A job runs in one flow run at a time: a run that finds its job running elsewhere raises
+    TargetGuardError naming that flow run, before it loads anything.
     `window` ("previous_day", "previous_hour") sets start_time and end_time relative to the
     run's scheduled time, for scheduled incremental runs. `resume_attempt` counts automatic resumes after a crash (the auto-resume automation sets
     it); past `resume_attempt_count` the run fails at once instead of trying again.
@@ -65,22 +67,24 @@ def migrate(
     check_connections(spec)
     tables = inspect_source(spec)
 
+    picked = job_id is None
     job_id, resumed = start_job(spec, run_window, job_id, job_name, no_resume, resume_max_age_hours)
-    logger.info("%s job %s", "Resuming" if resumed else "Starting", job_id)
-    label_flow_run(job_id, spec.name)
-    reports: list[ChunkReport] = []
-    try:
-        plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(
-            spec, tables, run_window
-        )
-        record_plan(spec, job_id, plans)
-        prepare_targets(spec, job_id, plans, resume_max_age_hours)
-        error = run_chunks(spec, job_id, plans, validation_enabled, reports, dask_address)
-    except Exception as exc:
-        error = str(exc)
+    with hold_job_run(spec, job_id, picked):  # one live run per job; a second one refuses here
+        logger.info("%s job %s", "Resuming" if resumed else "Starting", job_id)
+        label_flow_run(job_id, spec.name)
+        reports: list[ChunkReport] = []
+        try:
+            plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(
+                spec, tables, run_window
+            )
+            record_plan(spec, job_id, plans)
+            prepare_targets(spec, job_id, plans, resume_max_age_hours)
+            error = run_chunks(spec, job_id, plans, validation_enabled, reports, dask_address)
+        except Exception as exc:
+            error = str(exc)
 
-    status = "failed" if error else "completed"
-    finish_job(spec, job_id, status, error)
+        status = "failed" if error else "completed"
+        finish_job(spec, job_id, status, error)
     report = build_report(job_id, spec.name, status, resumed, reports, time.perf_counter() - started, error)
     publish_report(report)
     logger.info(report.summary())
@@ -111,17 +115,25 @@ def run_chunks(
     reports: list[ChunkReport],
     dask_address: str | None = None,
 ) -> str | None:
-    """Run every chunk's pipeline, at most `spec.concurrency` at once; returns the first error.
+    """Run every chunk's pipeline, at most `spec.concurrency` at once; returns the run's error,
+    or None when every chunk finished.
 
-    After a chunk fails no new chunk starts; those in flight finish, so their work is kept.
-    Chunks run on the flow's threads, or on the Dask cluster at `dask_address` (default: env
+    A circuit breaker guards the rest of the run: once `spec.max_consecutive_chunk_failures`
+    chunks have failed in a row (a finished chunk resets the count), no new chunk starts;
+    those in flight finish, so their work is kept. With the default of 1 the first failure
+    stops new chunks and the error is that chunk's; with more, the error says the breaker
+    opened, how many chunks were not started, and the first chunk error. Chunks run on the
+    flow's threads, or on the Dask cluster at `dask_address` (default: env
     MIGRATE_DASK_ADDRESS); a scheduler that cannot be reached raises OSError.
     """
     progress = ProgressTracker(job_id, spec.name, sum(len(p.chunks) for p in plans))
     pending = [(p.model_copy(update={"chunks": []}), c) for p in plans for c in p.chunks]
     shared = {"spec": spec, "job_id": job_id, "validation_enabled": validation_enabled}
+    limit = spec.max_consecutive_chunk_failures
     futures = []
-    error: str | None = None
+    first_error: str | None = None
+    failed = in_a_row = 0
+    breaker: str | None = None
     try:
         with chunk_runner(dask_address or os.environ.get("MIGRATE_DASK_ADDRESS") or None) as submit:
             while pending or futures:
@@ -135,11 +147,27 @@ def run_chunks(
                     reports.append(report)
                     progress.chunk_done(f"{report.table}/{report.chunk_id}", report.rows)
                 except Exception as exc:
-                    error = error or str(exc)
-                    pending.clear()
+                    first_error = first_error or str(exc)
+                    failed += 1
+                    in_a_row += 1
+                    if in_a_row >= limit and pending:
+                        breaker = (
+                            f"circuit breaker open: {in_a_row} consecutive chunk"
+                            f"{'s' if in_a_row > 1 else ''} failed (max_consecutive_chunk_failures: {limit}); "
+                            f"{len(pending)} chunk{'s' if len(pending) > 1 else ''} not started"
+                        )
+                        in_flight = f"; the {len(futures)} in flight finish" if futures else ""
+                        get_run_logger().error("%s%s", breaker, in_flight)
+                        pending.clear()
+                    continue
+                in_a_row = 0
     finally:
         progress.close()
-    return error
+    if first_error is None or limit == 1:
+        return first_error
+    if breaker:
+        return f"{breaker}; first error: {first_error}"
+    return f"{failed} chunk{'s' if failed > 1 else ''} failed; first error: {first_error}"
 
 
 @contextmanager

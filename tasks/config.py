@@ -191,6 +191,18 @@ class S3StagingSettings(AwsAccess):
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# A PostgreSQL type name: an optionally schema-qualified name with an optional (n) or (n,m),
+# then the words of multi-word types (double precision, timestamp(3) with time zone,
+# interval day to second), then array brackets.
+_PG_TYPE_NAME = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?( *\( *\d+ *(, *-?\d+ *)?\))?"
+    r"( +[A-Za-z]+( *\( *\d+ *\))?)*( *\[\d*\])*$"
+)
+# The only words allowed after the first: those of PostgreSQL's multi-word type names.
+_PG_TYPE_NAME_WORD = re.compile(
+    r" (?!(precision|varying|with|without|time|zone|year|month|day|hour|minute|second|to)\b)[A-Za-z]",
+    re.IGNORECASE,
+)
 
 
 class TableSpec(_Strict):
@@ -229,6 +241,18 @@ class TableSpec(_Strict):
             raise ValueError("must be positive")
         return value
 
+    @field_validator("type_overrides")
+    @classmethod
+    def _type_names(cls, value: dict[str, str]) -> dict[str, str]:
+        # The type goes into CREATE TABLE as written, so only a type name may get there.
+        for column, type_name in value.items():
+            if not _PG_TYPE_NAME.fullmatch(type_name) or _PG_TYPE_NAME_WORD.search(type_name):
+                raise ValueError(
+                    f"{column}: {type_name!r} is not a PostgreSQL type name (such as numeric(38,0), "
+                    "varchar(20), timestamp with time zone, double precision or text[])"
+                )
+        return value
+
     @model_validator(mode="after")
     def _upsert_needs_key(self) -> TableSpec:
         if self.load_mode is LoadMode.UPSERT and not self.primary_key:
@@ -253,6 +277,12 @@ class MigrationSpec(_Strict):
     tables: list[TableSpec] = Field(min_length=1)
     concurrency: int = Field(default=2, ge=1, le=64, description="Chunks in flight at once")
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
+    max_consecutive_chunk_failures: int = Field(
+        default=1,
+        ge=1,
+        description="Circuit breaker: after this many chunks fail in a row (each after its retries), "
+        "no new chunk starts; those in flight finish",
+    )
     lowercase_identifiers: bool = Field(default=True, description="Lowercase target table and column names")
     keep_staged_files: bool = Field(default=True, description="Keep Parquet files after a job completes")
 

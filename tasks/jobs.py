@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from prefect import task
 from prefect.context import get_run_context
 
+from blocks import pg_ledger
 from blocks.errors import TargetGuardError
 from blocks.postgres import LoadMode
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_staging, build_target
 from tasks.plan import Bound, Chunk, TablePlan, bound_text, parse_bound
-from tasks.policy import STEP_RETRIES
+from tasks.policy import STEP_RETRIES, run_step
 
 
 def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
@@ -52,6 +55,35 @@ def start_job(
         no_resume=no_resume,
         resumable_within=timedelta(hours=resume_max_age_hours),
     )
+
+
+@contextmanager
+def hold_job_run(spec: MigrationSpec, job_id: str, picked: bool) -> Iterator[None]:
+    """Hold the job's run lock (`pg_ledger.JobRunLock`) in its ledger database for the body.
+
+    Raises `TargetGuardError` at once when another run holds it: two runs of one job would
+    export the same chunks over each other and record the job's end under each other.
+    `picked` says no job_id was given and the job was picked to resume (the message says so).
+    The lock goes back when the body ends, however it ends; a killed process's goes with its
+    connection.
+    """
+    from prefect.runtime import flow_run
+
+    lock = pg_ledger.JobRunLock(build_ledger(spec), job_id, flow_run.id)
+    holder = run_step(lock.acquire, spec.retries, f"lock job {job_id}")
+    if holder is not None:
+        picked_note = " (no job_id was given, so this run picked that job to resume)" if picked else ""
+        raise TargetGuardError(
+            f"job {job_id} is already running in {holder}{picked_note}; this run stops before "
+            "loading anything. Wait for that run to finish, or cancel it, then start this one again. "
+            "If that run's process is gone but PostgreSQL still keeps its session (a client that "
+            "vanished without closing it), end the session: SELECT pg_terminate_backend(pid) FROM "
+            f"pg_stat_activity WHERE application_name LIKE '{pg_ledger.RUN_LOCK_APP}%'"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @task(name="record-plan", **STEP_RETRIES)
@@ -140,8 +172,13 @@ def refuse_overlap(plan: TablePlan, job_id: str, loaded: list[dict]) -> None:
 
 @task(name="finish-job", **STEP_RETRIES)
 def finish_job(spec: MigrationSpec, job_id: str, status: str, error: str | None = None) -> dict:
-    """Record the job's final status; a completed job's staged files go unless keep_staged_files."""
+    """Record the job's final status; a completed job's staged files go unless keep_staged_files.
+
+    Refuses (`TargetGuardError`) when this run lost the job to another run while the ledger's
+    server was down: the job's status is that run's to record."""
     ledger = build_ledger(spec)
+    with ledger.connect() as conn:
+        pg_ledger.ensure_run_lock(conn, job_id)
     ledger.set_job_status(job_id, status, error)
     if status == "completed" and not spec.keep_staged_files:
         build_staging(spec).delete_prefix(job_id)

@@ -69,12 +69,22 @@ def destination_digest(spec: MigrationSpec) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+class RetriesExhausted(RuntimeError):
+    """A chunk step still failed after every attempt its retry policy allows.
+
+    The message names the step, the number of attempts and the last error (kept as
+    `__cause__`). Like that error it is transient, not a `MigrationError`: a rerun of the job
+    tries the chunk again.
+    """
+
+
 def run_step(step: Callable[[], T], policy: RetryPolicy, label: str) -> T:
     """Run one chunk step, retrying transient failures with the migration's policy.
 
-    A `MigrationError` (bad config, bad data, a guard refusing) is raised at once. Any other
-    error is retried up to `policy.attempts` times, after `delay_seconds`, then twice that,
-    and so on, each spread by ±`jitter`; the last error is raised.
+    A `MigrationError` (bad config, bad data, a guard refusing) is raised at once, unchanged.
+    Any other error is retried up to `policy.attempts` times, after `delay_seconds`, then twice
+    that, and so on, each spread by ±`jitter`. When the last attempt fails too, raises
+    `RetriesExhausted`: "<label>: gave up after <n> attempts: <last error>".
     """
     for attempt in range(policy.attempts + 1):
         try:
@@ -83,7 +93,10 @@ def run_step(step: Callable[[], T], policy: RetryPolicy, label: str) -> T:
             raise
         except Exception as exc:
             if attempt == policy.attempts:
-                raise
+                tries = policy.attempts + 1
+                raise RetriesExhausted(
+                    f"{label}: gave up after {tries} attempt{'s' if tries > 1 else ''}: {exc}"
+                ) from exc
             wait = policy.delay_seconds * 2**attempt * (1 + random.uniform(-policy.jitter, policy.jitter))
             _logger().warning(
                 "%s failed (%s: %s); retry %d/%d in %.1f s",

@@ -5,6 +5,10 @@ the ledger recorded), removed in one transaction with the ledger update; tables 
 created are dropped once empty. InfluxDB: a delete per measurement and chunk time range the
 ledger recorded (the reconcile proved those ranges held only the job's points when it
 loaded them). Then the job is recorded as rolled back, and it never resumes.
+
+A rollback never takes rows that were there before the job: it refuses, unless forced, a job
+that overwrote such rows (upsert) or truncated them away (replace), since it cannot give
+them back.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
+from blocks import pg_ledger
 from blocks.errors import ConfigError, TargetGuardError
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_staging, build_target
@@ -43,13 +48,28 @@ class RollbackReport(BaseModel):
 
 @task(name="check-rollback", **STEP_RETRIES)
 def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
-    """The job's ledger row; refuses an unknown job, or a running one unless `force`."""
-    run = build_ledger(spec).job_run(job_id)
+    """The job's ledger row. Refuses an unknown job; unless `force`, also a running one, and one
+    whose rollback would lose rows that were in the target before it (`refuse_lossy_rollback`)."""
+    ledger = build_ledger(spec)
+    run = ledger.job_run(job_id)
     if run is None:
         raise ConfigError(f"job {job_id} is not in the ledger of migration {spec.name!r}")
     if run["migration"] != spec.name:
         raise ConfigError(f"job {job_id} belongs to migration {run['migration']!r}, not {spec.name!r}")
-    if run["status"] == "running" and not force:
+    if force or run["status"] == "rolled_back":
+        return run
+    losses: list[dict] = []
+    with ledger.connect() as conn:
+        holder = pg_ledger.run_lock_holder(conn, job_id)
+        if spec.target.type == "postgres":
+            pg_ledger.ensure_ledger(conn)  # a ledger an older version wrote gains its new columns
+            losses = pg_ledger.rollback_losses(conn, job_id)
+    if holder is not None:
+        raise TargetGuardError(
+            f"job {job_id} is still running ({holder} holds it): wait for it to end, or cancel it first"
+        )
+    refuse_lossy_rollback(job_id, losses)
+    if run["status"] == "running":
         active = active_flow_runs(job_id)
         if active:
             raise TargetGuardError(
@@ -58,6 +78,32 @@ def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
             )
         get_run_logger().info("job %s: the ledger says running, but none of its flow runs is active", job_id)
     return run
+
+
+def refuse_lossy_rollback(job_id: str, losses: list[dict]) -> None:
+    """Raise `TargetGuardError` naming each table where rolling back would lose rows that were
+    there before the job (`pg_ledger.rollback_losses`), and how to go ahead anyway."""
+    if not losses:
+        return
+    lines = []
+    for t in losses:
+        if t["rows_updated"]:
+            lines.append(
+                f"{t['table']}: the job ({t['load_mode']}) updated {t['rows_updated']:,} rows that existed "
+                "before it; rolling back deletes them, and their old values cannot be restored"
+            )
+        if t["truncated"]:
+            removed = "rows" if t["rows_truncated"] is None else f"{t['rows_truncated']:,} rows"
+            lines.append(
+                f"{t['table']}: the job ({t['load_mode']}) truncated the table before loading; the {removed} "
+                "it removed cannot be restored, and rolling back leaves the table without them"
+            )
+    raise TargetGuardError(
+        f"refusing to roll back job {job_id}: it changed rows that were in the target before it\n  "
+        + "\n  ".join(lines)
+        + "\nPass force=true to roll back anyway (the job's rows go, those rows stay lost), "
+        "or keep the job and correct the target by hand"
+    )
 
 
 def active_flow_runs(job_id: str) -> list[str]:
