@@ -31,7 +31,9 @@ def rollback(
 
     Rows and points that were in the target before the job, or written by anyone else, stay.
     The job is recorded as rolled back and never resumes. Rolling back twice does nothing more.
-    `force` rolls back a job whose ledger still says running (its run crashed).
+    `force` rolls back a job whose ledger still says running (its run crashed), and a job that
+    changed rows that were there before it (upsert updates, replace truncation), whose earlier
+    values cannot be brought back.
     """
     logger = get_run_logger()
     spec = load_migration(
