@@ -11,9 +11,10 @@ from blocks.influxdb import InfluxDBTarget
 from blocks.parquet_files import ParquetFilesSource
 from blocks.pg_source import PostgresSource
 from blocks.postgres import PostgresTarget
+from blocks.s3_staging import S3Staging
 from blocks.snowflake import SnowflakeSource
 from blocks.sns import SnsNotification
-from blocks.staging import LocalStaging, S3Staging
+from blocks.staging import LocalStaging
 from blocks.timestream import TimestreamSource
 
 BLOCK_TYPES = (

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
     from blocks.influxdb import InfluxDBTarget
     from blocks.parquet_files import ParquetTables
+    from blocks.s3_staging import S3Staging
     from blocks.snowflake import SnowflakeSource
-    from blocks.staging import S3Staging
     from blocks.timestream import TimestreamSource
 
 
@@ -181,7 +181,7 @@ def build_staging(spec: MigrationSpec) -> LocalStaging | S3Staging:
         return LocalStaging(path=s.path)
     from prefect_aws import S3Bucket
 
-    from blocks.staging import S3Staging
+    from blocks.s3_staging import S3Staging
 
     if s.bucket_block:
         bucket = _load_block(S3Bucket, s.bucket_block, "staging.bucket_block")

@@ -16,7 +16,7 @@ import boto3
 import psycopg
 import pytest
 
-from blocks.staging import S3Staging
+from blocks.s3_staging import S3Staging
 from devstack.servers import start_moto
 from tests.energy_support import (
     VALUE_COLUMNS,
