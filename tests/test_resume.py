@@ -215,3 +215,30 @@ def test_loading_the_same_chunk_twice_changes_nothing(events_file, pg_connect, s
     assert after == before and after[0] == report.rows
     names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "EVENTS", "EVENT_ID", EVENTS_JSON)
     assert_same_rows(expected, target_rows(pg_connect, "analytics.events", names, "event_id"), names)
+
+
+def test_the_same_job_id_against_another_database_is_another_job(
+    tmp_path, servers, pg_database, pg_connect, snowflake_kwargs, demo_source
+):
+    """Persisted chunk results are keyed by the destination too: reusing a job id for another
+    target database loads every chunk there, instead of skipping them as done."""
+    from flows.migrate import migrate
+
+    other = pg_database + "_b"
+    with servers["pg"].connect() as conn:
+        conn.execute(f'CREATE DATABASE "{other}"')
+    try:
+        tables = [{"name": "CUSTOMERS", "chunk_column": "CUSTOMER_ID", "chunk_size": 1_000}]
+        first = write_migrations(tmp_path / "a.yaml", servers, pg_database, tables)
+        second = write_migrations(tmp_path / "b.yaml", servers, other, tables)
+        migrate(source_name="analytics", job_id="one-id", migrations_file=str(first))
+        report = migrate(source_name="analytics", job_id="one-id", migrations_file=str(second))
+        assert report.status == "completed" and not any(c.already_loaded for c in report.chunks)
+        names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "CUSTOMERS", "CUSTOMER_ID")
+        for connect in (pg_connect, lambda: servers["pg"].connect(other)):
+            assert_same_rows(
+                expected, target_rows(connect, "analytics.customers", names, "customer_id"), names
+            )
+    finally:
+        with servers["pg"].connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
