@@ -2,8 +2,8 @@
 
 The tracker lives in the flow's process; chunk tasks report stage changes to it through
 `report_stage`, and the flow reports each finished chunk, including chunks whose result
-came from the cache on a resumed run. Artifact updates are throttled to one a second, and
-the last chunk always updates it; `close` pushes the final state.
+came from the cache on a resumed run. A timer thread pushes the artifact at most once a
+second, off the chunks' path; `close` pushes the final state.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ _TRACKERS: dict[str, ProgressTracker] = {}
 
 
 class ProgressTracker:
+    """Counts a job's chunks and pushes the progress artifact from a timer thread, at most once
+    a second, so no chunk ever waits for the Prefect API; `close` pushes the final state."""
+
     def __init__(self, job_id: str, migration: str, total_chunks: int):
         self.job_id = job_id
         self.migration = migration
@@ -28,7 +31,10 @@ class ProgressTracker:
         self.rows = 0
         self.in_stage: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._last_push = 0.0
+        self._taken = 0  # snapshots taken; a push never overwrites a newer one
+        self._sent = 0
         self._timer: threading.Timer | None = None
         self.artifact_id = create_progress_artifact(
             progress=self.percent,
@@ -52,41 +58,47 @@ class ProgressTracker:
     def stage(self, chunk_key: str, stage: str) -> None:
         with self._lock:
             self.in_stage[chunk_key] = stage
-            self._push(force=False)
+            self._changed()
 
     def chunk_done(self, chunk_key: str, rows: int) -> None:
         with self._lock:
             self.in_stage.pop(chunk_key, None)
             self.done += 1
             self.rows += rows
-            # Every push is a round trip to the API that the next chunk would wait for: push at
-            # most once a second (a timer sends what is left), and always the last chunk.
-            self._push(force=self.done >= self.total)
+            self._changed()
 
-    def _push(self, force: bool) -> None:
-        since = time.monotonic() - self._last_push
-        if force or since > 1.0:
-            self._send()
-        elif self._timer is None:
-            self._timer = threading.Timer(1.0 - since, self._flush)
+    def _changed(self) -> None:
+        if self._timer is None:
+            delay = max(0.0, 1.0 - (time.monotonic() - self._last_push))
+            self._timer = threading.Timer(delay, self._flush)
             self._timer.daemon = True
             self._timer.start()
+
+    def _snapshot(self) -> tuple[int, float, str]:
+        self._last_push = time.monotonic()
+        self._taken += 1
+        return self._taken, self.percent, self.description()
 
     def _flush(self) -> None:
         with self._lock:
             self._timer = None
-            self._send()
+            snapshot = self._snapshot()
+        self._send(*snapshot)
 
-    def _send(self) -> None:
-        self._last_push = time.monotonic()
-        update_progress_artifact(self.artifact_id, progress=self.percent, description=self.description())
+    def _send(self, number: int, percent: float, description: str) -> None:
+        with self._send_lock:
+            if number <= self._sent:
+                return
+            self._sent = number
+            update_progress_artifact(self.artifact_id, progress=percent, description=description)
 
     def close(self) -> None:
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            self._send()
+            snapshot = self._snapshot()
+        self._send(*snapshot)
         _TRACKERS.pop(self.job_id, None)
 
 
