@@ -16,7 +16,13 @@ What cannot be written exactly is left out and counted in an `EncodeReport`, nev
   measurement is NULL, empty, or starts with ``#`` (InfluxDB would read a comment) or with a
   tab or NUL (InfluxDB skips those at the start of a line); when its measurement or a tag
   value holds ``\\n`` or ``\\r`` (they end a line and have no escape); when its measurement
-  or a tag value has an unwritable backslash (below); or when no field of the row is left.
+  or a tag value has an unwritable backslash (below); when its series key is too long
+  (below); or when no field of the row is left.
+- Series keys too long. InfluxDB refuses a line ("max key length exceeded") when its series
+  key, the measurement and tags exactly as written (escaped), plus 4 bytes plus a field key
+  as written, is longer than 65,535 bytes: it stores each field under that key. Such a row
+  is dropped, never cut short; one long tag value would otherwise fail the whole write
+  request after InfluxDB had stored the request's other lines.
 - Unwritable backslashes. InfluxDB's parser (``models/points.go``, 1.x and 2.x) scans a
   line twice: the line splitter reads ``\\\\`` as one escaped backslash, the tag scanner
   takes any character after a backslash as escaped. A value ending in a backslash therefore
@@ -77,6 +83,9 @@ FieldKind = Literal["float", "integer", "unsigned", "string", "boolean"]
 MIN_TIME_NS = -9223372036854775806
 MAX_TIME_NS = 9223372036854775806
 MAX_STRING_BYTES = 65535
+# InfluxDB's limit on a stored key: series key + "#!~#" + field key, as written (models/points.go).
+MAX_KEY_BYTES = 65535
+_FIELD_KEY_SEPARATOR_BYTES = len("#!~#")
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -193,7 +202,8 @@ class EncodeReport:
     Each dropped row is counted once, under the first of these reasons that applies, in this
     order: no time, time out of range, unusable measurement (NULL, empty, or starting with
     ``#``, a tab or NUL), newline in the measurement or a tag value, unwritable backslash in
-    the measurement or a tag value (see the module docstring), no fields left. So
+    the measurement or a tag value (see the module docstring), series key too long (with a
+    field key the row carries, over `MAX_KEY_BYTES`), no fields left. So
     ``rows_in == lines_out + rows_dropped``. The dicts map a tag or field key to a count and
     hold only keys with a count above zero.
     """
@@ -205,6 +215,7 @@ class EncodeReport:
     rows_with_unusable_measurement: int = 0
     rows_with_newline_in_tag: int = 0
     rows_with_unwritable_backslash: int = 0
+    rows_with_oversized_key: int = 0
     rows_without_fields: int = 0
     empty_tags: dict[str, int] = field(default_factory=dict)
     non_finite_values: dict[str, int] = field(default_factory=dict)
@@ -220,6 +231,7 @@ class EncodeReport:
             + self.rows_with_unusable_measurement
             + self.rows_with_newline_in_tag
             + self.rows_with_unwritable_backslash
+            + self.rows_with_oversized_key
             + self.rows_without_fields
         )
 
@@ -242,6 +254,7 @@ class EncodeReport:
             rows_with_newline_in_tag=self.rows_with_newline_in_tag + other.rows_with_newline_in_tag,
             rows_with_unwritable_backslash=self.rows_with_unwritable_backslash
             + other.rows_with_unwritable_backslash,
+            rows_with_oversized_key=self.rows_with_oversized_key + other.rows_with_oversized_key,
             rows_without_fields=self.rows_without_fields + other.rows_without_fields,
             empty_tags=merged(self.empty_tags, other.empty_tags),
             non_finite_values=merged(self.non_finite_values, other.non_finite_values),
@@ -272,6 +285,11 @@ class EncodeReport:
                 self.rows_with_unwritable_backslash,
                 "the measurement or a tag value has a backslash InfluxDB cannot read back "
                 '(at the end, or before a space; in a measurement also before , " or =)',
+            ),
+            (
+                self.rows_with_oversized_key,
+                "the series key (measurement and tags as written) with a field key is longer than "
+                f"InfluxDB's {MAX_KEY_BYTES}-byte key limit",
             ),
             (self.rows_without_fields, "no field value is left (all NULL or left out)"),
         ]
@@ -372,13 +390,15 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> tup
     report.rows_with_unwritable_backslash = drop(backslash)
 
     field_pieces = []
+    present = np.zeros(n, dtype=np.int64)
+    longest_key = np.zeros(n, dtype=np.int64)  # bytes of the longest field key each row carries
     for spec in mapping.fields:
         piece = _field_piece(column(spec.column), spec, mapping.timestamp_fields, report)
         field_pieces.append(piece)
-    present = np.zeros(n, dtype=np.int64)
-    for piece in field_pieces:
-        present += np.asarray(piece.is_valid())
-    report.rows_without_fields = drop(present == 0)
+        valid = np.asarray(piece.is_valid())
+        present += valid
+        key_bytes = len(_escape_name(spec.field_key, _KEY_SPECIALS).encode())
+        np.maximum(longest_key, np.where(valid, key_bytes, 0), out=longest_key)
 
     # Arrow's "skip" join leaves out rows whose inputs are all NULL instead of returning ""
     # (so the output is shorter than the input; narwhals issue #3965). Each join below gets
@@ -388,6 +408,12 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> tup
         if tag_pieces
         else _EMPTY
     )
+    series_key_bytes = _series_key_bytes(measurement, tags_joined, n)
+    oversized_key = (present > 0) & (
+        series_key_bytes + _FIELD_KEY_SEPARATOR_BYTES + longest_key > MAX_KEY_BYTES
+    )
+    report.rows_with_oversized_key = drop(oversized_key)
+    report.rows_without_fields = drop(present == 0)
     no_fields_guard = pc.if_else(pa.array(present == 0), _EMPTY, _NULL_TEXT)
     fields_joined = pc.binary_join_element_wise(
         *field_pieces, no_fields_guard, _lit(","), null_handling="skip"
@@ -402,6 +428,19 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> tup
         lines = lines.filter(pa.array(~dropped))
     report.lines_out = len(lines)
     return _concatenated(lines), report
+
+
+def _series_key_bytes(
+    measurement: pa.Array | pa.Scalar, tags_joined: pa.Array | pa.Scalar, n: int
+) -> np.ndarray:
+    """Bytes of each row's series key as written: the escaped measurement and its tags."""
+
+    def lengths(text: pa.Array | pa.Scalar) -> np.ndarray:
+        if isinstance(text, pa.Scalar):
+            return np.full(n, len(text.as_py().encode()), dtype=np.int64)
+        return np.asarray(pc.binary_length(text).fill_null(0), dtype=np.int64)
+
+    return lengths(measurement) + lengths(tags_joined)
 
 
 def _concatenated(lines: pa.Array) -> bytes:

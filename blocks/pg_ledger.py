@@ -69,6 +69,12 @@ CREATE TABLE IF NOT EXISTS migration_status.migration_table_status (
     PRIMARY KEY (job_id, table_name)
 );
 ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS target_ident jsonb;
+CREATE TABLE IF NOT EXISTS migration_status.migration_plan_columns (
+    job_id          text NOT NULL REFERENCES migration_status.migration_runs (job_id),
+    table_name      text NOT NULL,
+    columns         jsonb NOT NULL,
+    PRIMARY KEY (job_id, table_name)
+);
 ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS rows_truncated bigint;
 """
 
@@ -158,6 +164,26 @@ def plan_chunks(conn: psycopg.Connection, job_id: str, rows: list[tuple]) -> Non
             "VALUES (%s, %s, %s, %s, %s, %s, %s, 'planned') ON CONFLICT DO NOTHING",
             [(job_id, *row) for row in rows],
         )
+
+
+def record_plan_columns(conn: psycopg.Connection, job_id: str, columns: dict[str, list[dict]]) -> None:
+    """Record the source columns each table of the job was planned with; the first record of a
+    table stays (a resume never overwrites it)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO migration_status.migration_plan_columns (job_id, table_name, columns) "
+            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            [(job_id, table, Jsonb(cols)) for table, cols in columns.items()],
+        )
+
+
+def plan_columns(conn: psycopg.Connection, job_id: str) -> dict[str, list[dict]]:
+    """table -> the source columns the job recorded for it (see `record_plan_columns`)."""
+    rows = conn.execute(
+        "SELECT table_name, columns FROM migration_status.migration_plan_columns WHERE job_id = %s",
+        (job_id,),
+    ).fetchall()
+    return dict(rows)
 
 
 def get_chunk(conn: psycopg.Connection, job_id: str, table: str, chunk_id: str) -> dict[str, Any] | None:

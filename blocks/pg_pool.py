@@ -98,18 +98,19 @@ def open_connection(settings: Any, application_name: str, **options: Any) -> psy
 
 
 def _take(key: tuple) -> psycopg.Connection | None:
-    with _LOCK:
-        idle = _IDLE.get(key) or []
-        candidates = list(reversed(idle))
-        idle.clear()
-    for conn in candidates:
+    """The most recently returned idle connection for `key` that still answers, or None."""
+    while True:
+        with _LOCK:
+            idle = _IDLE.get(key)
+            if not idle:
+                return None
+            conn = idle.pop()
         try:  # a server restart or a terminated backend leaves a dead connection behind
             conn.execute("SELECT 1")
             conn.rollback()
             return conn
         except psycopg.Error:
             conn.close()
-    return None
 
 
 def _give(key: tuple, conn: psycopg.Connection) -> None:

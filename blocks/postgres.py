@@ -188,9 +188,19 @@ class PostgresTarget(Block):
             pg_ledger.insert_run(conn, new_id, migration, job_name, fingerprint, parameters, flow_run_id)
             return new_id, False
 
-    def record_plan(self, job_id: str, rows: list[tuple]) -> None:
+    def record_plan(
+        self, job_id: str, rows: list[tuple], columns: dict[str, list[dict]] | None = None
+    ) -> None:
+        """Record planned chunks, and the source columns each table was planned with."""
         with self.connect() as conn:
             pg_ledger.plan_chunks(conn, job_id, rows)
+            if columns:
+                pg_ledger.record_plan_columns(conn, job_id, columns)
+
+    def planned_columns(self, job_id: str) -> dict[str, list[dict]]:
+        """table -> source columns (`Column.model_dump`) the job planned it with."""
+        with self.connect() as conn:
+            return pg_ledger.plan_columns(conn, job_id)
 
     def planned_chunks(self, job_id: str) -> list[dict[str, Any]]:
         with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -481,7 +491,7 @@ class PostgresTarget(Block):
                 )
             before = self.count_range(conn, table, lower, upper)
             if mode is LoadMode.UPSERT:
-                copied = self._upsert(conn, table, batches)
+                copied = self._upsert(conn, table, batches, job_id, source_table, chunk_id)
             else:
                 copied = self._copy(conn, table.ident(), table, batches)
             if copied != staged_rows:
@@ -545,7 +555,18 @@ class PostgresTarget(Block):
                 ) from None
         return rows
 
-    def _upsert(self, conn: psycopg.Connection, table: TargetTable, batches: Iterable[pa.RecordBatch]) -> int:
+    def _upsert(
+        self,
+        conn: psycopg.Connection,
+        table: TargetTable,
+        batches: Iterable[pa.RecordBatch],
+        job_id: str,
+        source_table: str,
+        chunk_id: str,
+    ) -> int:
+        """Insert the chunk's rows, updating rows with the same key. Raises `DataConversionError`
+        when the chunk holds a key twice, or a key an earlier chunk of the same job loaded: the
+        source holds it more than once, and only the last row would be kept."""
         staging = sql.Identifier(f"_migrate_stage_{table.name}"[:63])
         conn.execute(
             sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
@@ -556,6 +577,23 @@ class PostgresTarget(Block):
         names = [c.name for c in table.columns]
         updates = [n for n in names if n not in table.primary_key]
         conflict = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
+        # Chunks of one job load one after another here, so each sees the keys the others loaded.
+        pg_ledger.lock(conn, f"upsert/{job_id}/{table.qualified}")
+        clash = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {} t JOIN {} s USING ({}) WHERE t.xmin = ANY(ARRAY("
+                "SELECT (details->>'xid')::xid FROM migration_status.migration_chunk_status "
+                "WHERE job_id = %s AND table_name = %s AND status = 'loaded' AND details ? 'xid'))"
+            ).format(table.ident(), staging, conflict),
+            (job_id, source_table),
+        ).fetchone()[0]
+        if clash:
+            raise DataConversionError(
+                f"upsert into {table.qualified}: {clash} row(s) of chunk {chunk_id} have the same "
+                f"{list(table.primary_key)} as rows chunk(s) of job {job_id} loaded before; the source "
+                "holds those keys in more than one row, and an upsert would keep only the last of each. "
+                "Remove the duplicates from the source, or choose a primary_key that is unique there"
+            )
         action = (
             sql.SQL("DO UPDATE SET ")
             + sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in updates)

@@ -74,6 +74,11 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema, source_names: list[str], t
                     pa.types.is_timestamp(field.type) or pa.types.is_time(field.type)
                 ) and field.type.unit == "us":
                     hint = "; PostgreSQL keeps microseconds, and this value has finer precision"
+                elif pa.types.is_timestamp(field.type) and field.type.unit == "ns":
+                    hint = (
+                        "; nanosecond times (InfluxDB's) reach from 1677-09-21 to 2262-04-11 only: set "
+                        "start_time and end_time within that range"
+                    )
                 raise DataConversionError(
                     f"{table}.{source_name}: cannot convert {arr.type} to {field.type} exactly: {exc}{hint}"
                 ) from None

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import sys
 import time
+from typing import Any
 
 from pydantic import BaseModel
 
+from blocks.errors import SourceSchemaError
+from blocks.pg_source import PostgresSource
 from tasks.arrow_types import conform
 from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
-from tasks.plan import Chunk, TablePlan
+from tasks.plan import Chunk, TablePlan, check_schema_drift
 
 
 class StagedChunk(BaseModel):
@@ -20,14 +25,25 @@ class StagedChunk(BaseModel):
     seconds: float
 
 
+# Characters of a table name that a file path or S3 key would read as structure.
+_KEY_UNSAFE = re.compile(r"[%/\\\x00-\x1f\x7f]|^\.\.?$")
+
+
 def staging_key(job_id: str, chunk: Chunk) -> str:
-    return f"{job_id}/{chunk.table}/{chunk.chunk_id}.parquet"
+    """`<job_id>/<table>/<chunk_id>.parquet`; in the table name "/", "\\", "%", control
+    characters and a name of "." or ".." are percent-encoded, so every chunk stays in its
+    job's folder."""
+    table = _KEY_UNSAFE.sub(lambda m: "".join(f"%{ord(ch):02X}" for ch in m.group()), chunk.table)
+    return f"{job_id}/{table}/{chunk.chunk_id}.parquet"
 
 
 def export_chunk_to_staging(spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk) -> StagedChunk:
     """Stream the chunk's rows as Arrow batches, cast exactly to the staged schema, into Parquet.
 
-    Memory holds one source batch at a time, whatever the chunk's size.
+    Memory holds one source batch at a time, whatever the chunk's size. For SQL sources the
+    table is described again after the read: a column added, removed or retyped since the job
+    was planned raises `SourceSchemaError` ("schema drift in ..."), which is not retried, as
+    does a read that failed because of such a change.
     """
     started = time.perf_counter()
     source, staging = build_source(spec), build_staging(spec)
@@ -39,7 +55,41 @@ def export_chunk_to_staging(spec: MigrationSpec, job_id: str, plan: TablePlan, c
         )
     )
     key = staging_key(job_id, chunk)
-    staged = staging.write(key, schema, batches)
+    try:
+        staged = staging.write(key, schema, batches)
+    except Exception:
+        # A column dropped or retyped under the job fails the read (an unknown column, a value
+        # that no longer casts); name that cause rather than the symptom, if it is the cause.
+        drift = source_drift(source, plan)
+        if drift is not None:
+            raise drift from None
+        raise
+    check_source_columns(source, plan)
     return StagedChunk(
         key=key, uri=staged.uri, rows=staged.rows, bytes=staged.bytes, seconds=time.perf_counter() - started
     )
+
+
+def source_drift(source: Any, plan: TablePlan) -> SourceSchemaError | None:
+    """The `SourceSchemaError` `check_source_columns` raises, or None: no drift, or the source
+    cannot be described (then the error at hand says more)."""
+    try:
+        check_source_columns(source, plan)
+    except SourceSchemaError as exc:
+        return exc
+    except Exception:
+        return None
+    return None
+
+
+def check_source_columns(source: Any, plan: TablePlan) -> None:
+    """Raise `SourceSchemaError` if the columns of a Snowflake or PostgreSQL source table
+    drifted from the plan. Those tables can be altered under a running job, and describing
+    one is a catalog query; Parquet files are checked against each other before a run, and a
+    Timestream DESCRIBE is a billed query, so those are not described again."""
+    snowflake = sys.modules.get("blocks.snowflake")  # loaded only by migrations that use it
+    alterable = isinstance(source, PostgresSource) or (
+        snowflake is not None and isinstance(source, snowflake.SnowflakeSource)
+    )
+    if alterable:
+        check_schema_drift(plan, source.describe(plan.spec.name).columns)

@@ -12,11 +12,12 @@ from prefect import task
 from prefect.context import get_run_context
 
 from blocks import pg_ledger
+from blocks.columns import Column
 from blocks.errors import TargetGuardError
 from blocks.postgres import LoadMode
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_staging, build_target
-from tasks.plan import Bound, Chunk, TablePlan, bound_text, parse_bound
+from tasks.plan import Bound, Chunk, TablePlan, bound_text, check_schema_drift, parse_bound
 from tasks.policy import STEP_RETRIES, run_step
 
 
@@ -100,17 +101,27 @@ def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> Non
         for p in plans
         for c in p.chunks
     ]
-    build_ledger(spec).record_plan(job_id, rows)
+    # The source columns each table was planned with; a resume compares the source with them.
+    columns = {p.spec.name: [c.model_dump(mode="json") for c in p.source_columns] for p in plans}
+    build_ledger(spec).record_plan(job_id, rows, columns)
 
 
 @task(name="load-plan", **STEP_RETRIES)
 def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> list[TablePlan] | None:
-    """The chunks a resumed job planned when it first ran, or None if it recorded none."""
-    rows = build_ledger(spec).planned_chunks(job_id)
+    """The chunks a resumed job planned when it first ran, or None if it recorded none.
+
+    Raises `SourceSchemaError` ("schema drift in ...") when a table's source columns differ
+    from those the job recorded when it first planned them."""
+    ledger = build_ledger(spec)
+    rows = ledger.planned_chunks(job_id)
     if not rows:
         return None
+    recorded = ledger.planned_columns(job_id)
     resumed = []
     for plan in plans:
+        if plan.spec.name in recorded:  # jobs planned before columns were recorded have none
+            planned = [Column.model_validate(c) for c in recorded[plan.spec.name]]
+            check_schema_drift(plan, plan.source_columns, planned)
         mine = sorted((r for r in rows if r["table_name"] == plan.spec.name), key=lambda r: r["chunk_id"])
         chunks = [
             Chunk(

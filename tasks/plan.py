@@ -9,6 +9,7 @@ resumed job takes its chunks from the ledger, so the plan never shifts under a j
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConfigError, SourceSchemaError
+from blocks.line_protocol import MAX_TIME_NS, MIN_TIME_NS
 from blocks.postgres import TargetTable
 from tasks.arrow_types import staged_schema
 from tasks.config import MigrationSpec, RunWindow, TableSpec
@@ -29,6 +31,10 @@ DEFAULT_CHUNK_SIZE = 100_000
 DEFAULT_CHUNK_INTERVAL = timedelta(days=1)
 MAX_CHUNKS_PER_TABLE = 100_000
 CHUNKABLE = (LogicalType.INTEGER, LogicalType.TIMESTAMP, LogicalType.TIMESTAMP_TZ)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The times InfluxDB can store, to the microsecond inside its nanosecond range.
+INFLUX_FIRST_TIME = _EPOCH + timedelta(microseconds=-(-MIN_TIME_NS // 1000))
+INFLUX_LAST_TIME = _EPOCH + timedelta(microseconds=MAX_TIME_NS // 1000)
 Bound = int | datetime | None
 
 
@@ -53,6 +59,15 @@ class TablePlan(BaseModel):
     @property
     def source_names(self) -> list[str]:
         return [c.name for c in self.source_columns]
+
+    @property
+    def moves_every_column(self) -> bool:
+        """True when the table's columns are not listed, so a column added to the source
+        would be moved too (for InfluxDB: when tags or fields are left to the defaults)."""
+        mapping = self.spec.mapping
+        if self.spec.columns is not None:
+            return False
+        return self.points is None or mapping is None or mapping.tags is None or mapping.fields is None
 
     def staged_schema(self) -> pa.Schema:
         """The Arrow schema of this table's staged files (nanosecond times for InfluxDB)."""
@@ -148,6 +163,16 @@ def plan_table_chunks(
     if lower is None or upper is None:
         ranges = [(None, None)]  # empty table: one chunk, so the table is still created and reconciled
     elif kind is not LogicalType.INTEGER:
+        if plan.points is not None:
+            check_influx_time_range(plan, window, data_min, data_max)
+        count = -((lower - upper) // step)
+        if count > MAX_CHUNKS_PER_TABLE:
+            raise ConfigError(
+                f"table {spec.name}: {spec.chunk_column} from {lower.isoformat()} to {upper.isoformat()} "
+                f"makes {count:,} chunks of {step}, more than {MAX_CHUNKS_PER_TABLE:,}. If a few rows lie "
+                "far from the rest (a wrong year, a placeholder date), set start_time and end_time to the "
+                "range to migrate; otherwise raise chunk_interval"
+            )
         ranges = split_range(lower, upper, step) or [(lower, upper)]
     return [
         Chunk(
@@ -159,6 +184,81 @@ def plan_table_chunks(
         )
         for i, (lo, hi) in enumerate(ranges)
     ]
+
+
+def check_influx_time_range(plan: TablePlan, window: RunWindow, data_min: Any, data_max: Any) -> None:
+    """Refuse (`ConfigError`) a table whose rows in the run's window hold times InfluxDB cannot
+    store (before 1677-09-21 or after 2262-04-11): its point times would be lost."""
+    if data_min is None:
+        return
+
+    def utc(value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    spec = plan.spec
+    first = max([utc(data_min), *([window.start_time] if window.start_time else [])])
+    last = min([utc(data_max), *([window.end_time] if window.end_time else [])])
+    bad = []
+    if first < INFLUX_FIRST_TIME:
+        bad.append(f"from {first.isoformat()}, before {INFLUX_FIRST_TIME.isoformat()}")
+    if last > INFLUX_LAST_TIME:
+        bad.append(f"up to {last.isoformat()}, after {INFLUX_LAST_TIME.isoformat()}")
+    if bad:
+        raise ConfigError(
+            f"table {spec.name}: {spec.chunk_column} holds times {' and '.join(bad)}, which InfluxDB cannot "
+            f"store. Set start_time and end_time within {INFLUX_FIRST_TIME.isoformat()} .. "
+            f"{INFLUX_LAST_TIME.isoformat()} to migrate the rows InfluxDB can hold"
+        )
+
+
+def schema_drift(planned: Sequence[Column], current: Sequence[Column], moves_every_column: bool) -> list[str]:
+    """How the source's columns now differ from the planned ones, one line per column; empty
+    when nothing that matters changed. Columns are matched by name (their order does not
+    matter); a column that became nullable counts, one that became NOT NULL does not. Added
+    columns count only when `moves_every_column`."""
+    now = {c.name: c for c in current}
+    lines = []
+    for column in planned:
+        was = column.source_type or column.logical
+        new = now.get(column.name)
+        if new is None:
+            lines.append(f"column {column.name} ({was}) was removed")
+        elif (new.logical, new.precision, new.scale, new.source_type) != (
+            column.logical,
+            column.precision,
+            column.scale,
+            column.source_type,
+        ):
+            lines.append(
+                f"column {column.name} was {was} when the job was planned, now {new.source_type or new.logical}"
+            )
+        elif not column.nullable and new.nullable:
+            lines.append(f"column {column.name} was NOT NULL when the job was planned, now allows NULL")
+    if moves_every_column:
+        names = {c.name for c in planned}
+        lines += [
+            f"column {c.name} ({c.source_type or c.logical}) was added"
+            for c in current
+            if c.name not in names
+        ]
+    return lines
+
+
+def check_schema_drift(
+    plan: TablePlan, current: Sequence[Column], planned: Sequence[Column] | None = None
+) -> None:
+    """Raise `SourceSchemaError` when the source's columns (`current`) differ from those the
+    table's job was planned with (`planned`, by default the plan's own source columns),
+    naming each changed column and what to do."""
+    lines = schema_drift(
+        plan.source_columns if planned is None else planned, current, plan.moves_every_column
+    )
+    if lines:
+        raise SourceSchemaError(
+            f"schema drift in {plan.spec.name}: {'; '.join(lines)}. The job's chunks are planned, and some "
+            "may be loaded, with the old columns: restore them in the source and resume, or roll the job "
+            "back and start a new job (no_resume) that plans the new ones"
+        )
 
 
 def target_name(name: str, lowercase: bool) -> str:
@@ -194,6 +294,7 @@ def table_plan(spec: MigrationSpec, table: TableSpec, schema: TableSchema) -> Ta
         return _influx_plan(spec, table, source_columns, chunk_col.logical)
     low = spec.lowercase_identifiers
     target_columns = tuple(c.model_copy(update={"name": target_name(c.name, low)}) for c in source_columns)
+    refuse_name_collisions(table.name, [c.name for c in source_columns], low)
     target = TargetTable(
         schema_name=spec.target.schema_name,
         name=table.target or target_name(table.name, low),
@@ -203,6 +304,22 @@ def table_plan(spec: MigrationSpec, table: TableSpec, schema: TableSchema) -> Ta
         type_overrides={target_name(k, low): v for k, v in table.type_overrides.items()},
     )
     return TablePlan(spec=table, source_columns=source_columns, target=target, chunk_kind=chunk_col.logical)
+
+
+def refuse_name_collisions(table: str, names: list[str], lowercase: bool) -> None:
+    """Refuse (`SourceSchemaError`) source columns that would become one target column."""
+    by_target: dict[str, list[str]] = {}
+    for name in names:
+        by_target.setdefault(target_name(name, lowercase), []).append(name)
+    clashes = {t: n for t, n in by_target.items() if len(n) > 1}
+    if clashes:
+        target, sources = next(iter(clashes.items()))
+        why = " (lowercase_identifiers is on)" if lowercase else ""
+        raise SourceSchemaError(
+            f"table {table}: columns {sources} would all become column {target!r} in the target{why}; "
+            "list the columns to move in columns:, rename one in the source, or set "
+            "lowercase_identifiers: false"
+        )
 
 
 def _influx_plan(

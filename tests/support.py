@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+import math
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +80,42 @@ def staged_files(staging: Path, job_id: str) -> dict[str, tuple[int, int]]:
     return {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (staging / job_id).glob("*/*.parquet")}
 
 
+class _FloatSpecial:
+    """A float that == cannot tell apart as it is: NaN (unequal even to itself) or -0.0 (equal
+    to 0.0). Equal only to the same special."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _FloatSpecial) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NAN = _FloatSpecial("nan")
+NEGATIVE_ZERO = _FloatSpecial("-0.0")
+# Decimal.normalize in the default context rounds to 28 digits; NUMBER(38,37) has 38.
+_EXACT = Context(prec=100)
+
+
 def normalise(value: Any) -> Any:
-    """One comparable form per value: JSON text parsed, binary as bytes, Decimal normalised."""
+    """One comparable form per value: binary as bytes, Decimal normalised with every digit kept,
+    NaN (float or Decimal) as `NAN` and float -0.0 as `NEGATIVE_ZERO`, so both compare equal to
+    themselves only."""
     if isinstance(value, memoryview):
         return bytes(value)
     if isinstance(value, Decimal):
-        return value.normalize() if value == value else value
+        return NAN if value.is_nan() else value.normalize(_EXACT)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return NAN
+        if value == 0 and math.copysign(1.0, value) < 0:
+            return NEGATIVE_ZERO
     return value
 
 
@@ -98,7 +132,8 @@ def source_rows(
     conn = snowflake.connector.connect(**snowflake_kwargs, database=database, schema=schema)
     try:
         cur = conn.cursor()
-        cur.execute(f'SELECT * FROM "{database}"."{schema}"."{table}" ORDER BY "{order_by}"')
+        qualified = ".".join(quoted(name) for name in (database, schema, table))
+        cur.execute(f"SELECT * FROM {qualified} ORDER BY {quoted(order_by)}")
         names = [d[0].lower() for d in cur.description]
         rows = cur.fetchall()
     finally:
@@ -110,10 +145,17 @@ def source_rows(
     ]
 
 
+def quoted(identifier: str) -> str:
+    """A double-quoted SQL identifier (Snowflake's and PostgreSQL's rule: quotes doubled)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 def target_rows(connect, table: str, names: list[str], order_by: str) -> list[tuple]:
-    cols = ", ".join(f'"{n}"' for n in names)
+    """The target's rows in `table` (SQL as written, e.g. `analytics.customers`; use
+    `quoted` for names that need quoting), columns `names`, ordered by `order_by`."""
+    cols = ", ".join(quoted(n) for n in names)
     with connect() as conn:
-        rows = conn.execute(f'SELECT {cols} FROM {table} ORDER BY "{order_by}"').fetchall()
+        rows = conn.execute(f"SELECT {cols} FROM {table} ORDER BY {quoted(order_by)}").fetchall()
     return [tuple(normalise(v) for v in row) for row in rows]
 
 
@@ -124,3 +166,58 @@ def assert_same_rows(source: list[tuple], target: list[tuple], names: list[str])
         if s != t:
             diffs = [(n, a, b) for n, a, b in zip(names, s, t, strict=True) if a != b]
             raise AssertionError(f"row {i} differs (column, source, target): {diffs[:5]}")
+
+
+@contextmanager
+def own_snowflake_database(snowflake_kwargs: dict) -> Iterator[tuple[str, Callable[..., Any]]]:
+    """A fresh Snowflake database (schema PUBLIC) on the session's fakesnow server, for one test
+    to create and change tables in. Yields its name and `run(sql, params=None)`, which runs one
+    statement in it and returns the cursor."""
+    import snowflake.connector
+
+    database = "SRC_" + secrets.token_hex(4).upper()
+    conn = snowflake.connector.connect(**snowflake_kwargs)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"CREATE DATABASE {database}")
+        cur.execute(f"CREATE SCHEMA {database}.PUBLIC")
+        cur.execute(f"USE SCHEMA {database}.PUBLIC")
+
+        def run(sql: str, params: Any = None):
+            cur.execute(sql, params)
+            return cur
+
+        yield database, run
+    finally:
+        conn.close()
+
+
+def target_tables(connect) -> dict[tuple[str, str], int]:
+    """(schema, table) -> row count of every table outside the ledger and the catalogs."""
+    with connect() as conn:
+        names = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema "
+            "NOT IN ('pg_catalog', 'information_schema', 'migration_status')"
+        ).fetchall()
+        return {
+            (schema, name): conn.execute(f"SELECT count(*) FROM {quoted(schema)}.{quoted(name)}").fetchone()[
+                0
+            ]
+            for schema, name in names
+        }
+
+
+def snowflake_source(servers: dict, database: str, schema: str = "PUBLIC") -> dict:
+    """The `source:` settings of a migration that reads `database`.`schema` on the session's fakesnow."""
+    return {
+        "type": "snowflake",
+        "account": "fakesnow",
+        "user": "fake",
+        "password_env": "SNOWFLAKE_PASSWORD",
+        "host": "127.0.0.1",
+        "port": servers["fakesnow"].port,
+        "protocol": "http",
+        "database": database,
+        "schema": schema,
+        "login_timeout": 10,
+    }
