@@ -21,6 +21,7 @@ from tasks.pipeline import ChunkReport, migrate_chunk
 from tasks.plan import TablePlan, inspect_source, plan_chunks
 from tasks.progress import ProgressTracker, label_flow_run
 from tasks.report import MigrationReport, build_report, publish_report
+from tasks.storage_keys import check_job_id
 
 
 @flow(name="migrate", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=64))
@@ -60,6 +61,7 @@ def migrate(
             f"migration {source_name!r}: giving up after {resume_attempt_count} automatic resume attempts; "
             "resume it by hand once the cause is fixed"
         )
+    check_job_id(job_id)
     scheduled = getattr(get_run_context().flow_run, "expected_start_time", None)
     spec, run_window = validate_config(
         source_name, migrations_file, start_time, end_time, batch_size, window, scheduled

@@ -9,6 +9,7 @@ from blocks.errors import ConfigError
 from tasks.config import load_migration, load_migrations, migrations_path
 from tasks.progress import artifact_slug
 from tasks.rollback import RollbackReport, check_rollback, remove_staged_files, rollback_target
+from tasks.storage_keys import check_job_id
 
 
 def migration_of(job_id: str, migrations_file: str | None) -> str:
@@ -36,6 +37,7 @@ def rollback(
     values cannot be brought back.
     """
     logger = get_run_logger()
+    check_job_id(job_id)
     spec = load_migration(
         source_name or migration_of(job_id, migrations_file), migrations_path(migrations_file)
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from typing import Any
@@ -15,6 +14,7 @@ from tasks.arrow_types import conform
 from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
 from tasks.plan import Chunk, TablePlan, check_schema_drift
+from tasks.storage_keys import path_segment
 
 
 class StagedChunk(BaseModel):
@@ -25,16 +25,11 @@ class StagedChunk(BaseModel):
     seconds: float
 
 
-# Characters of a table name that a file path or S3 key would read as structure.
-_KEY_UNSAFE = re.compile(r"[%/\\\x00-\x1f\x7f]|^\.\.?$")
-
-
 def staging_key(job_id: str, chunk: Chunk) -> str:
     """`<job_id>/<table>/<chunk_id>.parquet`; in the table name "/", "\\", "%", control
     characters and a name of "." or ".." are percent-encoded, so every chunk stays in its
     job's folder."""
-    table = _KEY_UNSAFE.sub(lambda m: "".join(f"%{ord(ch):02X}" for ch in m.group()), chunk.table)
-    return f"{job_id}/{table}/{chunk.chunk_id}.parquet"
+    return f"{job_id}/{path_segment(chunk.table)}/{chunk.chunk_id}.parquet"
 
 
 def export_chunk_to_staging(spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk) -> StagedChunk:

@@ -23,6 +23,7 @@ from prefect.tasks import exponential_backoff
 
 from blocks.errors import MigrationError
 from tasks.config import MigrationSpec, RetryPolicy
+from tasks.storage_keys import path_segment
 
 T = TypeVar("T")
 
@@ -55,7 +56,7 @@ def chunk_cache_key(step: str):
         chunk = parameters["chunk"]
         where = destination_digest(parameters["spec"])
         return (
-            f"migrate/{parameters['job_id']}/{where}/{chunk.table}/{chunk.chunk_id}/"
+            f"migrate/{parameters['job_id']}/{where}/{path_segment(chunk.table)}/{chunk.chunk_id}/"
             f"{chunk.lower}/{chunk.upper}/{step}"
         )
 

@@ -104,6 +104,22 @@ def test_end_time_before_start_time(migrations, pg_connect):
     assert_target_untouched(pg_connect)
 
 
+@pytest.mark.parametrize("job_id", ["../elsewhere", "a/b", "with space", "", ".hidden", "x" * 129])
+def test_job_id_that_would_shape_paths_is_refused(migrations, pg_connect, job_id):
+    with pytest.raises(ConfigError, match=re.escape(f"job_id {job_id!r} is not a valid job id")):
+        run_migrate(job_id=job_id, migrations_file=migrations())
+    assert_target_untouched(pg_connect)
+
+
+def test_table_names_cannot_shape_result_paths():
+    from tasks.storage_keys import path_segment
+
+    assert path_segment("../etc") == "..%2Fetc"
+    assert path_segment("..") == "%2E%2E"
+    assert path_segment("a\\b%c") == "a%5Cb%25c"
+    assert path_segment('Mixed Case; "quoted"') == 'Mixed Case; "quoted"'
+
+
 # 3-5. the config names things the source does not have -----------------------------------
 
 

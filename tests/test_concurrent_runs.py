@@ -113,7 +113,10 @@ def test_a_second_run_of_a_running_job_refuses_and_loads_nothing(
 
         assert str(same_id.value) == (
             f"job {job_id} is already running in flow run {a_flow_run}; this run stops before loading "
-            "anything. Wait for that run to finish, or cancel it, then start this one again"
+            "anything. Wait for that run to finish, or cancel it, then start this one again. If that "
+            "run's process is gone but PostgreSQL still keeps its session (a client that vanished "
+            "without closing it), end the session: SELECT pg_terminate_backend(pid) FROM "
+            "pg_stat_activity WHERE application_name LIKE 'prefect-migrate run %'"
         )
         assert str(no_id.value).startswith(
             f"job {job_id} is already running in flow run {a_flow_run} (no job_id was given, so this "
