@@ -16,6 +16,7 @@ hex, decoded in bulk afterwards; real widened to double precision exactly).
 from __future__ import annotations
 
 import binascii
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -391,20 +392,22 @@ class PostgresSource(Block):
             + sql.SQL(") TO STDOUT (FORMAT csv)")
         )
         parser = CsvBlockParser(table, picked)
-        with (
-            conn.cursor() as cur,
-            cur.copy(query, params) as copy,
-            ThreadPoolExecutor(1, thread_name_prefix="pg-source-parse") as parsing,
-        ):
-            # Block k parses in the worker while block k+1 arrives here, so the parse keeps
-            # pace with the server; at most two raw blocks and one parsed block are held.
-            pending = None
-            for block in copy_blocks(copy, self.copy_block_bytes):
-                parsed = parsing.submit(parser.parse, block)
-                if pending is not None:
+        with conn.cursor() as cur, cur.copy(query, params) as copy:
+            blocks = copy_blocks(copy, self.copy_block_bytes)
+            first = next(blocks, None)
+            second = next(blocks, None) if first is not None else None
+            if second is None:  # a chunk of one block (or none) parses here: no thread to start
+                if first is not None:
+                    yield from parser.parse(first)
+                return
+            with ThreadPoolExecutor(1, thread_name_prefix="pg-source-parse") as parsing:
+                # Block k parses in the worker while block k+1 arrives here, so the parse keeps
+                # pace with the server; at most two raw blocks and one parsed block are held.
+                pending = parsing.submit(parser.parse, first)
+                for block in itertools.chain([second], blocks):
+                    parsed = parsing.submit(parser.parse, block)
                     yield from pending.result()
-                pending = parsed
-            if pending is not None:
+                    pending = parsed
                 yield from pending.result()
 
 
