@@ -23,6 +23,10 @@ MEASURES = {  # measure_name -> (Timestream type, value column)
     "curtailed": ("BOOLEAN", "measure_value::boolean"),
 }
 VALUE_COLUMNS = [column for _, column in MEASURES.values()]
+# The energy migrations' usual mapping: the three dimensions as tags, each value column a field.
+TAGS = ["region", "plant", "source"]
+FIELDS = {c: c for c in VALUE_COLUMNS}
+FLOAT_KEYS = {"measure_value::double"}
 INFLUX_KIND = {"DOUBLE": "float", "BIGINT": "integer", "VARCHAR": "string", "BOOLEAN": "boolean"}
 START = datetime(2024, 3, 1, tzinfo=UTC)
 START_NS = 1_709_251_200_000_000_000  # START in nanoseconds

@@ -221,3 +221,16 @@ def snowflake_source(servers: dict, database: str, schema: str = "PUBLIC") -> di
         "schema": schema,
         "login_timeout": 10,
     }
+
+
+def events_migrations(path: Path, servers: dict, pg_database: str, concurrency: int) -> Path:
+    """The demo EVENTS table into `pg_database`, in chunks of 10,000 keys."""
+    return write_migrations(
+        path,
+        servers,
+        pg_database,
+        tables=[
+            {"name": "EVENTS", "chunk_column": "EVENT_ID", "chunk_size": 10_000, "primary_key": ["EVENT_ID"]}
+        ],
+        extra={"concurrency": concurrency},
+    )

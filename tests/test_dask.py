@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import assert_same_rows, source_rows, target_rows, write_migrations
+from tests.support import assert_same_rows, events_migrations, source_rows, target_rows
+from tests.test_resume import ledger
 
 EVENTS_JSON = {"PAYLOAD", "ATTRS", "TAGS"}
 
@@ -36,24 +37,7 @@ def send_queued_prefect_logs_and_events() -> None:
 
 @pytest.fixture
 def events_file(tmp_path, servers, pg_database, demo_source):
-    return write_migrations(
-        tmp_path / "migrations.yaml",
-        servers,
-        pg_database,
-        tables=[
-            {"name": "EVENTS", "chunk_column": "EVENT_ID", "chunk_size": 10_000, "primary_key": ["EVENT_ID"]}
-        ],
-        extra={"concurrency": 4},
-    )
-
-
-def ledger(connect, job_id: str) -> dict[str, tuple]:
-    with connect() as conn:
-        rows = conn.execute(
-            "SELECT chunk_id, status, loaded_at FROM migration_status.migration_chunk_status WHERE job_id = %s",
-            (job_id,),
-        ).fetchall()
-    return {r[0]: r[1:] for r in rows}
+    return events_migrations(tmp_path / "migrations.yaml", servers, pg_database, concurrency=4)
 
 
 def test_chunks_fan_out_over_dask_workers_and_resume(
@@ -93,7 +77,7 @@ def test_chunks_fan_out_over_dask_workers_and_resume(
         else:  # the report the first run persisted, to the timings: nothing ran again
             assert after == before
     assert ledger(pg_connect, "dask-fan-out") == first  # no chunk was loaded twice
-    assert all(status == "loaded" for status, _ in first.values()) and len(first) == 11
+    assert all(status == "loaded" for status, *_ in first.values()) and len(first) == 11
     with pg_connect() as conn:
         assert conn.execute("SELECT count(*) FROM analytics.events").fetchone() == (110_000,)
     shutil.rmtree(results, ignore_errors=True)

@@ -18,10 +18,13 @@ import pytest
 from blocks.errors import ConfigError, ConnectionCheckError, DataConversionError, SourceSchemaError
 from blocks.influxdb import InfluxDBTarget
 from tests.energy_support import (
+    FIELDS,
+    FLOAT_KEYS,
     INFLUX_KIND,
     MEASURES,
     START,
     START_NS,
+    TAGS,
     VALUE_COLUMNS,
     assert_same_points,
     expected_points,
@@ -34,10 +37,6 @@ from tests.influx_readback import select, write_lines
 from tests.support import staged_files
 from tests.test_resume import task_states
 from tests.timestream_fake import queue_table
-
-TAGS = ["region", "plant", "source"]
-FIELDS = {c: c for c in VALUE_COLUMNS}
-FLOAT_KEYS = {"measure_value::double"}
 
 
 def unload_source(tmp_path, table: pa.Table) -> dict:

@@ -20,8 +20,10 @@ import pyarrow.compute as pc
 import pytest
 
 from tests.energy_support import (
+    FIELDS,
+    FLOAT_KEYS,
     START,
-    VALUE_COLUMNS,
+    TAGS,
     assert_same_points,
     expected_points,
     influx_migrations,
@@ -32,9 +34,6 @@ from tests.energy_support import (
 from tests.fault_proxy import FaultProxy
 from tests.test_resume import _task_states, ledger
 
-TAGS = ["region", "plant", "source"]
-FIELDS = {c: c for c in VALUE_COLUMNS}
-FLOAT_KEYS = {"measure_value::double"}
 RETRIES = {"attempts": 2, "delay_seconds": 0.4, "jitter": 0.1}
 BREAKER = 2  # max_consecutive_chunk_failures
 DAYS = 6

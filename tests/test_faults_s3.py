@@ -19,7 +19,9 @@ import pytest
 from blocks.s3_staging import S3Staging
 from devstack.servers import start_moto
 from tests.energy_support import (
-    VALUE_COLUMNS,
+    FIELDS,
+    FLOAT_KEYS,
+    TAGS,
     assert_same_points,
     expected_points,
     influx_migrations,
@@ -30,9 +32,6 @@ from tests.energy_support import (
 from tests.fault_proxy import FaultProxy
 from tests.test_resume import ledger
 
-TAGS = ["region", "plant", "source"]
-FIELDS = {c: c for c in VALUE_COLUMNS}
-FLOAT_KEYS = {"measure_value::double"}
 DAYS = 5
 
 

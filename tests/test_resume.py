@@ -11,22 +11,21 @@ import pytest
 
 from blocks.errors import DataConversionError
 from blocks.postgres import PostgresTarget
-from tests.support import assert_same_rows, source_rows, staged_files, target_rows, write_migrations
+from tests.support import (
+    assert_same_rows,
+    events_migrations,
+    source_rows,
+    staged_files,
+    target_rows,
+    write_migrations,
+)
 
 EVENTS_JSON = {"PAYLOAD", "ATTRS", "TAGS"}
 
 
 @pytest.fixture
 def events_file(tmp_path, servers, pg_database, demo_source):
-    return write_migrations(
-        tmp_path / "migrations.yaml",
-        servers,
-        pg_database,
-        tables=[
-            {"name": "EVENTS", "chunk_column": "EVENT_ID", "chunk_size": 10_000, "primary_key": ["EVENT_ID"]}
-        ],
-        extra={"concurrency": 2},
-    )
+    return events_migrations(tmp_path / "migrations.yaml", servers, pg_database, concurrency=2)
 
 
 def ledger(connect, job_id: str) -> dict[str, tuple]:
