@@ -64,7 +64,12 @@ def _task_states(flow_run_id, step: str) -> dict[str, str]:
             limit=200,
             sort=TaskRunSort.EXPECTED_START_TIME_ASC,
         )
-    return {run.name.rsplit("/", 1)[1]: run.state.name for run in runs if run.name.startswith(f"{step} ")}
+    # A task run can reach the API before its state does: it counts as Pending until then.
+    return {
+        run.name.rsplit("/", 1)[1]: run.state.name if run.state else "Pending"
+        for run in runs
+        if run.name.startswith(f"{step} ")
+    }
 
 
 def test_failure_in_chunk_k_then_rerun_resumes(events_file, pg_connect, snowflake_kwargs, monkeypatch):
