@@ -79,6 +79,19 @@ ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS row
 """
 
 UNFINISHED = ("running", "failed", "crashed", "cancelled")
+# Job statuses a later job can cause: `incomplete` (a forced rollback of another job removed
+# some of its data; a run with its job_id loads those chunks again) and `superseded` (another
+# job's `replace` truncated its rows away; it never loads again).
+# Chunk statuses beyond planned/loaded/rolled_back: `removed` (its data was deleted by another
+# job's forced rollback; a resume loads it again) and `superseded` (truncated by another job's
+# `replace`; never loaded again).
+RELOADABLE = "removed"
+SUPERSEDED = "superseded"
+
+
+def ledger_exists(conn: psycopg.Connection) -> bool:
+    """Whether any migration has written a ledger into this database yet."""
+    return conn.execute("SELECT to_regclass('migration_status.migration_runs')").fetchone()[0] is not None
 
 
 def ensure_ledger(conn: psycopg.Connection) -> None:
@@ -106,6 +119,9 @@ def lock_job_loads(conn: psycopg.Connection, job_id: str, exclusive: bool = Fals
 
 
 def get_run(conn: psycopg.Connection, job_id: str) -> dict[str, Any] | None:
+    """The job's ledger row; None when the job, or the whole ledger, is not there."""
+    if not ledger_exists(conn):
+        return None
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM migration_status.migration_runs WHERE job_id = %s", (job_id,))
         return cur.fetchone()
@@ -121,6 +137,38 @@ def newest_unfinished_run(
             (migration, fingerprint, list(UNFINISHED), since),
         )
         return cur.fetchone()
+
+
+def newest_completed_run(conn: psycopg.Connection, migration: str, fingerprint: str) -> dict[str, Any] | None:
+    """The newest completed job of `migration` with the same tables, modes and window."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT * FROM migration_status.migration_runs WHERE migration = %s AND fingerprint = %s "
+            "AND status = 'completed' ORDER BY started_at DESC LIMIT 1",
+            (migration, fingerprint),
+        )
+        return cur.fetchone()
+
+
+def discard_run(conn: psycopg.Connection, job_id: str) -> bool:
+    """Remove every ledger row of a job that neither prepared a table nor loaded a chunk (a
+    refused attempt), so it cannot later confuse status or resume. Returns False, changing
+    nothing, if it did either."""
+    loaded = conn.execute(
+        "SELECT (SELECT count(*) FROM migration_status.migration_chunk_status WHERE job_id = %s AND status <> 'planned')"
+        " + (SELECT count(*) FROM migration_status.migration_table_status WHERE job_id = %s)",
+        (job_id, job_id),
+    ).fetchone()[0]
+    if loaded:
+        return False
+    for table in (
+        "migration_chunk_status",
+        "migration_plan_columns",
+        "migration_table_status",
+        "migration_runs",
+    ):
+        conn.execute(f"DELETE FROM migration_status.{table} WHERE job_id = %s", (job_id,))
+    return True
 
 
 def insert_run(
@@ -140,18 +188,33 @@ def insert_run(
     )
 
 
+_FINISHED = ("completed", "failed", "cancelled", "crashed", "rolled_back", "incomplete", "superseded")
+
+
 def set_run_status(conn: psycopg.Connection, job_id: str, status: str, error: str | None = None) -> None:
-    finished = status in ("completed", "failed", "cancelled", "crashed", "rolled_back")
+    """Set the job's status and recount its chunks and rows from its chunk rows. A finished
+    job that keeps its status keeps its finish time."""
+    finished = status in _FINISHED
     conn.execute(
-        "UPDATE migration_status.migration_runs SET status = %s, error = %s, updated_at = now(), "
-        "finished_at = CASE WHEN %s THEN now() ELSE NULL END, "
+        "UPDATE migration_status.migration_runs SET error = %s, updated_at = now(), "
+        "finished_at = CASE WHEN NOT %s THEN NULL WHEN status = %s AND finished_at IS NOT NULL "
+        "THEN finished_at ELSE now() END, status = %s, "
         "chunks_total = (SELECT count(*) FROM migration_status.migration_chunk_status WHERE job_id = %s), "
         "chunks_done = (SELECT count(*) FROM migration_status.migration_chunk_status "
         "               WHERE job_id = %s AND status = 'loaded'), "
         "rows_total = (SELECT coalesce(sum(rows_loaded), 0) FROM migration_status.migration_chunk_status "
         "              WHERE job_id = %s AND status = 'loaded') "
         "WHERE job_id = %s",
-        (status, error, finished, job_id, job_id, job_id, job_id),
+        (error, finished, status, status, job_id, job_id, job_id, job_id),
+    )
+
+
+def count_chunk_loaded(conn: psycopg.Connection, job_id: str, rows: int) -> None:
+    """Move the job's counters as a chunk commits, so `migration_runs` shows progress during a run."""
+    conn.execute(
+        "UPDATE migration_status.migration_runs SET chunks_done = chunks_done + 1, "
+        "rows_total = rows_total + %s, updated_at = now() WHERE job_id = %s",
+        (rows, job_id),
     )
 
 
@@ -164,6 +227,11 @@ def plan_chunks(conn: psycopg.Connection, job_id: str, rows: list[tuple]) -> Non
             "VALUES (%s, %s, %s, %s, %s, %s, %s, 'planned') ON CONFLICT DO NOTHING",
             [(job_id, *row) for row in rows],
         )
+    conn.execute(
+        "UPDATE migration_status.migration_runs SET chunks_total = "
+        "(SELECT count(*) FROM migration_status.migration_chunk_status WHERE job_id = %s) WHERE job_id = %s",
+        (job_id, job_id),
+    )
 
 
 def record_plan_columns(conn: psycopg.Connection, job_id: str, columns: dict[str, list[dict]]) -> None:
@@ -206,14 +274,26 @@ def mark_chunk_loaded(
     rows_after: int,
     staged_uri: str,
     xid: int,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Mark a chunk loaded by the current transaction, whose id (`xid`) tags the rows it wrote."""
+    """Mark a chunk loaded by the current transaction, whose id (`xid`) tags the rows it wrote.
+    `extra` goes into the chunk's details (say, which other jobs' rows an upsert overwrote)."""
     conn.execute(
         "UPDATE migration_status.migration_chunk_status SET status = 'loaded', rows_loaded = %s, "
         "rows_before = %s, rows_after = %s, staged_uri = %s, details = %s, loaded_at = now() "
         "WHERE job_id = %s AND table_name = %s AND chunk_id = %s",
-        (rows_loaded, rows_before, rows_after, staged_uri, Jsonb({"xid": xid}), job_id, table, chunk_id),
+        (
+            rows_loaded,
+            rows_before,
+            rows_after,
+            staged_uri,
+            Jsonb({"xid": xid, **(extra or {})}),
+            job_id,
+            table,
+            chunk_id,
+        ),
     )
+    count_chunk_loaded(conn, job_id, rows_loaded)
 
 
 def current_xid(conn: psycopg.Connection) -> int:
@@ -237,6 +317,7 @@ def mark_chunk_written(
         "WHERE job_id = %s AND table_name = %s AND chunk_id = %s",
         (rows_loaded, rows_loaded, staged_uri, Jsonb(details), job_id, table, chunk_id),
     )
+    count_chunk_loaded(conn, job_id, rows_loaded)
 
 
 def get_table_status(conn: psycopg.Connection, job_id: str, table: str) -> dict[str, Any] | None:
@@ -308,12 +389,16 @@ def job_tables(conn: psycopg.Connection, job_id: str) -> list[dict[str, Any]]:
         return cur.fetchall()
 
 
-def job_chunks(conn: psycopg.Connection, job_id: str, status: str = "loaded") -> list[dict[str, Any]]:
+def job_chunks(
+    conn: psycopg.Connection, job_id: str, status: str | tuple[str, ...] = "loaded"
+) -> list[dict[str, Any]]:
+    """The job's chunk rows in `status` (one status, or any of several), by table and chunk."""
+    statuses = [status] if isinstance(status, str) else list(status)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT * FROM migration_status.migration_chunk_status WHERE job_id = %s AND status = %s "
+            "SELECT * FROM migration_status.migration_chunk_status WHERE job_id = %s AND status = ANY(%s) "
             "ORDER BY table_name, chunk_id",
-            (job_id, status),
+            (job_id, statuses),
         )
         return cur.fetchall()
 
@@ -321,7 +406,7 @@ def job_chunks(conn: psycopg.Connection, job_id: str, status: str = "loaded") ->
 def mark_job_rolled_back(conn: psycopg.Connection, job_id: str) -> None:
     conn.execute(
         "UPDATE migration_status.migration_chunk_status SET status = 'rolled_back' "
-        "WHERE job_id = %s AND status = 'loaded'",
+        "WHERE job_id = %s AND status IN ('loaded', 'removed')",
         (job_id,),
     )
     set_run_status(conn, job_id, "rolled_back")

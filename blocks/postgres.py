@@ -23,11 +23,32 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field, SecretStr
 
-from blocks import pg_ledger, pg_pool
+from blocks import ledger_claims, pg_ledger, pg_pool
 from blocks.columns import Column, LogicalType
 from blocks.errors import ConnectionCheckError, DataConversionError, TargetGuardError, ValidationFailed
 from blocks.pg_binary import COPY_HEADER, COPY_TRAILER, BinaryCopyEncoder, target_typnames
 from blocks.pg_copy import batch_to_copy_csv
+
+
+class JobStart(StrEnum):
+    """How a run took up its job: a new one, an unfinished one resumed, or a completed one."""
+
+    NEW = "new"
+    RESUMED = "resumed"
+    COMPLETED = "completed"
+
+
+def refuse_final_chunk(job_id: str, chunk: dict[str, Any]) -> None:
+    """Raise `TargetGuardError` for a chunk that must never load again: its job was rolled back,
+    or another job's `replace` truncated its rows away (superseded)."""
+    if chunk["status"] == "rolled_back":
+        raise TargetGuardError(f"job {job_id} was rolled back; its chunks are not loaded again")
+    if chunk["status"] == pg_ledger.SUPERSEDED:
+        by = (chunk.get("details") or {}).get("removed_by")
+        raise TargetGuardError(
+            f"chunk {chunk['chunk_id']} of job {job_id} was superseded by job {by} (its replace truncated "
+            "the table); it is not loaded again"
+        )
 
 
 class LoadMode(StrEnum):
@@ -152,13 +173,14 @@ class PostgresTarget(Block):
         flow_run_id: str | None,
         no_resume: bool,
         resumable_within: timedelta,
-    ) -> tuple[str, bool]:
-        """Create the job's ledger row, or pick up the job to resume. Returns (job_id, resumed).
+    ) -> tuple[str, JobStart]:
+        """Create the job's ledger row, or pick up the job to resume. Returns (job_id, how).
 
-        With a job_id that exists, that job resumes (a different fingerprint, meaning other
-        tables, modes or window, raises `TargetGuardError`). Without one, the newest
-        unfinished job of this migration with the same fingerprint, started within
-        `resumable_within`, resumes, unless `no_resume`.
+        With a job_id that exists, that job runs again (a different fingerprint, meaning other
+        tables, modes or window, raises `TargetGuardError`, and so does a rolled-back or
+        superseded job). Without one, unless `no_resume`: the newest unfinished job of this
+        migration with the same fingerprint, started within `resumable_within`, resumes; else
+        the newest completed one with the same fingerprint is reported as done.
         """
         with self.connect() as conn:
             pg_ledger.ensure_ledger(conn)
@@ -178,15 +200,35 @@ class PostgresTarget(Block):
             elif not no_resume:
                 since = datetime.now(UTC) - resumable_within
                 run = pg_ledger.newest_unfinished_run(conn, migration, fingerprint, since)
+                run = run or pg_ledger.newest_completed_run(conn, migration, fingerprint)
             if run:
                 if run["status"] == "rolled_back":
                     raise TargetGuardError(f"job {run['job_id']} was rolled back; start a new job")
-                if run["status"] != "completed":
-                    pg_ledger.set_run_status(conn, run["job_id"], "running")
-                return run["job_id"], True
+                if run["status"] == pg_ledger.SUPERSEDED:
+                    raise TargetGuardError(
+                        f"job {run['job_id']} was superseded ({run['error']}); start a new job"
+                    )
+                if run["status"] == "completed":
+                    return run["job_id"], JobStart.COMPLETED
+                pg_ledger.set_run_status(conn, run["job_id"], "running")
+                return run["job_id"], JobStart.RESUMED
             new_id = job_id or f"{migration}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
             pg_ledger.insert_run(conn, new_id, migration, job_name, fingerprint, parameters, flow_run_id)
-            return new_id, False
+            return new_id, JobStart.NEW
+
+    def discard_job(self, job_id: str) -> bool:
+        """Forget a job that never loaded a chunk (a refused attempt); False if it loaded any."""
+        with self.connect() as conn:
+            return pg_ledger.discard_run(conn, job_id)
+
+    def chunk_states(self, job_id: str) -> dict[tuple[str, str], str]:
+        """(table, chunk_id) -> ledger status of each of the job's chunks, in one query."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT table_name, chunk_id, status FROM migration_status.migration_chunk_status WHERE job_id = %s",
+                (job_id,),
+            ).fetchall()
+        return {(t, c): s for t, c, s in rows}
 
     def record_plan(
         self, job_id: str, rows: list[tuple], columns: dict[str, list[dict]] | None = None
@@ -223,12 +265,25 @@ class PostgresTarget(Block):
             ):
                 return []
             cur.execute(
-                "SELECT c.job_id, c.lower_bound, c.upper_bound FROM migration_status.migration_chunk_status c "
+                "SELECT c.job_id, c.lower_bound, c.upper_bound, r.status AS job_status "
+                "FROM migration_status.migration_chunk_status c "
                 "JOIN migration_status.migration_runs r USING (job_id) WHERE c.target_table = %s "
                 "AND c.job_id <> %s AND c.status = 'loaded' AND r.status <> 'rolled_back'",
                 (target, exclude_job),
             )
             return cur.fetchall()
+
+    def point_claims(
+        self,
+        job_id: str,
+        target: str,
+        measurements: list[str] | None,
+        ranges: list[tuple[int | None, int | None]],
+    ) -> list[dict[str, Any]]:
+        """Other live jobs' loaded chunks overlapping these InfluxDB measurement time ranges
+        (`blocks.ledger_claims.point_claims`)."""
+        with self.connect() as conn:
+            return ledger_claims.point_claims(conn, job_id, target, measurements, ranges)
 
     def chunk_status(self, job_id: str, table: str, chunk_id: str) -> dict[str, Any] | None:
         """The chunk's ledger row (status, rows_loaded, details...), or None if it is not planned."""
@@ -243,14 +298,17 @@ class PostgresTarget(Block):
             pg_ledger.lock_job_loads(conn, job_id)
             pg_ledger.lock(conn, f"chunk/{job_id}/{table}/{chunk_id}")
             prior = pg_ledger.get_chunk(conn, job_id, table, chunk_id)
-            if prior and prior["status"] == "rolled_back":
-                raise TargetGuardError(f"job {job_id} was rolled back; its chunks are not loaded again")
+            if prior:
+                refuse_final_chunk(job_id, prior)
             pg_ledger.mark_chunk_written(conn, job_id, table, chunk_id, rows, staged_uri, details)
 
-    def loaded_chunks(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's chunks marked loaded, with their ledger details."""
+    def loaded_chunks(self, job_id: str, with_removed: bool = False) -> list[dict[str, Any]]:
+        """The job's chunks marked loaded (and, `with_removed`, those another job's forced
+        rollback took data from), with their ledger details."""
         with self.connect() as conn:
-            return pg_ledger.job_chunks(conn, job_id)
+            return pg_ledger.job_chunks(
+                conn, job_id, ("loaded", pg_ledger.RELOADABLE) if with_removed else "loaded"
+            )
 
     def mark_rolled_back(self, job_id: str) -> None:
         """Record the job and its loaded chunks as rolled back (after their data was removed)."""
@@ -269,17 +327,27 @@ class PostgresTarget(Block):
         with self.connect() as conn:
             pg_ledger.ensure_ledger(conn)
             pg_ledger.lock_job_loads(conn, job_id, exclusive=True)
-            chunks = pg_ledger.job_chunks(conn, job_id)
+            chunks = pg_ledger.job_chunks(conn, job_id, ("loaded", pg_ledger.RELOADABLE))
             missing = [c["chunk_id"] for c in chunks if "xid" not in (c["details"] or {})]
             if missing:
                 raise TargetGuardError(
                     f"job {job_id}: chunks {missing[:5]} were loaded without a recorded transaction id, "
                     "so their rows cannot be told apart from others; roll back by hand"
                 )
+            # Rows the job's upserts took over from other jobs go with it: those jobs no longer
+            # hold their chunks whole (`check_rollback` refused this unless forced).
+            claimed = ledger_claims.overwritten_claims(conn, job_id)
             results = []
             for prepared in pg_ledger.job_tables(conn, job_id):
                 xids = [str(c["details"]["xid"]) for c in chunks if c["table_name"] == prepared["table_name"]]
                 results.append(self._remove_rows(conn, prepared, xids))
+            ledger_claims.mark_removed(
+                conn,
+                claimed,
+                job_id,
+                f"the forced rollback of job {job_id} deleted rows of this job that it had upserted over",
+                pg_ledger.RELOADABLE,
+            )
             pg_ledger.mark_job_rolled_back(conn, job_id)
             return results
 
@@ -367,6 +435,14 @@ class PostgresTarget(Block):
                 rows_truncated = conn.execute(count).fetchone()[0]
                 conn.execute(sql.SQL("TRUNCATE {}").format(table.ident()))
                 truncated = True
+                # Jobs whose rows the truncation removed no longer hold them, and never load them again.
+                ledger_claims.mark_removed(
+                    conn,
+                    ledger_claims.live_chunks_for_target(conn, job_id, table.qualified),
+                    job_id,
+                    f"job {job_id} (replace) truncated {table.qualified}",
+                    pg_ledger.SUPERSEDED,
+                )
             pg_ledger.record_table_prepared(
                 conn,
                 job_id,
@@ -480,8 +556,14 @@ class PostgresTarget(Block):
             prior = pg_ledger.get_chunk(conn, job_id, source_table, chunk_id)
             if prior is None:
                 raise ValidationFailed(f"chunk {chunk_id} of {source_table} is not in job {job_id}'s plan")
-            if prior["status"] == "rolled_back":
-                raise TargetGuardError(f"job {job_id} was rolled back; its chunks are not loaded again")
+            refuse_final_chunk(job_id, prior)
+            if prior["status"] == pg_ledger.RELOADABLE and "xid" in (prior["details"] or {}):
+                # Another job's forced rollback took part of this chunk's rows: the rest go too,
+                # so the chunk loads whole again.
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE xmin = %s::text::xid").format(table.ident()),
+                    (str(prior["details"]["xid"]),),
+                )
             if prior["status"] == "loaded":
                 return ChunkLoad(
                     rows_loaded=prior["rows_loaded"],
@@ -490,8 +572,9 @@ class PostgresTarget(Block):
                     already_loaded=True,
                 )
             before = self.count_range(conn, table, lower, upper)
+            overwrote: list[dict[str, Any]] = []
             if mode is LoadMode.UPSERT:
-                copied = self._upsert(conn, table, batches, job_id, source_table, chunk_id)
+                copied, overwrote = self._upsert(conn, table, batches, job_id, source_table, chunk_id)
             else:
                 copied = self._copy(conn, table.ident(), table, batches)
             if copied != staged_rows:
@@ -509,6 +592,7 @@ class PostgresTarget(Block):
                 after,
                 staged_uri,
                 pg_ledger.current_xid(conn),
+                {"overwrote": overwrote} if overwrote else None,
             )
             return ChunkLoad(rows_loaded=copied, rows_before=before, rows_after=after, already_loaded=False)
 
@@ -563,10 +647,13 @@ class PostgresTarget(Block):
         job_id: str,
         source_table: str,
         chunk_id: str,
-    ) -> int:
-        """Insert the chunk's rows, updating rows with the same key. Raises `DataConversionError`
-        when the chunk holds a key twice, or a key an earlier chunk of the same job loaded: the
-        source holds it more than once, and only the last row would be kept."""
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Insert the chunk's rows, updating rows with the same key. Returns the rows sent, and
+        the other jobs' chunks whose rows it overwrote (with how many), for the ledger.
+
+        Raises `DataConversionError` when the chunk holds a key twice, or a key an earlier
+        chunk of the same job loaded: the source holds it more than once, and only the last
+        row would be kept."""
         staging = sql.Identifier(f"_migrate_stage_{table.name}"[:63])
         conn.execute(
             sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
@@ -579,14 +666,15 @@ class PostgresTarget(Block):
         conflict = sql.SQL(", ").join(map(sql.Identifier, table.primary_key))
         # Chunks of one job load one after another here, so each sees the keys the others loaded.
         pg_ledger.lock(conn, f"upsert/{job_id}/{table.qualified}")
-        clash = conn.execute(
-            sql.SQL(
-                "SELECT count(*) FROM {} t JOIN {} s USING ({}) WHERE t.xmin = ANY(ARRAY("
-                "SELECT (details->>'xid')::xid FROM migration_status.migration_chunk_status "
-                "WHERE job_id = %s AND table_name = %s AND status = 'loaded' AND details ? 'xid'))"
-            ).format(table.ident(), staging, conflict),
-            (job_id, source_table),
-        ).fetchone()[0]
+        overwritten = dict(
+            conn.execute(
+                sql.SQL("SELECT t.xmin::text, count(*) FROM {} t JOIN {} s USING ({}) GROUP BY 1").format(
+                    table.ident(), staging, conflict
+                )
+            ).fetchall()
+        )
+        owners = ledger_claims.chunks_of_xids(conn, list(overwritten))
+        clash = sum(n for xid, n in overwritten.items() if xid in owners and owners[xid]["job_id"] == job_id)
         if clash:
             raise DataConversionError(
                 f"upsert into {table.qualified}: {clash} row(s) of chunk {chunk_id} have the same "
@@ -594,6 +682,16 @@ class PostgresTarget(Block):
                 "holds those keys in more than one row, and an upsert would keep only the last of each. "
                 "Remove the duplicates from the source, or choose a primary_key that is unique there"
             )
+        overwrote = [
+            {
+                "job_id": o["job_id"],
+                "table_name": o["table_name"],
+                "chunk_id": o["chunk_id"],
+                "rows": overwritten[x],
+            }
+            for x, o in owners.items()
+            if o["job_status"] != "rolled_back" and updates  # DO NOTHING leaves their rows as they were
+        ]
         action = (
             sql.SQL("DO UPDATE SET ")
             + sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in updates)
@@ -613,4 +711,4 @@ class PostgresTarget(Block):
             raise DataConversionError(
                 f"upsert into {table.qualified}: the chunk holds the same {list(table.primary_key)} more than once"
             ) from None
-        return rows
+        return rows, overwrote

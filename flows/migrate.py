@@ -7,24 +7,48 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.context import get_run_context
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks.errors import MigrationFailed
+from blocks.errors import MigrationFailed, TargetGuardError
+from blocks.postgres import JobStart
 from flows.rollback import rollback
 from tasks.config import MigrationSpec
 from tasks.connections import check_connections, validate_config
-from tasks.jobs import finish_job, hold_job_run, load_recorded_plan, prepare_targets, record_plan, start_job
-from tasks.pipeline import ChunkReport, migrate_chunk
+from tasks.jobs import (
+    finish_job,
+    forget_refused_job,
+    hold_job_run,
+    load_recorded_plan,
+    prepare_targets,
+    record_plan,
+    start_job,
+)
+from tasks.pipeline import ChunkReport, ledger_states, migrate_chunk, migrate_chunk_afresh
 from tasks.plan import TablePlan, inspect_source, plan_chunks
 from tasks.progress import ProgressTracker, label_flow_run
 from tasks.report import MigrationReport, build_report, publish_report
 from tasks.storage_keys import check_job_id
 
 
-@flow(name="migrate", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=64))
+def run_name() -> str:
+    """A flow run's name before its job is known: the migration, and the job id when given.
+    `label_flow_run` renames it "<migration> job <job_id>" once the job is picked."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    name = params.get("source_name") or "analytics"
+    return f"{name} job {params['job_id']}" if params.get("job_id") else f"{name} (picking job)"
+
+
+@flow(
+    name="migrate",
+    log_prints=True,
+    task_runner=ThreadPoolTaskRunner(max_workers=64),
+    flow_run_name=run_name,
+)
 def migrate(
     source_name: str = "analytics",
     job_id: str | None = None,
@@ -70,31 +94,67 @@ def migrate(
     tables = inspect_source(spec)
 
     picked = job_id is None
-    job_id, resumed = start_job(spec, run_window, job_id, job_name, no_resume, resume_max_age_hours)
+    job_id, how = start_job(spec, run_window, job_id, job_name, no_resume, resume_max_age_hours)
+    resumed = how is not JobStart.NEW
+    kept = True
     with hold_job_run(spec, job_id, picked):  # one live run per job; a second one refuses here
-        logger.info("%s job %s", "Resuming" if resumed else "Starting", job_id)
+        logger.info(JOB_START_LOG[how], job_id)
         label_flow_run(job_id, spec.name)
         reports: list[ChunkReport] = []
+        failures: list[BaseException] = []
+        loaded_before: set[tuple[str, str]] = set()
         try:
             plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(
                 spec, tables, run_window
             )
-            record_plan(spec, job_id, plans)
-            prepare_targets(spec, job_id, plans, resume_max_age_hours)
-            error = run_chunks(spec, job_id, plans, validation_enabled, reports, dask_address)
+            if how is not JobStart.COMPLETED:
+                record_plan(spec, job_id, plans)
+                prepare_targets(spec, job_id, plans, resume_max_age_hours)
+            states = ledger_states(spec, job_id, plans, new_job=how is JobStart.NEW and picked)
+            loaded_before = {key for key, state in states.items() if state == "loaded"}
+            error = run_chunks(
+                spec, job_id, plans, validation_enabled, reports, dask_address, states, failures
+            )
         except Exception as exc:
             error = str(exc)
+            failures.append(exc)
 
         status = "failed" if error else "completed"
-        finish_job(spec, job_id, status, error)
-    report = build_report(job_id, spec.name, status, resumed, reports, time.perf_counter() - started, error)
-    publish_report(report)
+        refused = bool(failures) and all(isinstance(e, TargetGuardError) for e in failures)
+        if how is JobStart.NEW and refused and forget_refused_job(spec, job_id):
+            kept = False
+            logger.warning(
+                "job %s was refused before it wrote anything; it is not kept in the ledger", job_id
+            )
+        else:
+            finish_job(spec, job_id, status, error)
+    report = build_report(
+        job_id,
+        spec.name,
+        status,
+        resumed,
+        reports,
+        time.perf_counter() - started,
+        error,
+        loaded_before=loaded_before,
+        already_complete=how is JobStart.COMPLETED and not error,
+    )
+    publish_report(report, loaded_before)
     logger.info(report.summary())
     if error:
-        if rollback_enabled:
+        if rollback_enabled and kept:
             error += rollback_after_failure(job_id, spec.name, migrations_file)
-        raise MigrationFailed(f"migration {spec.name!r} job {job_id} failed: {error}")
+        job = f"job {job_id}" if kept else "a new job (refused, not kept in the ledger)"
+        raise MigrationFailed(f"migration {spec.name!r} {job} failed: {error}")
     return report
+
+
+JOB_START_LOG = {
+    JobStart.NEW: "Starting job %s",
+    JobStart.RESUMED: "Resuming job %s",
+    JobStart.COMPLETED: "Job %s already completed with the same tables, modes and window; "
+    "checking its chunks against the ledger (no_resume=true starts a new job)",
+}
 
 
 def rollback_after_failure(job_id: str, migration: str, migrations_file: str | None) -> str:
@@ -116,9 +176,15 @@ def run_chunks(
     validation_enabled: bool,
     reports: list[ChunkReport],
     dask_address: str | None = None,
+    ledger: dict[tuple[str, str], str] | None = None,
+    failures: list[BaseException] | None = None,
 ) -> str | None:
     """Run every chunk's pipeline, at most `spec.concurrency` at once; returns the run's error,
-    or None when every chunk finished.
+    or None when every chunk finished. Each chunk's error is appended to `failures`.
+
+    `ledger` holds each chunk's ledger status before the run: a chunk the ledger shows loaded
+    may come from its cached result; any other runs afresh, whatever Prefect cached for it,
+    and a chunk another job's `replace` superseded does not run at all.
 
     A circuit breaker guards the rest of the run: once `spec.max_consecutive_chunk_failures`
     chunks have failed in a row (a finished chunk resets the count), no new chunk starts;
@@ -128,8 +194,25 @@ def run_chunks(
     flow's threads, or on the Dask cluster at `dask_address` (default: env
     MIGRATE_DASK_ADDRESS); a scheduler that cannot be reached raises OSError.
     """
-    progress = ProgressTracker(job_id, spec.name, sum(len(p.chunks) for p in plans))
-    pending = [(p.model_copy(update={"chunks": []}), c) for p in plans for c in p.chunks]
+    ledger = ledger or {}
+    failures = failures if failures is not None else []
+    state = {
+        (p.spec.name, c.chunk_id): ledger.get((p.spec.name, c.chunk_id)) for p in plans for c in p.chunks
+    }
+    superseded = [key for key, s in state.items() if s == "superseded"]
+    if superseded:
+        get_run_logger().warning(
+            "job %s: %d chunk(s) were superseded by another job's replace and are not loaded again",
+            job_id,
+            len(superseded),
+        )
+    pending = [
+        (p.model_copy(update={"chunks": []}), c)
+        for p in plans
+        for c in p.chunks
+        if state[(p.spec.name, c.chunk_id)] != "superseded"
+    ]
+    progress = ProgressTracker(job_id, spec.name, len(pending))
     shared = {"spec": spec, "job_id": job_id, "validation_enabled": validation_enabled}
     limit = spec.max_consecutive_chunk_failures
     futures = []
@@ -141,7 +224,11 @@ def run_chunks(
             while pending or futures:
                 while pending and len(futures) < spec.concurrency:
                     plan, chunk = pending.pop(0)
-                    futures.append(submit({**shared, "plan": plan, "chunk": chunk}))
+                    loaded = state[(plan.spec.name, chunk.chunk_id)] == "loaded"
+                    task = migrate_chunk if loaded else migrate_chunk_afresh()
+                    futures.append(
+                        submit(task, {**shared, "plan": plan, "chunk": chunk, "ledger_says_loaded": loaded})
+                    )
                 done = next(as_completed(futures))
                 futures.remove(done)
                 try:
@@ -149,6 +236,7 @@ def run_chunks(
                     reports.append(report)
                     progress.chunk_done(f"{report.table}/{report.chunk_id}", report.rows)
                 except Exception as exc:
+                    failures.append(exc)
                     first_error = first_error or str(exc)
                     failed += 1
                     in_a_row += 1
@@ -173,11 +261,11 @@ def run_chunks(
 
 
 @contextmanager
-def chunk_runner(dask_address: str | None) -> Iterator[Callable[[dict], PrefectFuture[ChunkReport]]]:
-    """A function submitting `migrate_chunk` with the given parameters: to the flow's own task
+def chunk_runner(dask_address: str | None) -> Iterator[Callable[[Task, dict], PrefectFuture[ChunkReport]]]:
+    """A function submitting a chunk task with the given parameters: to the flow's own task
     runner, or, given a scheduler address, to that Dask cluster."""
     if not dask_address:
-        yield lambda parameters: migrate_chunk.submit(**parameters)
+        yield lambda task, parameters: task.submit(**parameters)
         return
     # Imported here: distributed is heavy, and only scale-out runs need it.
     from prefect_dask import DaskTaskRunner
@@ -186,7 +274,7 @@ def chunk_runner(dask_address: str | None) -> Iterator[Callable[[dict], PrefectF
     # Workers run the task in their own processes: they need the project importable and the
     # flow's PREFECT_API_URL, result storage, and secrets env vars.
     with DaskTaskRunner(address=dask_address) as runner:
-        yield lambda parameters: runner.submit(migrate_chunk, parameters=parameters, wait_for=None)
+        yield lambda task, parameters: runner.submit(task, parameters=parameters, wait_for=None)
 
 
 if __name__ == "__main__":

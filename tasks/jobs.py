@@ -14,16 +14,20 @@ from prefect.context import get_run_context
 from blocks import pg_ledger
 from blocks.columns import Column
 from blocks.errors import TargetGuardError
-from blocks.postgres import LoadMode
+from blocks.postgres import JobStart, LoadMode
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_staging, build_target
-from tasks.plan import Bound, Chunk, TablePlan, bound_text, check_schema_drift, parse_bound
+from tasks.guards import refuse_overlap, refuse_point_overlap
+from tasks.load_points import time_ns
+from tasks.plan import Chunk, TablePlan, bound_text, check_schema_drift, parse_bound
 from tasks.policy import STEP_RETRIES, run_step
 
 
 def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
     """What decides which rows a job moves and how; a job only resumes with the same fingerprint."""
-    tables = [t.model_dump(mode="json", exclude={"allow_truncate_foreign_rows"}) for t in spec.tables]
+    # Guard overrides change what a run may do, not which rows it moves.
+    overrides = {"allow_truncate_foreign_rows", "allow_rewrite_loaded_points"}
+    tables = [t.model_dump(mode="json", exclude=overrides) for t in spec.tables]
     if spec.target.type == "influxdb":
         target = {"influxdb": spec.target.container}
     else:
@@ -42,8 +46,9 @@ def start_job(
     job_name: str | None,
     no_resume: bool,
     resume_max_age_hours: float,
-) -> tuple[str, bool]:
-    """The job to run: the given one, the newest resumable one, or a new one. Returns (job_id, resumed)."""
+) -> tuple[str, JobStart]:
+    """The job to run: the given one, the newest resumable one, the newest completed one with
+    the same tables, modes and window (nothing left to do), or a new one. Returns (job_id, how)."""
     context = get_run_context()
     flow_run = getattr(context.task_run, "flow_run_id", None)
     return build_ledger(spec).start_job(
@@ -141,17 +146,29 @@ def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan])
 def prepare_targets(
     spec: MigrationSpec, job_id: str, plans: list[TablePlan], resume_max_age_hours: float
 ) -> None:
-    """PostgreSQL: create missing tables; truncate `replace` tables once per job behind the truncation guard.
+    """Check the guards for every table first, then prepare each: PostgreSQL creates missing
+    tables and truncates `replace` tables once per job, behind the truncation guard.
 
-    An `append` job also refuses (`TargetGuardError`) to load a range that another job, not
-    rolled back, already loaded into the same table: that would duplicate its rows.
+    Refuses (`TargetGuardError`) before preparing anything when the job would load over data
+    another job (not rolled back) loaded: a PostgreSQL `append` range (that would duplicate its
+    rows), or InfluxDB points of the same measurement and time range (unless the table sets
+    `allow_rewrite_loaded_points`; a measurement taken from a column is checked as each chunk
+    loads, once its measurements are known).
     """
-    if spec.target.type == "influxdb":
-        return  # nothing to create; the connection check proved the bucket or database exists
     target = build_target(spec)
+    if spec.target.type == "influxdb":
+        ledger = build_ledger(spec)
+        for plan in plans:
+            if plan.spec.allow_rewrite_loaded_points or plan.points.measurement is None:
+                continue
+            ranges = [(time_ns(c.lower), time_ns(c.upper)) for c in plan.chunks]
+            claims = ledger.point_claims(job_id, target.describe_target(), [plan.points.measurement], ranges)
+            refuse_point_overlap(plan, job_id, claims)
+        return  # nothing to create; the connection check proved the bucket or database exists
     for plan in plans:
         if plan.spec.load_mode is LoadMode.APPEND:
             refuse_overlap(plan, job_id, target.loaded_ranges(plan.target.qualified, exclude_job=job_id))
+    for plan in plans:
         target.prepare_table(
             job_id,
             plan.spec.name,
@@ -163,22 +180,10 @@ def prepare_targets(
         )
 
 
-def _overlaps(a_lo: Bound, a_hi: Bound, b_lo: Bound, b_hi: Bound) -> bool:
-    """Half-open ranges overlap; None is unbounded on that side."""
-    return (a_hi is None or b_lo is None or b_lo < a_hi) and (b_hi is None or a_lo is None or a_lo < b_hi)
-
-
-def refuse_overlap(plan: TablePlan, job_id: str, loaded: list[dict]) -> None:
-    for row in loaded:
-        lo = parse_bound(plan.chunk_kind, row["lower_bound"])
-        hi = parse_bound(plan.chunk_kind, row["upper_bound"])
-        if any(_overlaps(c.lower, c.upper, lo, hi) for c in plan.chunks):
-            raise TargetGuardError(
-                f"refusing to append to {plan.target.qualified}: job {row['job_id']} already loaded "
-                f"{plan.spec.chunk_column} in [{row['lower_bound']}, {row['upper_bound']}), which this job's "
-                f"chunks overlap; appending again would duplicate rows. Resume that job, use load_mode "
-                "upsert or replace, or pick a window that does not overlap"
-            )
+def forget_refused_job(spec: MigrationSpec, job_id: str) -> bool:
+    """Drop a new job that a guard refused before it prepared or loaded anything, so refused
+    attempts do not pile up as failed jobs. Returns whether it was dropped."""
+    return build_ledger(spec).discard_job(job_id)
 
 
 @task(name="finish-job", **STEP_RETRIES)

@@ -16,9 +16,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from blocks.errors import TargetGuardError, ValidationFailed
+from blocks.errors import ValidationFailed
+from blocks.postgres import refuse_final_chunk
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_staging, build_target
+from tasks.guards import refuse_point_overlap
 from tasks.plan import Bound, Chunk, TablePlan
 from tasks.validate import ChunkManifest
 
@@ -37,6 +39,8 @@ class PointsLoaded(BaseModel):
     already_loaded: bool
     seconds: float
     count_field: str | None = None  # a field every written point carries: counts with COUNT(field)
+    target: str = ""  # the InfluxDB bucket or database written, as the ledger names it
+    shared_with: list[str] = []  # other jobs that loaded points in this chunk's ranges (allowed rewrite)
 
 
 def time_ns(value: Bound) -> int | None:
@@ -72,8 +76,7 @@ def write_points(
     prior = build_ledger(spec).chunk_status(job_id, plan.spec.name, chunk.chunk_id)
     if prior is None:
         raise ValidationFailed(f"chunk {chunk.chunk_id} of {plan.spec.name} is not in job {job_id}'s plan")
-    if prior["status"] == "rolled_back":
-        raise TargetGuardError(f"job {job_id} was rolled back; its chunks are not loaded again")
+    refuse_final_chunk(job_id, prior)
     if prior["status"] == "loaded":
         details = prior.get("details") or {}
         return PointsLoaded(
@@ -85,12 +88,16 @@ def write_points(
             already_loaded=True,
             seconds=time.perf_counter() - started,
             count_field=details.get("count_field"),
+            target=details.get("target", ""),
+            shared_with=details.get("shared_with", []),
         )
     target = build_target(spec)
+    where = target.describe_target()
     with build_staging(spec).local_copy(manifest.key) as path:
+        measurements = _measurements(path, plan)
+        shared = other_jobs_in_range(spec, job_id, plan, chunk, where, measurements)
         batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS)
         load = target.write_chunk(batches, plan.points.point_mapping(), chunk=_label(plan, chunk))
-        measurements = _measurements(path, plan)
         count_field = plan.points.count_field or _field_on_every_point(path, plan, load)
     if load.rows_in != manifest.rows:
         raise ValidationFailed(
@@ -105,7 +112,23 @@ def write_points(
         already_loaded=False,
         seconds=time.perf_counter() - started,
         count_field=count_field,
+        target=where,
+        shared_with=shared,
     )
+
+
+def other_jobs_in_range(
+    spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, target: str, measurements: list[str]
+) -> list[str]:
+    """Other live jobs that loaded points of these measurements in the chunk's time range.
+
+    Raises `TargetGuardError` naming them, unless the table sets `allow_rewrite_loaded_points`;
+    then returns them, for the ledger to record that the jobs share the range."""
+    ranges = [(time_ns(chunk.lower), time_ns(chunk.upper))]
+    claims = build_ledger(spec).point_claims(job_id, target, measurements, ranges)
+    if not plan.spec.allow_rewrite_loaded_points:
+        refuse_point_overlap(plan, job_id, claims, where=f"chunk {chunk.chunk_id}'s points")
+    return sorted({c["job_id"] for c in claims})
 
 
 def _field_on_every_point(path, plan: TablePlan, load) -> str | None:
@@ -177,6 +200,8 @@ def reconcile_points(
             "start_ns": time_ns(chunk.lower),
             "stop_ns": time_ns(chunk.upper),
             "count_field": loaded.count_field,
+            "target": loaded.target,
+            **({"shared_with": loaded.shared_with} if loaded.shared_with else {}),
         }
         build_ledger(spec).mark_chunk_written(
             job_id, plan.spec.name, chunk.chunk_id, loaded.points_written, manifest.uri, details

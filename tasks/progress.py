@@ -108,14 +108,14 @@ def artifact_slug(text: str) -> str:
 
 def label_flow_run(job_id: str, migration: str) -> None:
     """Tag the current flow run `job:<job_id>` and `migration:<name>`, so status and automations
-    find a job's runs through the Prefect API."""
+    find a job's runs through the Prefect API, and name it "<migration> job <job_id>"."""
     from prefect.client.orchestration import get_client
     from prefect.context import get_run_context
 
     flow_run = get_run_context().flow_run
     tags = sorted({*(flow_run.tags or []), f"job:{job_id}", f"migration:{migration}"})
     with get_client(sync_client=True) as client:
-        client.update_flow_run(flow_run.id, tags=tags)
+        client.update_flow_run(flow_run.id, tags=tags, name=f"{migration} job {job_id}")
 
 
 def report_validation_failed(job_id: str, table: str, chunk_id: str, error: str) -> None:

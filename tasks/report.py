@@ -34,13 +34,30 @@ class MigrationReport(BaseModel):
     tables: list[TableTotals]
     chunks: list[ChunkReport]
     error: str | None = None
+    rows_loaded_now: int = 0
+    """Rows (points) this run loaded; the rest of `rows` were loaded by earlier runs of the job."""
+    chunks_loaded_now: int = 0
+    already_complete: bool = False
+    """The job had completed before this run, which found every chunk loaded and loaded nothing."""
 
     def summary(self) -> str:
-        lines = [
-            f"Migration {self.migration!r}, job {self.job_id}: {self.status}"
-            f"{' (resumed)' if self.resumed else ''}, {self.rows:,} rows, {self.bytes:,} staged bytes, "
-            f"{self.seconds:.1f} s"
-        ]
+        unit = self.tables[0].unit if self.tables else "rows"
+        if self.already_complete:
+            head = (
+                f"Migration {self.migration!r}, job {self.job_id}: already completed, nothing to load; "
+                f"{self.rows:,} {unit} in {len(self.chunks)} chunks, all loaded by earlier runs"
+            )
+        else:
+            earlier = self.rows - self.rows_loaded_now
+            split = (
+                f" ({self.rows_loaded_now:,} loaded by this run, {earlier:,} earlier)" if self.resumed else ""
+            )
+            head = (
+                f"Migration {self.migration!r}, job {self.job_id}: {self.status}"
+                f"{' (resumed)' if self.resumed else ''}, {self.rows:,} {unit}{split}, "
+                f"{self.bytes:,} staged bytes, {self.seconds:.1f} s"
+            )
+        lines = [head]
         for t in self.tables:
             dropped = f", {t.rows_dropped:,} rows left out (see problems)" if t.rows_dropped else ""
             lines.append(f"  {t.table} -> {t.target}: {t.rows:,} {t.unit} in {t.chunks} chunks{dropped}")
@@ -61,7 +78,12 @@ def build_report(
     chunks: list[ChunkReport],
     seconds: float,
     error: str | None = None,
+    loaded_before: set[tuple[str, str]] | frozenset = frozenset(),
+    already_complete: bool = False,
 ) -> MigrationReport:
+    """The job's report from its chunk reports. A chunk counts as loaded by this run unless the
+    ledger showed it loaded before the run (`loaded_before`) or its load found it so."""
+    now = [c for c in chunks if not c.already_loaded and (c.table, c.chunk_id) not in loaded_before]
     totals: dict[str, TableTotals] = {}
     for c in chunks:
         t = totals.setdefault(
@@ -82,10 +104,15 @@ def build_report(
         tables=list(totals.values()),
         chunks=sorted(chunks, key=lambda c: (c.table, c.chunk_id)),
         error=error,
+        rows_loaded_now=sum(c.rows for c in now),
+        chunks_loaded_now=len(now),
+        already_complete=already_complete,
     )
 
 
-def publish_report(report: MigrationReport) -> None:
+def publish_report(
+    report: MigrationReport, loaded_before: set[tuple[str, str]] | frozenset = frozenset()
+) -> None:
     rows = [
         {
             "table": c.table,
@@ -98,6 +125,9 @@ def publish_report(report: MigrationReport) -> None:
             "validate_s": round(c.validate_seconds, 3),
             "load_s": round(c.load_seconds, 3),
             "skipped_reload": c.already_loaded,
+            "loaded_by": "earlier run"
+            if c.already_loaded or (c.table, c.chunk_id) in loaded_before
+            else "this run",
             **({"left_out": c.rows_dropped, "problems": "; ".join(c.problems)} if c.unit == "points" else {}),
         }
         for c in report.chunks

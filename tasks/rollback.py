@@ -16,7 +16,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from blocks import pg_ledger
+from blocks import ledger_claims, pg_ledger
 from blocks.errors import ConfigError, TargetGuardError
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_staging, build_target
@@ -30,6 +30,7 @@ class RollbackReport(BaseModel):
     points_deleted_ranges: int = 0
     staged_files_removed: bool = False
     already_rolled_back: bool = False
+    other_jobs_marked: list[str] = []
 
     def summary(self) -> str:
         if self.already_rolled_back:
@@ -43,32 +44,45 @@ class RollbackReport(BaseModel):
             lines.append(f"  InfluxDB: {self.points_deleted_ranges} measurement time ranges deleted")
         if self.staged_files_removed:
             lines.append("  staged files removed")
+        if self.other_jobs_marked:
+            lines.append(
+                f"  forced: chunks of job(s) {', '.join(self.other_jobs_marked)} lost data with it and are "
+                "marked removed in the ledger; run those jobs again with their job_id to load them back"
+            )
         return "\n".join(lines)
 
 
 @task(name="check-rollback", **STEP_RETRIES)
 def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
-    """The job's ledger row. Refuses an unknown job; unless `force`, also a running one, and one
-    whose rollback would lose rows that were in the target before it (`refuse_lossy_rollback`)."""
+    """The job's ledger row. Refuses an unknown job; unless `force`, also a running one, one
+    whose rollback would lose rows that were in the target before it (`refuse_lossy_rollback`),
+    and one whose rows or points other live jobs still claim (`refuse_claimed_rollback`)."""
     ledger = build_ledger(spec)
     run = ledger.job_run(job_id)
     if run is None:
-        raise ConfigError(f"job {job_id} is not in the ledger of migration {spec.name!r}")
+        raise ConfigError(
+            f"job {job_id} is not in the ledger of migration {spec.name!r} ({ledger.describe_target()}); "
+            "check the job id (python -m flows.status lists recent jobs) and the migration"
+        )
     if run["migration"] != spec.name:
         raise ConfigError(f"job {job_id} belongs to migration {run['migration']!r}, not {spec.name!r}")
     if force or run["status"] == "rolled_back":
         return run
     losses: list[dict] = []
+    truncated: list[dict] = []
     with ledger.connect() as conn:
         holder = pg_ledger.run_lock_holder(conn, job_id)
+        pg_ledger.ensure_ledger(conn)  # a ledger an older version wrote gains its new columns
+        claims = other_jobs_claims(conn, job_id)
         if spec.target.type == "postgres":
-            pg_ledger.ensure_ledger(conn)  # a ledger an older version wrote gains its new columns
             losses = pg_ledger.rollback_losses(conn, job_id)
+            truncated = ledger_claims.truncated_claims(conn, job_id)
     if holder is not None:
         raise TargetGuardError(
             f"job {job_id} is still running ({holder} holds it): wait for it to end, or cancel it first"
         )
-    refuse_lossy_rollback(job_id, losses)
+    refuse_claimed_rollback(job_id, claims)
+    refuse_lossy_rollback(job_id, losses, truncated)
     if run["status"] == "running":
         active = active_flow_runs(job_id)
         if active:
@@ -80,9 +94,42 @@ def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
     return run
 
 
-def refuse_lossy_rollback(job_id: str, losses: list[dict]) -> None:
+def other_jobs_claims(conn, job_id: str) -> list[dict]:
+    """Other live jobs' chunks whose data a rollback of `job_id` would remove: InfluxDB points in
+    a shared measurement time range, PostgreSQL rows its upserts took over."""
+    return ledger_claims.job_point_claims(conn, job_id) + ledger_claims.overwritten_claims(conn, job_id)
+
+
+def refuse_claimed_rollback(job_id: str, claims: list[dict]) -> None:
+    """Raise `TargetGuardError` naming each other job, its status and the overlapping ranges,
+    when rolling back `job_id` would remove data those jobs still claim."""
+    if not claims:
+        return
+    by_job: dict[str, list[dict]] = {}
+    for c in claims:
+        by_job.setdefault(c["job_id"], []).append(c)
+    lines = []
+    for other, chunks in sorted(by_job.items()):
+        ranges = [
+            f"{c['table_name']} {c['chunk_id']} [{c['lower_bound']}, {c['upper_bound']})"
+            + (f" ({c['rows']:,} rows overwritten)" if c.get("rows") else "")
+            for c in chunks
+        ]
+        more = f" and {len(ranges) - 3} more" if len(ranges) > 3 else ""
+        lines.append(f"job {other} ({chunks[0]['job_status']}): {'; '.join(ranges[:3])}{more}")
+    raise TargetGuardError(
+        f"refusing to roll back job {job_id}: other jobs still claim data a rollback would delete "
+        "(the same points, or rows this job's upserts took over)\n  "
+        + "\n  ".join(lines)
+        + "\nRoll those jobs back first, or pass force=true: their chunks are then marked removed in "
+        "the ledger, and running those jobs again with their job_id loads them back"
+    )
+
+
+def refuse_lossy_rollback(job_id: str, losses: list[dict], truncated: list[dict] | None = None) -> None:
     """Raise `TargetGuardError` naming each table where rolling back would lose rows that were
-    there before the job (`pg_ledger.rollback_losses`), and how to go ahead anyway."""
+    there before the job (`pg_ledger.rollback_losses`), the jobs whose rows a truncation
+    removed, and how to go ahead anyway."""
     if not losses:
         return
     lines = []
@@ -94,9 +141,11 @@ def refuse_lossy_rollback(job_id: str, losses: list[dict]) -> None:
             )
         if t["truncated"]:
             removed = "rows" if t["rows_truncated"] is None else f"{t['rows_truncated']:,} rows"
+            jobs = sorted({c["job_id"] for c in truncated or [] if c["target_table"] == t["table"]})
+            whose = f" (loaded by job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)})" if jobs else ""
             lines.append(
-                f"{t['table']}: the job ({t['load_mode']}) truncated the table before loading; the {removed} "
-                "it removed cannot be restored, and rolling back leaves the table without them"
+                f"{t['table']}: the job ({t['load_mode']}) truncated the table before loading; the {removed}"
+                f"{whose} it removed cannot be restored, and rolling back leaves the table without them"
             )
     raise TargetGuardError(
         f"refusing to roll back job {job_id}: it changed rows that were in the target before it\n  "
@@ -128,19 +177,35 @@ def active_flow_runs(job_id: str) -> list[str]:
 
 @task(name="rollback-target", **STEP_RETRIES)
 def rollback_target(spec: MigrationSpec, job_id: str) -> RollbackReport:
-    """Remove the job's data from the target and mark it rolled back in the ledger."""
+    """Remove the job's data from the target and mark it rolled back in the ledger. Other jobs'
+    chunks whose data goes with it (a forced rollback) are marked removed."""
     report = RollbackReport(job_id=job_id, migration=spec.name)
-    if spec.target.type == "postgres":
-        tables = build_target(spec).rollback_job(job_id)
-        report.tables = [t.model_dump() for t in tables]
-        return report
     target, ledger = build_target(spec), build_ledger(spec)
-    for chunk in ledger.loaded_chunks(job_id):
+    if spec.target.type == "postgres":
+        with ledger.connect() as conn:
+            claimed = ledger_claims.overwritten_claims(conn, job_id)
+        tables = target.rollback_job(job_id)  # marks the claimed chunks in its transaction
+        report.tables = [t.model_dump() for t in tables]
+        report.other_jobs_marked = sorted({c["job_id"] for c in claimed})
+        return report
+    with ledger.connect() as conn:
+        claimed = ledger_claims.job_point_claims(conn, job_id)
+    for chunk in ledger.loaded_chunks(job_id, with_removed=True):
         details = chunk["details"] or {}
         for measurement in details.get("measurements", []):
             target.delete(measurement, details.get("start_ns"), details.get("stop_ns"))
             report.points_deleted_ranges += 1
-    ledger.mark_rolled_back(job_id)
+    with ledger.connect() as conn:
+        pg_ledger.lock_job_loads(conn, job_id, exclusive=True)
+        touched = ledger_claims.mark_removed(
+            conn,
+            claimed,
+            job_id,
+            f"the forced rollback of job {job_id} deleted this job's points in the ranges both loaded",
+            pg_ledger.RELOADABLE,
+        )
+        pg_ledger.mark_job_rolled_back(conn, job_id)
+    report.other_jobs_marked = touched
     return report
 
 

@@ -188,10 +188,15 @@ def test_append_refuses_a_range_another_job_loaded(
         [{"name": "PAGE_VIEWS", "chunk_column": "VIEWED_AT", "chunk_interval": "1d"}],
     )
     first = migrate(source_name="analytics", migrations_file=str(path), end_time="2024-03-03T00:00:00Z")
-    with pytest.raises(RuntimeError, match=f"job {first.job_id} already loaded VIEWED_AT in"):
+    with pytest.raises(RuntimeError, match=rf"job {first.job_id} \(completed\) already loaded VIEWED_AT in") as refused:
         migrate(source_name="analytics", migrations_file=str(path), start_time="2024-03-02T12:00:00Z")
+    assert "resume" not in str(refused.value).lower()  # the other job is completed: nothing to resume
+    assert f"rollback/by-job -p job_id={first.job_id}" in str(refused.value)
     with pg_connect() as conn:
         assert conn.execute("SELECT count(*) FROM analytics.page_views").fetchone() == (first.rows,)
+        # The refused attempt left no failed job behind in the ledger.
+        jobs = conn.execute("SELECT job_id, status FROM migration_status.migration_runs").fetchall()
+    assert jobs == [(first.job_id, "completed")]
 
     migrate(source_name="analytics", migrations_file=str(path), start_time="2024-03-03T00:00:00Z")
     names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "PAGE_VIEWS", "VIEW_ID")
