@@ -58,8 +58,30 @@ def test_deployment_run_by_name_completes_on_a_worker(
     run = wait_for_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}, timeout=240, log=running_worker)
     assert run["state_type"] == "COMPLETED", run["state"]
     assert "job:e2e-analytics" in run["tags"]
+    assert run["name"] == "analytics job e2e-analytics"  # readable, not random words
     assert_events_exact(snowflake_kwargs, pg_connect)
     names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "PAGE_VIEWS", "VIEW_ID")
+    assert_same_rows(expected, target_rows(pg_connect, "analytics.page_views", names, "view_id"), names)
+    with pg_connect() as conn:
+        before = conn.execute(
+            "SELECT job_id, status, chunks_done, rows_total, finished_at FROM migration_status.migration_runs"
+        ).fetchall()
+
+    # The same migration again, as a user would after the demo: a no-op that ends Completed.
+    again = subprocess.run(
+        [PREFECT, "deployment", "run", "migrate/analytics"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    again_id = next(line.split()[-1] for line in again.stdout.splitlines() if "UUID" in line)
+    rerun = wait_for_state(again_id, {"COMPLETED", "FAILED", "CRASHED"}, timeout=240, log=running_worker)
+    assert rerun["state_type"] == "COMPLETED", rerun["state"]
+    assert "job:e2e-analytics" in rerun["tags"]
+    with pg_connect() as conn:
+        after = conn.execute(
+            "SELECT job_id, status, chunks_done, rows_total, finished_at FROM migration_status.migration_runs"
+        ).fetchall()
+    assert after == before and len(after) == 1  # no new job, not even a failed one; nothing changed
+    assert_events_exact(snowflake_kwargs, pg_connect)
     assert_same_rows(expected, target_rows(pg_connect, "analytics.page_views", names, "view_id"), names)
 
 
