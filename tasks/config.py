@@ -369,14 +369,80 @@ def expand_env(value, where: str = ""):
     return None if expanded == "" else expanded
 
 
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """A mapping holds the same key twice (PyYAML would keep the last one silently)."""
+
+
+class _MigrationsLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping; keys a merge (`<<`)
+    brings in may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: the constructor below says so
+                if first is not key_node.start_mark:
+                    raise _DuplicateKey(
+                        f"in the mapping that starts at line {node.start_mark.line + 1}",
+                        None,
+                        f"key {key!r} appears twice (first at line {first.line + 1}, column {first.column + 1})",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
+    """`path`, line and column (1-based), and what the parser expected, without the file's text."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return ConfigError(f"{path} is not valid YAML: {exc}")
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = exc.problem or "invalid YAML"
+    if exc.context:
+        context = exc.context
+        if exc.context_mark and exc.context_mark is not mark and "line" not in context:
+            context += f" at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
+        problem += f" ({context})"
+    return ConfigError(f"{path} is not valid YAML{where}: {problem}")
+
+
+def read_yaml(path: Path):
+    """The YAML document in `path`, or None when it is empty.
+
+    Raises `ConfigError` naming the path when the file cannot be read, is not UTF-8, or is not
+    valid YAML (then also the line and column, 1-based), and when a mapping holds a key twice.
+    Messages never quote the file's text, which might hold a pasted secret.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path} is not UTF-8 text at line {line} (byte {exc.start}): {exc.reason}"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_MigrationsLoader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from None
+
+
 def load_migrations(path: Path) -> MigrationsFile:
-    """Parse and check the whole file; any problem raises `ConfigError` naming the key."""
+    """Parse and check the whole file; any problem raises `ConfigError` naming the file, and
+    the key (or, for YAML syntax, the line and column)."""
     if not path.exists():
         raise ConfigError(f"migrations file {path} does not exist (set MIGRATIONS_FILE or migrations_file)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path)
     if raw is None:
         raise ConfigError(f"{path} is empty: it needs a top-level 'migrations:' mapping")
     if not isinstance(raw, dict):
