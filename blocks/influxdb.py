@@ -21,14 +21,15 @@ database is the bucket name (``db/rp`` buckets map to database ``db``, retention
 ``rp``) since 2.2; on older servers create one with ``influx v1 dbrp create``. InfluxDB 3 and
 Timestream for InfluxDB answer ``/query`` the same way. InfluxDB 3 has no point delete.
 
-Errors: 401 raises `ConnectionCheckError` saying "unauthorized"; 403 and an unknown bucket,
-database or retention policy raise `ConnectionCheckError` naming it; a field type conflict
-(v2: 422, v1: 400 "partial write: field type conflict") raises `ValidationFailed` naming the
-field; other 4xx answers raise `ValidationFailed` with the server's message. 5xx, 408 and 429
-raise `InfluxServerError`, and so does a write or InfluxQL request that gets no answer
-(connection refused, reset or timed out), saying "cannot reach InfluxDB at <url> while
-<doing>: <reason>": both are transient, so the task layer retries the chunk. No message ever
-holds the token or password.
+Errors: 401 raises `ConnectionCheckError` saying "unauthorized", with the user and where the
+password or token came from (the environment variable `secret_from` names, else the block
+setting); 403 and an unknown bucket, database or retention policy raise `ConnectionCheckError`
+naming it; a field type conflict (v2: 422, v1: 400 "partial write: field type conflict")
+raises `ValidationFailed` naming the field; other 4xx answers raise `ValidationFailed` with
+the server's message. 5xx, 408 and 429 raise `InfluxServerError`, and so does a write or
+InfluxQL request that gets no answer (connection refused, reset or timed out), saying "cannot
+reach InfluxDB at <url> while <doing>: <reason>": both are transient, so the task layer
+retries the chunk. No message ever holds the token or password.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import urllib3
 from influxdb_client import InfluxDBClient, WriteService
 from influxdb_client.rest import ApiException
 from prefect.blocks.core import Block
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 
 from blocks.errors import ConfigError, ConnectionCheckError, DataConversionError, ValidationFailed
 from blocks.line_protocol import MAX_TIME_NS, MIN_TIME_NS, EncodeReport, PointMapping, encode_batch
@@ -226,6 +227,8 @@ class InfluxDBTarget(Block):
         le=16,
         description="Write requests in flight to this database from one process, shared by its chunks",
     )
+    # Where the token or password came from, for login errors ("environment variable X").
+    _secret_source: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _settings_for_api(self) -> InfluxDBTarget:
@@ -265,12 +268,29 @@ class InfluxDBTarget(Block):
             return db, rp or None
         return self.database or "", self.retention_policy
 
+    def secret_from(self, source: str) -> InfluxDBTarget:
+        """Name where the token (v2) or password (v1) came from, such as "environment variable
+        INFLUX_PASSWORD", in the messages of refused logins. Returns the block itself."""
+        self._secret_source = source
+        return self
+
     def _credential(self) -> str:
+        """What a refused login sent, for messages: the user and where the secret came from
+        (the environment variable, or the block setting), never the secret."""
         if self.api == "v2":
-            return "the token (setting `token`)"
-        if self.username:
-            return f"user {self.username!r} with the password of setting `password`"
-        return "a request without credentials (set `username` and `password`)"
+            return f"the token from {self._secret_origin('token')}"
+        if not self.username:
+            return "a request without credentials (set `username` and `password`)"
+        if self.password is None:
+            return f"user {self.username!r} without a password"
+        return f"user {self.username!r} with the password from {self._secret_origin('password')}"
+
+    def _secret_origin(self, setting: str) -> str:
+        if self._secret_source:
+            return self._secret_source
+        if self._block_document_name:
+            return f"setting `{setting}` of saved block {self._block_document_name!r}"
+        return f"setting `{setting}`"
 
     # --- HTTP -----------------------------------------------------------------------------
 

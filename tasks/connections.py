@@ -144,7 +144,7 @@ def _influx_target(t: InfluxSettings) -> InfluxDBTarget:
 
     if t.block:
         return _load_block(InfluxDBTarget, t.block, "target.block")
-    return InfluxDBTarget(
+    target = InfluxDBTarget(
         url=t.url,
         api=t.api,
         token=secret_from_env(t.token_env, "target.token_env"),
@@ -159,6 +159,8 @@ def _influx_target(t: InfluxSettings) -> InfluxDBTarget:
         gzip=t.gzip,
         timeout_seconds=t.timeout_seconds,
     )
+    secret_env = t.token_env if t.api == "v2" else t.password_env
+    return target.secret_from(f"environment variable {secret_env}") if secret_env else target
 
 
 def _postgres(t: PostgresSettings, where: str) -> PostgresTarget:
