@@ -1,9 +1,13 @@
-"""`python -m flows.status JOB_ID [--json]`: where a migration job stands, read from the Prefect API.
+"""`python -m flows.status [JOB_ID | FLOW_RUN_ID | --list [MIGRATION]] [--json]`: where migration
+jobs stand, read from the Prefect API.
 
 A job is found through the `job:<job_id>` tag its `migrate` flow runs carry; of several runs
 (a failed one, then a resumed one) the newest decides. Percent and rows come from that run's
 progress artifact, the stage from its chunk events, errors from its final state message and
-its `migration.validation.failed` events.
+its `migration.validation.failed` events. A flow run id (the UUID `prefect deployment run`
+prints) stands for the job that run belongs to; a run that has no job yet (not started, or
+failed before its job started) is shown on its own. Without an argument, or with `--list`,
+the recent jobs are listed, one line each.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
+from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
@@ -29,6 +34,7 @@ from prefect.client.schemas.objects import Artifact, FlowRun, StateType
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.events import ReceivedEvent
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter, EventResourceFilter
+from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
 
 from tasks.progress import STAGES, artifact_slug
@@ -46,17 +52,26 @@ _STATE_OF: dict[StateType, JobState] = {
     StateType.CANCELLED: "cancelled",
     StateType.CANCELLING: "cancelled",
 }
+_FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 _PROGRESS = re.compile(r"(\d+)/(\d+) chunks done, ([\d,]+) rows moved\. Current stage: (.*)\.$")
 # The API answers at most this many events per page; enough for every chunk in flight.
 _EVENT_PAGE = 50
+# The API answers at most this many flow runs or artifacts per request (PREFECT_API_DEFAULT_LIMIT).
+RUN_PAGE = 200
+MIGRATE_FLOW = FlowFilter(name=FlowFilterName(any_=["migrate"]))
 
 
 class UnknownJob(LookupError):
     """No `migrate` flow run carries the tag `job:<job_id>`."""
 
 
+class UnknownFlowRun(LookupError):
+    """No flow run has this id, or it is not a run of the `migrate` flow (the message says which)."""
+
+
 class JobStatus(BaseModel):
-    job_id: str
+    job_id: str | None
+    """None for a flow run that has not started its job (yet): no `job:` tag."""
     migration: str | None
     state: JobState
     stage: str | None = None
@@ -72,6 +87,9 @@ class JobStatus(BaseModel):
     flow_run_name: str
     prefect_state: str
     started: datetime | None = None
+    """When the newest run started."""
+    ended: datetime | None = None
+    """When the newest run ended, once it has."""
     runs: int
     """How many `migrate` flow runs the job has had (first run plus resumes)."""
     report: str | None = None
@@ -85,42 +103,104 @@ def job_status(job_id: str) -> JobStatus:
     Prefect API cannot be reached.
     """
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["migrate"])),
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"job:{job_id}"])),
-            sort=FlowRunSort.START_TIME_DESC,  # start time, else expected start
-            limit=50,
-            offset=0,
-        )
+        runs = _job_runs(client, job_id)
         if not runs:
             raise UnknownJob(job_id)
-        run = runs[0]
-        migration = next((t.split(":", 1)[1] for t in run.tags if t.startswith("migration:")), None)
-        progress = _artifact(client, run, type=ArtifactFilterType(any_=["progress"]))
-        report_key = f"migration-report-{artifact_slug(migration or '')}"
-        report = _artifact(client, run, key=ArtifactFilterKey(any_=[report_key])) if migration else None
+        return _status_of(client, job_id, runs)
+
+
+def flow_run_status(flow_run_id: UUID) -> tuple[JobStatus, FlowRun]:
+    """The status of the job that `migrate` flow run `flow_run_id` belongs to, and that run.
+
+    The job's newest run decides, which may be a later run than the one asked about. A run
+    without a `job:` tag (scheduled, pending, or failed before its job started) is reported on
+    its own, with `job_id` None. Raises UnknownFlowRun when there is no such flow run or it is
+    not a `migrate` run, and httpx errors when the Prefect API cannot be reached.
+    """
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(flow_run_id)
+        except ObjectNotFound:
+            raise UnknownFlowRun(f"no flow run {flow_run_id}") from None
+        flow = client.read_flow(run.flow_id)
+        if flow.name != "migrate":
+            raise UnknownFlowRun(f"flow run {flow_run_id} is a run of flow {flow.name!r}, not of 'migrate'")
+        job_id = tag_value(run, "job")
+        runs = _job_runs(client, job_id) if job_id else [run]
+        return _status_of(client, job_id, runs or [run]), run
+
+
+def _job_runs(client: SyncPrefectClient, job_id: str) -> list[FlowRun]:
+    """The job's `migrate` flow runs, newest first (start time, else expected start)."""
+    return client.read_flow_runs(
+        flow_filter=MIGRATE_FLOW,
+        flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"job:{job_id}"])),
+        sort=FlowRunSort.START_TIME_DESC,
+        limit=RUN_PAGE,
+        offset=0,
+    )
+
+
+def tag_value(run: FlowRun, name: str) -> str | None:
+    """The value of the run's `<name>:<value>` tag, or None."""
+    return next((t.split(":", 1)[1] for t in run.tags if t.startswith(f"{name}:")), None)
+
+
+def migration_of(run: FlowRun) -> str | None:
+    """The migration's name: the run's `migration:` tag, else its `source_name` parameter."""
+    name = tag_value(run, "migration") or (run.parameters or {}).get("source_name")
+    return name if isinstance(name, str) else None
+
+
+def job_state_of(run: FlowRun) -> JobState:
+    return _STATE_OF.get(run.state.type, "pending") if run.state else "pending"
+
+
+def ended_at(run: FlowRun) -> datetime | None:
+    return run.end_time if run.state and run.state.type in _FINAL else None
+
+
+def progress_fields(progress: Artifact) -> dict:
+    """percent, and when its description says them chunks_done, chunks_total, rows and the
+    stages in flight, from a progress artifact."""
+    fields: dict = {"percent": float(progress.data) if progress.data is not None else None}
+    if match := _PROGRESS.search(progress.description or ""):
+        fields.update(
+            chunks_done=int(match[1]),
+            chunks_total=int(match[2]),
+            rows=int(match[3].replace(",", "")),
+            stages={stage: int(n) for stage, n in re.findall(r"(\w+): (\d+)", match[4]) if stage in STAGES},
+        )
+    return fields
+
+
+def _status_of(client: SyncPrefectClient, job_id: str | None, runs: list[FlowRun]) -> JobStatus:
+    """The status the newest of `runs` (all of one job, newest first) tells."""
+    run = runs[0]
+    migration = migration_of(run)
+    progress = _artifact(client, run, type=ArtifactFilterType(any_=["progress"]))
+    report_key = f"migration-report-{artifact_slug(migration or '')}"
+    report = _artifact(client, run, key=ArtifactFilterKey(any_=[report_key])) if migration else None
+    chunk_events, failures = [], []
+    if job_id:
         chunk_events = _events(client, job_id, run, EventNameFilter(prefix=["migration.chunk."]))
         failures = _events(client, job_id, run, EventNameFilter(name=["migration.validation.failed"]))
 
     status = JobStatus(
         job_id=job_id,
         migration=migration,
-        state=_STATE_OF.get(run.state.type, "pending") if run.state else "pending",
+        state=job_state_of(run),
         flow_run_id=str(run.id),
         flow_run_name=run.name,
         prefect_state=run.state.name if run.state else "unknown",
         started=run.start_time,
+        ended=ended_at(run),
         runs=len(runs),
         report=report.description.strip("`\n") if report and report.description else None,
     )
     if progress:
-        status.percent = float(progress.data) if progress.data is not None else None
-        if match := _PROGRESS.search(progress.description or ""):
-            status.chunks_done, status.chunks_total = int(match[1]), int(match[2])
-            status.rows = int(match[3].replace(",", ""))
-            status.stages = {
-                stage: int(n) for stage, n in re.findall(r"(\w+): (\d+)", match[4]) if stage in STAGES
-            }
+        for name, value in progress_fields(progress).items():
+            setattr(status, name, value)
     open_chunks = _chunks_in_flight(chunk_events)
     if open_chunks:
         status.stages = dict(Counter(stage for stage, _ in open_chunks.values()))
@@ -179,6 +259,10 @@ def _chunks_in_flight(events: list[ReceivedEvent]) -> dict[tuple[str, str], tupl
     return open_chunks
 
 
+def when(moment: datetime | None, missing: str) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else missing
+
+
 def render(status: JobStatus) -> str:
     """The status as a few aligned lines for a terminal."""
     state = status.state + (f" (stage: {status.stage})" if status.stage else "")
@@ -187,14 +271,22 @@ def render(status: JobStatus) -> str:
     percent = "unknown" if status.percent is None else f"{status.percent:.1f} %"
     if status.chunks_total is not None:
         percent += f" ({status.chunks_done}/{status.chunks_total} chunks)"
-    started = status.started.strftime("%Y-%m-%d %H:%M:%S %Z") if status.started else "not yet"
+    migration = f" (migration {status.migration!r})" if status.migration else ""
+    job = f"{status.job_id}{migration}"
+    if status.job_id is None:
+        job = f"none yet{migration}: the flow run has not started its job, so it has no job: tag"
+    run = (
+        f"flow run:   {status.flow_run_name} ({status.flow_run_id}), {status.prefect_state}, "
+        f"started {when(status.started, 'not yet')}"
+    )
+    if status.ended:
+        run += f", ended {when(status.ended, '')}"
     lines = [
-        f"job:        {status.job_id}" + (f" (migration {status.migration!r})" if status.migration else ""),
+        f"job:        {job}",
         f"state:      {state}",
         f"percent:    {percent}",
         f"rows moved: {'unknown' if status.rows is None else f'{status.rows:,}'}",
-        f"flow run:   {status.flow_run_name} ({status.flow_run_id}), {status.prefect_state}, "
-        f"started {started}" + (f"; newest of {status.runs} runs" if status.runs > 1 else ""),
+        run + (f"; newest of {status.runs} runs" if status.runs > 1 else ""),
     ]
     if not status.errors:
         lines.append("errors:     none")
@@ -205,31 +297,86 @@ def render(status: JobStatus) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the status of one job. Returns 0 when found, 2 for an unknown job, 1 when the API
-    cannot be read; bad arguments exit 2 through argparse."""
+    """Print the status of one job, or the list of recent jobs.
+
+    Returns 0 when the job or flow run was found (and for a list, even an empty one); 2 for
+    an unknown job, a flow run that does not exist or is not a `migrate` run, or bad
+    arguments (through argparse); 1 when the Prefect API cannot be read.
+    """
     import argparse
 
     import httpx
     from prefect.settings import PREFECT_API_URL
 
-    parser = argparse.ArgumentParser(prog="python -m flows.status", description=__doc__.splitlines()[0])
-    parser.add_argument("job_id")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.status",
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog="Exit codes: 0 found (a list: always), 2 unknown job or flow run, or bad arguments, "
+        "1 the Prefect API (PREFECT_API_URL) cannot be read.",
+    )
+    parser.add_argument(
+        "job",
+        nargs="?",
+        metavar="JOB_ID|FLOW_RUN_ID",
+        help="a job id, or the UUID of one of its `migrate` flow runs",
+    )
+    parser.add_argument(
+        "--list",
+        nargs="?",
+        const="",
+        metavar="MIGRATION",
+        help="list the recent jobs (of MIGRATION, when given); the default without JOB_ID",
+    )
+    parser.add_argument("--limit", type=int, default=20, help="jobs to list, at most (default 20)")
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
     args = parser.parse_args(argv)
+    if args.job is not None and args.list is not None:
+        parser.error("give a JOB_ID or FLOW_RUN_ID, or --list, not both")
+    if args.limit < 1:
+        parser.error("--limit must be at least 1")
+    api = PREFECT_API_URL.value() or "the local (ephemeral) Prefect API"
     try:
-        status = job_status(args.job_id)
-    except UnknownJob:
-        print(
-            f"no migration job {args.job_id!r}: no `migrate` flow run is tagged job:{args.job_id} "
-            f"at {PREFECT_API_URL.value() or 'the local Prefect API'}",
-            file=sys.stderr,
-        )
-        return 2
+        if args.job is None:
+            from flows.job_list import recent_jobs, render_list
+
+            found = recent_jobs(args.list or None, args.limit)
+            print(found.model_dump_json(indent=2) if args.json else render_list(found))
+            return 0
+        status, lookup_error = None, ""
+        if flow_run_id := _as_uuid(args.job):
+            try:
+                status, asked = flow_run_status(flow_run_id)
+            except UnknownFlowRun as exc:
+                lookup_error = str(exc)  # perhaps a job id that looks like a UUID
+            else:
+                if str(asked.id) != status.flow_run_id:
+                    print(
+                        f"flow run {asked.name} ({asked.id}) is an earlier run of job {status.job_id}; "
+                        "its newest run decides:",
+                        file=sys.stderr,
+                    )
+        if status is None:
+            try:
+                status = job_status(args.job)
+            except UnknownJob:
+                print(
+                    (f"{lookup_error}, and " if flow_run_id else "")
+                    + f"no migration job {args.job!r}: no `migrate` flow run is tagged job:{args.job} at {api}",
+                    file=sys.stderr,
+                )
+                return 2
     except httpx.HTTPError as exc:
-        print(f"cannot read the Prefect API at {PREFECT_API_URL.value()}: {exc}", file=sys.stderr)
+        print(f"cannot read the Prefect API at {api}: {exc}", file=sys.stderr)
         return 1
     print(status.model_dump_json(indent=2) if args.json else render(status))
     return 0
+
+
+def _as_uuid(text: str) -> UUID | None:
+    try:
+        return UUID(text)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":
