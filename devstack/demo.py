@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -20,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
+# fakesnow accepts any password; the demo still passes one, as migrations.yaml names it.
+SNOWFLAKE_PASSWORD = "snow"
 
 
 def main() -> int:
@@ -65,7 +68,7 @@ def main() -> int:
                 "PREFECT_HOME": str(DEMO / "prefect"),
                 "PREFECT_LOCAL_STORAGE_PATH": str(DEMO / "results"),
                 "PGPASSWORD": pg.password,
-                "SNOWFLAKE_PASSWORD": "snow",
+                "SNOWFLAKE_PASSWORD": SNOWFLAKE_PASSWORD,
                 "STAGING_DIR": str(DEMO / "staging"),
                 "INFLUX_URL": influx.extra["url"],
                 "INFLUX_USER": influx.extra["user"],
@@ -73,6 +76,11 @@ def main() -> int:
                 "ENERGY_UNLOAD_LOCATION": str(DEMO / "energy_unload"),
             }
         )
+        secret_files = {
+            "PGPASSWORD": write_secret("pgpassword", pg.password),
+            "SNOWFLAKE_PASSWORD": write_secret("snowflakepassword", SNOWFLAKE_PASSWORD),
+            "INFLUX_PASSWORD": write_secret("influxpassword", influx.extra["password"]),
+        }
         import snowflake.connector
 
         from devstack.demo_data import seed
@@ -82,7 +90,7 @@ def main() -> int:
         print(f"==> seeding demo Snowflake data ({args.events:,} EVENTS rows)")
         sf = snowflake.connector.connect(
             user="fake",
-            password="snow",
+            password=SNOWFLAKE_PASSWORD,
             account="fakesnow",
             host="127.0.0.1",
             port=18085,
@@ -104,7 +112,6 @@ def main() -> int:
             report = migrate(source_name=name)
             print(report.summary())
         print(f"\nPrefect UI: http://127.0.0.1:{prefect_port}  (runs, logs, progress and report artifacts)")
-        (DEMO / "pgpassword").write_text(pg.password + "\n")
         print(
             f"PostgreSQL: PGPASSWORD=$(cat .demo/pgpassword) psql -h 127.0.0.1 -p {pg.port} -U postgres analytics"
         )
@@ -113,8 +120,8 @@ def main() -> int:
             f"'http://127.0.0.1:{influx.port}/query?db=generation_data' "
             "--data-urlencode 'q=SELECT COUNT(*) FROM generation_mw'"
         )
-        (DEMO / "influxpassword").write_text(influx.extra["password"] + "\n")
         if args.keep_running:
+            print(other_shell_lines(prefect.extra["api_url"], secret_files))
             print("Servers keep running; press Ctrl-C to stop them.")
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             while True:
@@ -127,6 +134,31 @@ def main() -> int:
         for svc in services:
             svc.stop()
         pg.stop()
+
+
+def write_secret(name: str, value: str) -> Path:
+    """Write a demo password to `.demo/<name>`, readable by its owner only; the demo prints
+    `$(cat .demo/<name>)`, never the value."""
+    path = DEMO / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
+    return path
+
+
+def other_shell_lines(api_url: str, secret_files: dict[str, Path]) -> str:
+    """What another shell needs to use the demo's servers: the Prefect API URL and the
+    secrets `migrations.yaml` names, read from their files (the values are never printed).
+    The other settings in `migrations.yaml` default to the demo's servers."""
+    secrets_line = " ".join(f"{var}=$(cat {path.relative_to(ROOT)})" for var, path in secret_files.items())
+    return (
+        "\nIn another shell, for the README's Operate steps (the prefect CLI, a worker, flows.status),\n"
+        "start from the repo root and point it at the demo's Prefect server and secrets (files under .demo/):\n"
+        f"  cd {shlex.quote(str(ROOT))}\n"
+        f"  export PREFECT_API_URL={api_url}\n"
+        f"  export {secrets_line}\n"
+        "  .venv/bin/python -m flows.status      # the demo's jobs"
+    )
 
 
 def flush_prefect_logs() -> None:
