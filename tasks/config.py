@@ -218,6 +218,11 @@ class TableSpec(_Strict):
         default_factory=dict, description="Source column -> target SQL type"
     )
     allow_truncate_foreign_rows: bool = False
+    allow_rewrite_loaded_points: bool = Field(
+        default=False,
+        description="influxdb target: write points over a range another job loaded (the ledger "
+        "records that both jobs share it)",
+    )
     path: str | None = Field(default=None, description="parquet source: folder of this table's files")
     manifest: str | None = Field(
         default=None, description="parquet source: a Timestream UNLOAD manifest.json"
@@ -303,6 +308,11 @@ class MigrationSpec(_Strict):
         for table in self.tables:
             if table.mapping is not None and not influx:
                 raise ValueError(f"table {table.name}: mapping applies to influxdb targets only")
+            if table.allow_rewrite_loaded_points and not influx:
+                raise ValueError(
+                    f"table {table.name}: allow_rewrite_loaded_points applies to influxdb targets only; "
+                    "for PostgreSQL use load_mode upsert or replace"
+                )
             if influx and table.load_mode is not LoadMode.APPEND:
                 raise ValueError(
                     f"table {table.name}: load_mode {table.load_mode} is not available for influxdb "

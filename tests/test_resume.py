@@ -246,3 +246,32 @@ def test_the_same_job_id_against_another_database_is_another_job(
     finally:
         with servers["pg"].connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+
+
+def test_job_counters_move_as_chunks_commit(
+    tmp_path, servers, pg_database, pg_connect, demo_source, monkeypatch
+):
+    """`migration_runs` shows chunks done and rows during a run, not only at its end."""
+    import tasks.load
+    from flows.migrate import migrate
+
+    path = events_migrations(tmp_path / "one.yaml", servers, pg_database, concurrency=1)
+    seen: list[tuple] = []
+    load = tasks.load.load_manifest
+
+    def load_and_look(spec, job_id, plan, chunk, manifest):
+        with pg_connect() as conn:  # before this chunk loads: the chunks before it are counted
+            seen.append(
+                conn.execute(
+                    "SELECT status, chunks_done, chunks_total, rows_total FROM migration_status.migration_runs "
+                    "WHERE job_id = %s",
+                    (job_id,),
+                ).fetchone()
+            )
+        return load(spec, job_id, plan, chunk, manifest)
+
+    monkeypatch.setattr(tasks.load, "load_manifest", load_and_look)
+    report = migrate(source_name="analytics", migrations_file=str(path))
+    rows = [c.rows for c in sorted(report.chunks, key=lambda c: c.chunk_id)]
+    total = len(rows)
+    assert seen == [("running", k, total, sum(rows[:k])) for k in range(total)]
