@@ -37,9 +37,14 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFil
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
 
+from flows.ledger_view import LedgerView, ledger_view, render_ledger
 from tasks.progress import STAGES, artifact_slug
 
-JobState = Literal["pending", "running", "completed", "failed", "cancelled"]
+JobState = Literal[
+    "pending", "running", "completed", "failed", "cancelled", "incomplete", "superseded", "rolled_back"
+]
+# Ledger statuses that say more than the newest flow run can: data changed after the run.
+_LEDGER_WINS = ("incomplete", "superseded", "rolled_back")
 
 _STATE_OF: dict[StateType, JobState] = {
     StateType.SCHEDULED: "pending",  # also Late and AwaitingRetry
@@ -94,6 +99,8 @@ class JobStatus(BaseModel):
     """How many `migrate` flow runs the job has had (first run plus resumes)."""
     report: str | None = None
     """The summary of the run's report artifact, once the run has finished."""
+    ledger: LedgerView | None = None
+    """The job's row in its ledger, when the migration's config and secrets allow reading it."""
 
 
 def job_status(job_id: str) -> JobStatus:
@@ -288,6 +295,8 @@ def render(status: JobStatus) -> str:
         f"rows moved: {'unknown' if status.rows is None else f'{status.rows:,}'}",
         run + (f"; newest of {status.runs} runs" if status.runs > 1 else ""),
     ]
+    if status.ledger is not None:
+        lines.append(f"ledger:     {render_ledger(status.ledger)}")
     if not status.errors:
         lines.append("errors:     none")
     else:
@@ -329,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, default=20, help="jobs to list, at most (default 20)")
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    parser.add_argument(
+        "--migrations-file",
+        help="the config that names the job's ledger (default: $MIGRATIONS_FILE or migrations.yaml)",
+    )
+    parser.add_argument("--no-ledger", action="store_true", help="read only the Prefect API")
     args = parser.parse_args(argv)
     if args.job is not None and args.list is not None:
         parser.error("give a JOB_ID or FLOW_RUN_ID, or --list, not both")
@@ -368,8 +382,26 @@ def main(argv: list[str] | None = None) -> int:
     except httpx.HTTPError as exc:
         print(f"cannot read the Prefect API at {api}: {exc}", file=sys.stderr)
         return 1
+    if status.job_id and not args.no_ledger:
+        with_ledger(status, args.migrations_file)
     print(status.model_dump_json(indent=2) if args.json else render(status))
     return 0
+
+
+def with_ledger(status: JobStatus, migrations_file: str | None = None) -> JobStatus:
+    """Add what the ledger says. When it knows better than the newest flow run (the job's data
+    was removed or replaced since, or it was rolled back), its status and counts win: status
+    never reports data that is no longer there."""
+    status.ledger = ledger_view(status.job_id, status.migration, migrations_file)
+    if status.ledger.status in _LEDGER_WINS:
+        status.state = status.ledger.status
+        status.rows = status.ledger.rows_total
+        status.chunks_done, status.chunks_total = status.ledger.chunks_done, status.ledger.chunks_total
+        if status.ledger.chunks_total:
+            status.percent = 100.0 * status.ledger.chunks_done / status.ledger.chunks_total
+        if status.ledger.error:
+            status.errors.append(status.ledger.error)
+    return status
 
 
 def _as_uuid(text: str) -> UUID | None:

@@ -55,6 +55,7 @@ def test_influxdb_jobs_over_one_range_refuse_share_and_roll_back_without_losing_
 ):
     from flows.migrate import migrate
     from flows.rollback import rollback
+    from flows.status import job_status, with_ledger
 
     records = single_measure_records(3_000, days=3)
     source = unload_source(tmp_path, records)
@@ -124,6 +125,15 @@ def test_influxdb_jobs_over_one_range_refuse_share_and_roll_back_without_losing_
     marks = chunk_statuses(pg_connect, first.job_id)
     assert sorted(s for s, _ in marks.values()) == ["loaded", "removed", "removed"]
     assert all(d["removed_by"] == second.job_id for s, d in marks.values() if s == "removed")
+    # Status reads the ledger too: it does not report the points that are gone.
+    shown = with_ledger(job_status(first.job_id), str(path))
+    assert (shown.state, shown.rows, shown.chunks_done, shown.chunks_total) == (
+        "incomplete",
+        day1.num_rows,
+        1,
+        3,
+    )
+    assert "run the job again with job_id" in shown.errors[-1]
 
     # Running the first job again loads exactly the chunks it lost.
     back = migrate(source_name="energy", migrations_file=str(path), job_id=first.job_id)
