@@ -187,3 +187,20 @@ def test_influxdb_rollback_deletes_only_the_jobs_points(tmp_path, servers, pg_da
         ("other_measure", (), 1709251200000000005): {"value": 1.0},
         ("generation_mw", (("plant", "x"),), 1000): {"measure_value::double": 2.0},
     }
+
+
+def test_a_job_on_a_target_no_migration_has_used_is_not_in_the_ledger(
+    tmp_path, servers, pg_database, pg_connect
+):
+    """Before any migration ran there, the target has no ledger: the rollback and the status's
+    ledger line say the job is not in it, instead of a raw "relation does not exist"."""
+    from blocks.errors import ConfigError
+    from flows.ledger_view import ledger_view
+    from flows.rollback import rollback
+
+    path = customers_file(tmp_path, servers, pg_database)
+    with pytest.raises(ConfigError, match="job conflict-x is not in the ledger of migration 'conflict'"):
+        rollback(job_id="conflict-x", migrations_file=str(path))
+    view = ledger_view("conflict-x", "conflict", str(path))
+    assert view.unread == "job conflict-x is not in the ledger of migration 'conflict'"
+    assert rows(pg_connect, "SELECT to_regclass('migration_status.migration_runs')") == [(None,)]
