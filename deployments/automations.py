@@ -2,7 +2,7 @@
 
     python -m deployments.automations [--webhook-url URL] [--slack-webhook-url-env VAR]
         [--sns-topic-arn ARN ...] [--aws-credentials-block NAME] [--notify-block SLUG/NAME ...]
-        [--name-prefix PREFIX] [--no-auto-resume] [--disabled]
+        [--name-prefix PREFIX] [--no-auto-resume] [--no-zombie-runs] [--zombie-after SECONDS] [--disabled]
 
 Idempotent: running it again updates the blocks and automations of the same names in place, so
 there is always exactly one of each. The automations:
@@ -14,6 +14,10 @@ there is always exactly one of each. The automations:
 - `migration-auto-resume`: a `migrate` flow run of a deployment crashed; runs the same deployment
   again with the same parameters, `job_id` taken from the run's `job:<id>` tag when it had none,
   and `resume_attempt` one higher (the flow gives up past `resume_attempt_count`).
+- `migration-zombie-runs`: a `migrate` or `rollback` flow run sent a heartbeat, then neither
+  another one nor a final state within `--zombie-after` (default 4 minutes): its process is gone
+  (kill -9, a lost machine or worker), so the run is marked Crashed. A deployment run of
+  `migrate` marked so is then resumed by `migration-auto-resume`, once.
 
 The two notifying automations are created only when at least one notification target is given;
 without one, any that exist are left as they are.
@@ -31,7 +35,8 @@ from uuid import UUID
 
 from prefect.blocks.notifications import CustomWebhookNotificationBlock, SlackWebhook
 from prefect.client.orchestration import get_client
-from prefect.events.actions import RunDeployment, SendNotification
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState, RunDeployment, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 from prefect_aws import AwsCredentials
@@ -43,12 +48,25 @@ FLOW_NAME = "migrate"
 RUN_FINISHED = "migration-run-finished"
 VALIDATION_FAILED = "migration-validation-failed"
 AUTO_RESUME = "migration-auto-resume"
+ZOMBIE_RUNS = "migration-zombie-runs"
 WEBHOOK_BLOCK = "migration-webhook"
 SLACK_BLOCK = "migration-slack"
 SNS_BLOCK = "migration-sns"
 
 # A run that exceeds its timeout ends in state TimedOut, of type Failed, so it is announced too.
 FINISHED_STATES = ("Completed", "Failed", "TimedOut", "Crashed", "Cancelled")
+
+# Zombie runs. A flow run's engine sends the event `prefect.flow-run.heartbeat` every
+# PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds while the run runs. prefect.yaml sets that to
+# HEARTBEAT_SECONDS (Prefect's minimum) for the deployments' runs; Prefect's default is 180.
+HEARTBEAT_SECONDS = 30
+# A run is taken for dead after this long without a heartbeat: 8 missed heartbeats at 30 s, and
+# still longer than the default 180 s, so a process started without the setting is not taken for
+# dead. A live run marked Crashed would break: the server refuses to start task runs (chunks) of a
+# flow run that is not Running.
+ZOMBIE_AFTER = timedelta(minutes=4)
+ZOMBIE_FLOWS = ("migrate", "rollback")
+
 _NAME_PREFIX = re.compile(r"[a-z0-9-]*")
 _TOPIC_ARN = re.compile(r"arn:[\w-]+:sns:(?P<region>[\w-]+):\d+:(?P<topic>[\w-]+(\.fifo)?)")
 
@@ -178,6 +196,46 @@ def auto_resume_automation(name: str, enabled: bool = True) -> AutomationCore:
     )
 
 
+def zombie_runs_automation(
+    name: str, zombie_after: timedelta = ZOMBIE_AFTER, enabled: bool = True
+) -> AutomationCore:
+    """Mark a `migrate` or `rollback` flow run Crashed when, after a heartbeat, neither another
+    heartbeat nor a final state arrives within `zombie_after` (Prefect's "detect zombie flows")."""
+    seconds = int(zombie_after.total_seconds())
+    return AutomationCore(
+        name=name,
+        description=(
+            f"Mark a migrate or rollback flow run Crashed when it sends no heartbeat for {seconds} s "
+            "(its process was killed or its machine lost)"
+        ),
+        enabled=enabled,
+        tags=["prefect-migrate"],
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                *(f"prefect.flow-run.{state}" for state in FINISHED_STATES),
+            },
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=[{"prefect.resource.role": "flow", "prefect.resource.name": list(ZOMBIE_FLOWS)}],
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=zombie_after,
+        ),
+        # Not forced: the server refuses Crashed for a run that already ended (or is being
+        # cancelled), so a run its worker marked Crashed first is not crashed, nor resumed, twice.
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {seconds} s: the flow run's process is gone "
+                f"(marked by the automation {name})",
+                force=False,
+            )
+        ],
+    )
+
+
 def sns_block_name(topic_arn: str, name_prefix: str = "") -> str:
     """The SNS block's name for a topic: `<prefix>migration-sns-<topic>`; a malformed ARN raises ValueError."""
     found = _TOPIC_ARN.fullmatch(topic_arn)
@@ -225,6 +283,8 @@ def ensure_automations(
     notify_blocks: Sequence[str] = (),
     name_prefix: str = "",
     auto_resume: bool = True,
+    zombie_runs: bool = True,
+    zombie_after: timedelta = ZOMBIE_AFTER,
     enabled: bool = True,
 ) -> list[str]:
     """Create or update the notification blocks and automations; return the automations' names.
@@ -233,11 +293,18 @@ def ensure_automations(
     `slack_webhook_url` a Slack Webhook block; each of `sns_topic_arns` a Migration SNS Notification
     block using `aws_credentials` (default: boto3's own chain in the topic's region). `notify_blocks`
     names saved notification blocks as `<block-type-slug>/<name>`. Every name gets `name_prefix`
-    (lowercase letters, digits and dashes). A bad ARN, prefix or block reference raises ValueError
-    before anything is changed.
+    (lowercase letters, digits and dashes). `zombie_after` is how long a run may send no heartbeat
+    before it is marked Crashed; it must be longer than the heartbeat interval (`HEARTBEAT_SECONDS`)
+    of every process that runs the flows. A bad ARN, prefix, block reference or a `zombie_after` of
+    `HEARTBEAT_SECONDS` or less raises ValueError before anything is changed.
     """
     if not _NAME_PREFIX.fullmatch(name_prefix):
         raise ValueError(f"name prefix {name_prefix!r} may hold only lowercase letters, digits and dashes")
+    if zombie_runs and zombie_after <= timedelta(seconds=HEARTBEAT_SECONDS):
+        raise ValueError(
+            f"zombie_after {zombie_after.total_seconds():g} s is not longer than the {HEARTBEAT_SECONDS} s "
+            "between heartbeats: every live run would be marked Crashed"
+        )
     sns_names = [sns_block_name(arn, name_prefix) for arn in sns_topic_arns]
     with get_client(sync_client=True) as client:
         block_ids = [_notify_block_id(client, reference) for reference in notify_blocks]
@@ -266,6 +333,8 @@ def ensure_automations(
             ]
         if auto_resume:
             automations.append(auto_resume_automation(f"{name_prefix}{AUTO_RESUME}", enabled))
+        if zombie_runs:
+            automations.append(zombie_runs_automation(f"{name_prefix}{ZOMBIE_RUNS}", zombie_after, enabled))
         for automation in automations:
             _ensure(client, automation)
     return [automation.name for automation in automations]
@@ -303,6 +372,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--name-prefix", default="", help="prefix for every block and automation name")
     parser.add_argument("--no-auto-resume", action="store_true", help="leave out migration-auto-resume")
+    parser.add_argument("--no-zombie-runs", action="store_true", help="leave out migration-zombie-runs")
+    parser.add_argument(
+        "--zombie-after",
+        type=int,
+        default=int(ZOMBIE_AFTER.total_seconds()),
+        metavar="SECONDS",
+        help="mark a run Crashed after this long without a heartbeat (default: %(default)s; "
+        f"must be over the {HEARTBEAT_SECONDS} s between heartbeats)",
+    )
     parser.add_argument("--disabled", action="store_true", help="create or update the automations disabled")
     args = parser.parse_args(argv)
 
@@ -321,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             notify_blocks=args.notify_block,
             name_prefix=args.name_prefix,
             auto_resume=not args.no_auto_resume,
+            zombie_runs=not args.no_zombie_runs,
+            zombie_after=timedelta(seconds=args.zombie_after),
             enabled=not args.disabled,
         )
     except ValueError as exc:

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def test_running_twice_leaves_one_of_each(prefix):
     second = ensure_automations(**options)
 
     expected = {f"{prefix}migration-run-finished", f"{prefix}migration-validation-failed"}
-    expected.add(f"{prefix}migration-auto-resume")
+    expected |= {f"{prefix}migration-auto-resume", f"{prefix}migration-zombie-runs"}
     assert set(first) == set(second) == expected
     automations = _automations(prefix)
     assert sorted(a.name for a in automations) == sorted(expected)
@@ -122,7 +123,7 @@ def test_running_twice_leaves_one_of_each(prefix):
     # Both notifying automations notify every block, and name the blocks that exist now.
     block_ids = {d.id for d in blocks}
     for automation in automations:
-        if automation.name != f"{prefix}migration-auto-resume":
+        if automation.name.endswith(("migration-run-finished", "migration-validation-failed")):
             assert {a.block_document_id for a in automation.actions} == block_ids
 
 
@@ -141,6 +142,8 @@ def test_command_line_twice(prefix):
         "--name-prefix",
         prefix,
         "--no-auto-resume",
+        "--zombie-after",
+        "300",
         "--disabled",
     ]
     env = {**os.environ, "TEST_SLACK_URL": slack_url}
@@ -148,11 +151,17 @@ def test_command_line_twice(prefix):
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert slack_url not in done.stdout + done.stderr
-    assert f"automations: {prefix}migration-run-finished, {prefix}migration-validation-failed" in done.stdout
-    assert sorted(a.name for a in _automations(prefix)) == [
+    assert (
+        f"automations: {prefix}migration-run-finished, {prefix}migration-validation-failed, "
+        f"{prefix}migration-zombie-runs\n" in done.stdout
+    )
+    automations = {a.name: a for a in _automations(prefix)}
+    assert sorted(automations) == [
         f"{prefix}migration-run-finished",
         f"{prefix}migration-validation-failed",
+        f"{prefix}migration-zombie-runs",
     ]
+    assert automations[f"{prefix}migration-zombie-runs"].trigger.within == timedelta(seconds=300)
     with get_client(sync_client=True) as client:
         slack = client.read_block_document_by_name(f"{prefix}migration-slack", "slack-webhook")
     assert slack.data["url"] == slack_url
@@ -165,6 +174,10 @@ def test_command_line_twice(prefix):
         timeout=120,
     )
     assert unset.returncode == 2 and "NO_SUCH_VARIABLE_SET is not set" in unset.stderr
+    too_soon = subprocess.run(
+        [*command[:5], "--zombie-after", "30"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert too_soon.returncode == 2 and "every live run would be marked Crashed" in too_soon.stderr
 
 
 def test_bad_input_changes_nothing(prefix):
@@ -176,6 +189,10 @@ def test_bad_input_changes_nothing(prefix):
         ensure_automations(notify_blocks=["slack-webhook/does-not-exist"], name_prefix=prefix)
     with pytest.raises(ValueError, match="name prefix"):
         ensure_automations(webhook_url="http://127.0.0.1:9/", name_prefix="Bad Prefix")
+    with pytest.raises(ValueError, match="not longer than the 30 s between heartbeats"):
+        ensure_automations(
+            webhook_url="http://127.0.0.1:9/", name_prefix=prefix, zombie_after=timedelta(seconds=20)
+        )
     assert _automations(prefix) == []
 
 
@@ -222,6 +239,7 @@ def test_failed_run_reaches_the_webhook_and_sns(tmp_path, servers, receiver, pre
         aws_credentials=credentials,
         name_prefix=prefix,
         auto_resume=False,
+        zombie_runs=False,
     )
 
     flow_run_id = _failed_migrate_run(tmp_path, servers)
@@ -249,7 +267,7 @@ def test_validation_failed_event_reaches_the_webhook(receiver, prefix):
 
     from deployments.automations import ensure_automations
 
-    ensure_automations(webhook_url=receiver.url, name_prefix=prefix, auto_resume=False)
+    ensure_automations(webhook_url=receiver.url, name_prefix=prefix, auto_resume=False, zombie_runs=False)
     job = f"test-{secrets.token_hex(3)}"
     emit_event(
         event="migration.validation.failed",
@@ -275,7 +293,7 @@ def test_auto_resume_parameters_render_from_the_crashed_run(prefix):
 
     from deployments.automations import ensure_automations
 
-    ensure_automations(name_prefix=prefix, enabled=False)
+    ensure_automations(name_prefix=prefix, zombie_runs=False, enabled=False)
     [automation] = _automations(prefix)
     [action] = automation.actions
     assert (action.type, action.source, action.deployment_id) == ("run-deployment", "inferred", None)
