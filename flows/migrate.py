@@ -28,7 +28,7 @@ from tasks.jobs import (
 )
 from tasks.pipeline import ChunkReport, ledger_states, migrate_chunk, migrate_chunk_afresh
 from tasks.plan import TablePlan, inspect_source, plan_chunks
-from tasks.progress import ProgressTracker, label_flow_run
+from tasks.progress import ProgressTracker, label_flow_run, unlabel_flow_run
 from tasks.report import MigrationReport, build_report, publish_report
 from tasks.storage_keys import check_job_id
 
@@ -123,10 +123,11 @@ def migrate(
         refused = bool(failures) and all(isinstance(e, TargetGuardError) for e in failures)
         if how is JobStart.NEW and refused and forget_refused_job(spec, job_id):
             kept = False
+            unlabel_flow_run(job_id, spec.name)
             logger.warning(
                 "job %s was refused before it wrote anything; it is not kept in the ledger", job_id
             )
-        else:
+        elif not (how is JobStart.COMPLETED and error):  # a failed check leaves a completed job as it was
             finish_job(spec, job_id, status, error)
     report = build_report(
         job_id,

@@ -118,6 +118,19 @@ def label_flow_run(job_id: str, migration: str) -> None:
         client.update_flow_run(flow_run.id, tags=tags, name=f"{migration} job {job_id}")
 
 
+def unlabel_flow_run(job_id: str, migration: str) -> None:
+    """A refused new job is not kept in the ledger: its run drops the `job:` tag (keeping
+    `refused-job:<job_id>`), so status and automations do not take it for a job."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import get_run_context
+
+    flow_run = get_run_context().flow_run
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(flow_run.id).tags or []
+        tags = sorted({t for t in current if t != f"job:{job_id}"} | {f"refused-job:{job_id}"})
+        client.update_flow_run(flow_run.id, tags=tags, name=f"{migration} (refused)")
+
+
 def report_validation_failed(job_id: str, table: str, chunk_id: str, error: str) -> None:
     """Emit `migration.validation.failed` (automations notify on it) for one chunk."""
     emit_event(

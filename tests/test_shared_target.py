@@ -55,6 +55,7 @@ def test_influxdb_jobs_over_one_range_refuse_share_and_roll_back_without_losing_
 ):
     from flows.migrate import migrate
     from flows.rollback import rollback
+    from flows.job_list import recent_jobs
     from flows.status import job_status, with_ledger
 
     records = single_measure_records(3_000, days=3)
@@ -80,11 +81,15 @@ def test_influxdb_jobs_over_one_range_refuse_share_and_roll_back_without_losing_
     # A new job over days 2-3 (the measurements come from a column: refused as the first chunk
     # loads, naming the other job; nothing written, no failed job left in the ledger).
     day2 = "2024-03-02T00:00:00Z"
+    jobs_listed = {j.job_id for j in recent_jobs("energy", 200).jobs}
+    assert first.job_id in jobs_listed
     with pytest.raises(RuntimeError, match=rf"job {first.job_id} \(completed\) loaded") as refused:
         migrate(source_name="energy", migrations_file=str(path), start_time=day2)
     message = str(refused.value)
     assert "allow_rewrite_loaded_points" in message and "resume" not in message.lower()
     assert list(ledger_jobs(pg_connect)) == [first.job_id]
+    # Nor in Prefect: the refused run dropped its job tag, so status lists no new job.
+    assert {j.job_id for j in recent_jobs("energy", 200).jobs} == jobs_listed
     assert_same_points(stored(servers, influx_database)[0], want, FLOAT_KEYS)
 
     # Knowingly re-writing the range: allowed, and the ledger records the sharing.
