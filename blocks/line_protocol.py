@@ -2,40 +2,72 @@
 
 One line per row: ``measurement[,tag=value...] field=value[,field=value...] time_ns``, lines
 joined by ``\\n`` and the output ending with ``\\n`` when it is not empty. Every step is a
-pyarrow compute kernel or a numpy operation on a whole column.
+pyarrow compute kernel or a numpy operation on a whole column, but for the rare lines whose
+end InfluxDB's line splitter could misread, which are checked one by one (see "The line
+splitter" below).
 
 Escaping follows the line-protocol reference: measurement names escape comma and space; tag
-keys, tag values and field keys escape comma, equals sign and space; string field values are
-double-quoted with backslash and double quote escaped (backslash first). Any other backslash
-is written as it is. Newlines and carriage returns inside a string FIELD are kept: InfluxDB
+keys, tag values and field keys escape comma, equals sign and space (field keys also a double
+quote after a backslash, see the table below); string field values are double-quoted with
+backslash and double quote escaped (backslash first). Any other backslash is written as it
+is. Newlines and carriage returns inside a string FIELD are kept: InfluxDB
 reads a quoted string up to its closing quote.
 
 What cannot be written exactly is left out and counted in an `EncodeReport`, never changed:
 
 - A row is dropped when its time is NULL or outside InfluxDB's range; when its per-row
-  measurement is NULL, empty, or starts with ``#`` (InfluxDB would read a comment) or with a
-  tab or NUL (InfluxDB skips those at the start of a line); when its measurement or a tag
-  value holds ``\\n`` or ``\\r`` (they end a line and have no escape); when its measurement
-  or a tag value has an unwritable backslash (below); when its series key is too long
-  (below); or when no field of the row is left.
+  measurement is NULL, empty, starts with ``#`` (InfluxDB would read a comment) or with a
+  tab or NUL (InfluxDB skips those at the start of a line), or holds ``\\r`` (stored, but
+  InfluxQL cannot name it, so the load could not be counted or deleted); when its
+  measurement or a tag value holds a newline that is not right after an odd run of
+  backslashes (InfluxDB ends the line there); when its measurement or a tag value has a
+  backslash InfluxDB cannot store (below); when InfluxDB's line splitter would end its line
+  in the wrong place (below); when its series key is too long (below); or when no field of
+  the row is left.
 - Series keys too long. InfluxDB refuses a line ("max key length exceeded") when its series
   key, the measurement and tags exactly as written (escaped), plus 4 bytes plus a field key
   as written, is longer than 65,535 bytes: it stores each field under that key. Such a row
   is dropped, never cut short; one long tag value would otherwise fail the whole write
   request after InfluxDB had stored the request's other lines.
-- Unwritable backslashes. InfluxDB's parser (``models/points.go``, 1.x and 2.x) scans a
-  line twice: the line splitter reads ``\\\\`` as one escaped backslash, the tag scanner
-  takes any character after a backslash as escaped. A value ending in a backslash therefore
-  swallows the separator after it, and an odd run of backslashes right before a space
-  (``a\\ b``, written ``a\\\\ b``) makes the splitter see the fields start early, which can
-  merge lines. No spelling of either survives. InfluxDB 1.6.7 also unescapes measurement
-  names a second time, and field keys with ``\\"`` too, so there a backslash right before a
-  comma, double quote, space or equals sign is lost. So rows are dropped whose tag value ends
-  in a backslash or has an odd run of them before a space, or whose measurement has a
-  backslash at its end or before any of those four characters. (influxdb-client's `Point`
-  appends a space to a trailing backslash instead, which changes the value.) Constant names
-  (the measurement, tag and field keys) with a backslash at the end or before a character the
-  server unescapes are refused when the `PointMapping` is made.
+- Backslashes. Found by writing each pattern to InfluxDB 1.6.7 and reading it back (SHOW
+  MEASUREMENTS, SHOW TAG KEYS/VALUES, SHOW FIELD KEYS, SELECT; the proof is kept in
+  tests/test_line_protocol_influxdb.py). ``k\\`` is a run of k >= 1 backslashes in the
+  original text, "sent k" the run as written, "never" that no spelling reads back the same:
+
+    original                       | tag key, tag value | measurement   | field key
+    -------------------------------+--------------------+---------------+-----------------------
+    ``k\\`` then ``,``, ``=``, space | sent k+1           | never (a)     | k even: k+1; odd: never
+    ``k\\`` then ``"``               | sent k             | never (a)     | sent k+1 (b)
+    ``k\\`` then another character   | sent k             | sent k        | sent k
+    ``k\\`` at the end               | never (c)          | never (c)     | never (c)
+    a newline                      | sent as it is: kept after an odd run of backslashes, else never (d)
+    a carriage return or tab       | kept               | tab kept; CR stored but InfluxQL cannot name it
+
+  (a) 1.6.7 unescapes measurement names a second time: each spelling, written alone, reads
+  back with fewer backslashes, or is listed by SHOW MEASUREMENTS but found by no SELECT
+  (until another spelling has been written, whose own point then reads back under no name).
+  (b) It unescapes ``\\"`` in field keys, so a quote after a backslash is sent with one more.
+  (c) The separator after the run counts as escaped. (d) The line splitter (``scanLine`` in
+  ``models/points.go``) reads a backslash and the character after it as a pair, so only a
+  newline paired with the last backslash of an odd run stays in its line. String field
+  values read back exactly for every pattern, newlines included, with backslash and double
+  quote escaped (``\\\\``, ``\\"``). So rows are dropped whose tag value ends in a
+  backslash, or whose measurement ends in one or has one before ``,``, ``"``, space or
+  ``=``, and a mapping is refused whose constant names have a backslash where the table
+  says never. (influxdb-client's `Point` appends a space to a trailing backslash instead,
+  which changes the value.)
+- The line splitter. The tag scanner ends a value at a space or comma not right after a
+  backslash, but the line splitter, reading backslash pairs, sees the space of ``c\\ d``
+  (sent ``c\\\\ d``, stored exactly) as the start of the fields. From there it counts ``=``
+  and ``,`` and toggles "in a string" at ``"`` while it has seen more ``=`` than ``,``, and
+  it ends the line at the first newline outside a string. That is harmless when the space
+  is in a tag value and the rest of the series key has no ``=`` or ``,`` for it to count
+  besides each tag's own: none from a tag key or value whose odd run of backslashes before
+  ``,`` or ``=`` leaves that character unpaired. Lines with such a space in a tag key, or
+  with one in a value and an unpaired ``,`` or ``=`` in any tag, are rare; the encoder
+  replays the splitter on each of them and drops the row when it would end the line
+  anywhere but at its own newline (a string field's newline can cut it, or a stray quote
+  can join it to the next line; InfluxDB then refuses both parts).
 - A tag is left out of its line when its value is NULL or empty (InfluxDB rejects empty tag
   values). A field is left out when its value is NULL, NaN or ±Inf, a string longer than
   65,535 bytes, or a date or time outside what InfluxDB can hold.
@@ -71,7 +103,7 @@ that work.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
@@ -106,10 +138,21 @@ _EMPTY = pa.scalar("", _LS)
 _MEASUREMENT_SPECIALS = "[, ]"
 _KEY_SPECIALS = "[,= ]"
 _STRING_SPECIALS = r'["\\]'
-# A backslash at the end, or an odd run of backslashes right before a space.
-_UNWRITABLE_IN_TAG = r"\\$|(?:^|[^\\])(?:\\\\)*\\ "
-# A backslash at the end or before a character InfluxDB unescapes in a measurement name.
+# Patterns on the original text (RE2, as pyarrow runs them, and Python's re alike). An odd run
+# of backslashes starts at the beginning or after a character that is not a backslash.
+_ODD_RUN = r"(?:^|[^\\])(?:\\\\)*\\"
+_TRAILING_BACKSLASH = r"\\$"
+# Where the table in the module docstring says "never".
 _UNWRITABLE_IN_MEASUREMENT = r'\\$|\\[, "=]'
+_UNWRITABLE_IN_FIELD_KEY = r"\\$|" + _ODD_RUN + "[,= ]"
+# A newline the line splitter ends the line at: one not paired with an odd run's last backslash.
+_LINE_BREAK = r"(?:^|[^\\])(?:\\\\)*\n"
+# Written with a backslash more, these leave the space, comma or equals sign unpaired for the
+# line splitter (see "The line splitter" in the module docstring).
+_UNPAIRED_SPACE = _ODD_RUN + " "
+_UNPAIRED_SEPARATOR = _ODD_RUN + "[,=]"
+# The line splitter's tokens: a backslash pair, or a character it acts on.
+_SPLITTER_TOKENS = re.compile(r'\\.|[ =,"\n]', re.DOTALL)
 
 _BACKSLASH_BEFORE_MATCH = "\\\\\\0"  # RE2 replacement: a literal backslash, then the match
 
@@ -122,6 +165,11 @@ def _escape_name(name: str, specials: str) -> str:
     for ch in specials.strip("[]"):
         name = name.replace(ch, "\\" + ch)
     return name
+
+
+def _escape_field_key(key: str) -> str:
+    # InfluxDB unescapes \" in field keys, so a double quote after a backslash takes one more.
+    return re.sub(r'(?<=\\)"', r'\\"', _escape_name(key, _KEY_SPECIALS))
 
 
 @dataclass(frozen=True)
@@ -141,10 +189,10 @@ class FieldSpec:
 class PointMapping:
     """How columns become points. Raises ValueError at construction when no line could ever
     be valid: no or two measurement sources, no fields, an empty or reserved key (``time``,
-    ``_field``, ``_measurement``), a name holding a newline, a name with a backslash at its
-    end or before a character InfluxDB unescapes in it (see the module docstring), a
-    constant measurement starting with ``#``, a tab or NUL, or a key used twice among tags
-    and fields."""
+    ``_field``, ``_measurement``), a name holding a carriage return or a newline that is not
+    right after an odd run of backslashes, a name with a backslash where InfluxDB cannot
+    store it (the table in the module docstring), a constant measurement starting with
+    ``#``, a tab or NUL, or a key used twice among tags and fields."""
 
     fields: tuple[FieldSpec, ...]
     time_column: str
@@ -157,7 +205,7 @@ class PointMapping:
         if (self.measurement is None) == (self.measurement_column is None):
             raise ValueError("give exactly one of measurement and measurement_column")
         if self.measurement is not None:
-            _check_name(self.measurement, "measurement", '[, "=]')
+            _check_name(self.measurement, "measurement", _UNWRITABLE_IN_MEASUREMENT)
             if self.measurement[0] in _LINE_START_SKIPPED:
                 raise ValueError(
                     f"measurement {self.measurement!r} starts with {self.measurement[0]!r}, which InfluxDB "
@@ -168,9 +216,9 @@ class PointMapping:
         if self.timestamp_fields not in ("integer", "string"):
             raise ValueError(f"timestamp_fields must be 'integer' or 'string', not {self.timestamp_fields!r}")
         for tag in self.tags:
-            _check_name(tag, "tag key", _KEY_SPECIALS)
+            _check_name(tag, "tag key", _TRAILING_BACKSLASH)
         for spec in self.fields:
-            _check_name(spec.field_key, "field key", '[,= "]')
+            _check_name(spec.field_key, "field key", _UNWRITABLE_IN_FIELD_KEY)
         keys = list(self.tags) + [spec.field_key for spec in self.fields]
         for key in keys:
             if key in _RESERVED_KEYS:
@@ -183,15 +231,20 @@ class PointMapping:
                 raise ValueError(f"field {spec.field_key!r}: unknown kind {spec.kind!r}")
 
 
-def _check_name(name: str, what: str, specials: str) -> None:
+def _check_name(name: str, what: str, unwritable: str) -> None:
     if not name:
         raise ValueError(f"{what} must not be empty")
-    if "\n" in name or "\r" in name:
-        raise ValueError(f"{what} {name!r} holds a newline, which line protocol cannot carry")
-    if name.endswith("\\") or re.search(r"\\" + specials, name):
+    if re.search(_LINE_BREAK, name):
+        raise ValueError(f"{what} {name!r} holds a newline, which would end the line")
+    if "\r" in name:
+        raise ValueError(f"{what} {name!r} holds a carriage return, which InfluxQL cannot name")
+    if re.search(unwritable, name):
         raise ValueError(
-            f"{what} {name!r} has a backslash at its end or before one of {specials}, "
-            "which InfluxDB cannot read back"
+            f"{what} {name!r} has a backslash where InfluxDB cannot store it: at its end"
+            + {
+                "measurement": ', or before , " space or =',
+                "field key": ", or an odd run of them before , = or space",
+            }.get(what, "")
         )
 
 
@@ -200,10 +253,12 @@ class EncodeReport:
     """What one `encode_batch` call wrote and what it had to leave out.
 
     Each dropped row is counted once, under the first of these reasons that applies, in this
-    order: no time, time out of range, unusable measurement (NULL, empty, or starting with
-    ``#``, a tab or NUL), newline in the measurement or a tag value, unwritable backslash in
-    the measurement or a tag value (see the module docstring), series key too long (with a
-    field key the row carries, over `MAX_KEY_BYTES`), no fields left. So
+    order: no time, time out of range, unusable measurement (NULL, empty, starting with
+    ``#``, a tab or NUL, or holding a carriage return), a newline InfluxDB would end the line
+    at in the measurement or a tag value, a backslash InfluxDB cannot store in the
+    measurement or a tag value, series key too long (with a field key the row carries, over
+    `MAX_KEY_BYTES`), no fields left, a line InfluxDB's line splitter would end in the wrong
+    place (the module docstring has the details). So
     ``rows_in == lines_out + rows_dropped``. The dicts map a tag or field key to a count and
     hold only keys with a count above zero.
     """
@@ -217,6 +272,7 @@ class EncodeReport:
     rows_with_unwritable_backslash: int = 0
     rows_with_oversized_key: int = 0
     rows_without_fields: int = 0
+    rows_with_misread_line_end: int = 0
     empty_tags: dict[str, int] = field(default_factory=dict)
     non_finite_values: dict[str, int] = field(default_factory=dict)
     oversized_strings: dict[str, int] = field(default_factory=dict)
@@ -233,34 +289,22 @@ class EncodeReport:
             + self.rows_with_unwritable_backslash
             + self.rows_with_oversized_key
             + self.rows_without_fields
+            + self.rows_with_misread_line_end
         )
 
     def __add__(self, other: EncodeReport) -> EncodeReport:
         """The report of two batches together."""
 
-        def merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+        def added(a: int | dict[str, int], b: int | dict[str, int]) -> int | dict[str, int]:
+            if isinstance(a, int):
+                return a + b
             out = dict(a)
             for key, count in b.items():
                 out[key] = out.get(key, 0) + count
             return out
 
         return EncodeReport(
-            rows_in=self.rows_in + other.rows_in,
-            lines_out=self.lines_out + other.lines_out,
-            rows_without_time=self.rows_without_time + other.rows_without_time,
-            rows_with_time_out_of_range=self.rows_with_time_out_of_range + other.rows_with_time_out_of_range,
-            rows_with_unusable_measurement=self.rows_with_unusable_measurement
-            + other.rows_with_unusable_measurement,
-            rows_with_newline_in_tag=self.rows_with_newline_in_tag + other.rows_with_newline_in_tag,
-            rows_with_unwritable_backslash=self.rows_with_unwritable_backslash
-            + other.rows_with_unwritable_backslash,
-            rows_with_oversized_key=self.rows_with_oversized_key + other.rows_with_oversized_key,
-            rows_without_fields=self.rows_without_fields + other.rows_without_fields,
-            empty_tags=merged(self.empty_tags, other.empty_tags),
-            non_finite_values=merged(self.non_finite_values, other.non_finite_values),
-            oversized_strings=merged(self.oversized_strings, other.oversized_strings),
-            out_of_range_values=merged(self.out_of_range_values, other.out_of_range_values),
-            inexact_decimals=merged(self.inexact_decimals, other.inexact_decimals),
+            **{f.name: added(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)}
         )
 
     def problems(self) -> list[str]:
@@ -275,16 +319,18 @@ class EncodeReport:
             ),
             (
                 self.rows_with_unusable_measurement,
-                "the measurement is NULL, empty, or starts with '#', a tab or NUL (InfluxDB would misread it)",
+                "the measurement is NULL, empty, or starts with '#', a tab or NUL (InfluxDB would misread "
+                "it), or holds a carriage return (InfluxQL cannot name it)",
             ),
             (
                 self.rows_with_newline_in_tag,
-                "the measurement or a tag value holds a newline or carriage return",
+                "the measurement or a tag value holds a newline, which ends the line unless it follows "
+                "an odd run of backslashes",
             ),
             (
                 self.rows_with_unwritable_backslash,
-                "the measurement or a tag value has a backslash InfluxDB cannot read back "
-                '(at the end, or before a space; in a measurement also before , " or =)',
+                "the measurement or a tag value has a backslash InfluxDB cannot store "
+                '(at the end; in a measurement also before , " space or =)',
             ),
             (
                 self.rows_with_oversized_key,
@@ -292,6 +338,11 @@ class EncodeReport:
                 f"InfluxDB's {MAX_KEY_BYTES}-byte key limit",
             ),
             (self.rows_without_fields, "no field value is left (all NULL or left out)"),
+            (
+                self.rows_with_misread_line_end,
+                "InfluxDB's line splitter would end the line in the wrong place (a tag with an odd run "
+                "of backslashes before a space, then one before , or = later in the line)",
+            ),
         ]
         for count, why in row_reasons:
             if count:
@@ -363,30 +414,36 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> tup
     report.rows_with_time_out_of_range = drop(time_out)
 
     if mapping.measurement_column is not None:
-        meas = _series_text(
-            column(mapping.measurement_column),
-            _MEASUREMENT_SPECIALS,
-            _UNWRITABLE_IN_MEASUREMENT,
-            mapping.measurement_column,
-        )
-        report.rows_with_unusable_measurement = drop(meas.null_or_empty | meas.comment)
-        newline, backslash = meas.newline, meas.unwritable_backslash
+        meas = _series_text(column(mapping.measurement_column), mapping.measurement_column, measurement=True)
+        report.rows_with_unusable_measurement = drop(meas.null_or_empty | meas.unusable)
+        line_break, backslash = meas.line_break, meas.unwritable_backslash
         measurement: pa.Array | pa.Scalar = meas.escaped
     else:
-        newline, backslash = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        line_break, backslash = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         measurement = _lit(_escape_name(mapping.measurement, _MEASUREMENT_SPECIALS))
 
     tag_pieces = []
+    # Rows whose series key the line splitter reads differently from the tag scanner.
+    unpaired_space = np.zeros(n, dtype=bool)
+    unpaired_separator = np.zeros(n, dtype=bool)
     for tag in mapping.tags:
-        values = _series_text(column(tag), _KEY_SPECIALS, _UNWRITABLE_IN_TAG, tag)
+        values = _series_text(column(tag), tag, measurement=False)
         empties = int(values.empty.sum())
         if empties:
             report.empty_tags[tag] = empties
-        newline |= values.newline
+        line_break |= values.line_break
         backslash |= values.unwritable_backslash
+        unpaired_space |= values.unpaired_space
+        unpaired_separator |= values.unpaired_separator
+        if re.search(_UNPAIRED_SPACE, tag):
+            # Then the "=" after the key counts for the splitter like an unpaired one.
+            unpaired_space |= ~values.null_or_empty
+            unpaired_separator |= ~values.null_or_empty
+        if re.search(_UNPAIRED_SEPARATOR, tag):
+            unpaired_separator |= ~values.null_or_empty
         prefix = _lit("," + _escape_name(tag, _KEY_SPECIALS) + "=")
         tag_pieces.append(pc.binary_join_element_wise(prefix, values.escaped, _EMPTY))
-    report.rows_with_newline_in_tag = drop(newline)
+    report.rows_with_newline_in_tag = drop(line_break)
     report.rows_with_unwritable_backslash = drop(backslash)
 
     field_pieces = []
@@ -397,7 +454,7 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> tup
         field_pieces.append(piece)
         valid = np.asarray(piece.is_valid())
         present += valid
-        key_bytes = len(_escape_name(spec.field_key, _KEY_SPECIALS).encode())
+        key_bytes = len(_escape_field_key(spec.field_key).encode())
         np.maximum(longest_key, np.where(valid, key_bytes, 0), out=longest_key)
 
     # Arrow's "skip" join leaves out rows whose inputs are all NULL instead of returning ""
@@ -424,6 +481,14 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> tup
     joined = [lines, fields_joined] + ([tags_joined] if tag_pieces else [])
     if any(len(array) != n for array in joined):
         raise RuntimeError("pyarrow's binary_join_element_wise changed the number of rows")
+    # Only lines with an unpaired space and an unpaired separator in their series key can be
+    # split wrongly (module docstring, "The line splitter"); they are rare, so each is
+    # replayed in Python, here and nowhere else.
+    replay = unpaired_space & unpaired_separator & ~dropped
+    if replay.any():
+        misread = np.zeros(n, dtype=bool)
+        misread[replay] = [_splitter_misreads(line) for line in lines.filter(pa.array(replay)).to_pylist()]
+        report.rows_with_misread_line_end = drop(misread)
     if dropped.any():
         lines = lines.filter(pa.array(~dropped))
     report.lines_out = len(lines)
@@ -483,13 +548,15 @@ class _SeriesText:
     escaped: pa.Array  # large_string, NULL where the value is NULL or empty
     null_or_empty: np.ndarray
     empty: np.ndarray
-    newline: np.ndarray
+    line_break: np.ndarray  # a newline the line splitter would end the line at
     unwritable_backslash: np.ndarray
-    comment: np.ndarray
+    unusable: np.ndarray  # measurements: starts with "#", a tab or NUL, or holds a CR
+    unpaired_space: np.ndarray  # tags: see "The line splitter" in the module docstring
+    unpaired_separator: np.ndarray
 
 
-def _series_text(arr: pa.Array, specials: str, unwritable: str, name: str) -> _SeriesText:
-    """Escaped text and problem masks for a measurement or tag column.
+def _series_text(arr: pa.Array, name: str, *, measurement: bool) -> _SeriesText:
+    """Escaped text and problem masks for a measurement or tag value column.
 
     The work is done once per distinct value (on the column's dictionary), then spread to the
     rows, since measurements and tag values repeat.
@@ -510,22 +577,63 @@ def _series_text(arr: pa.Array, specials: str, unwritable: str, name: str) -> _S
             f"column {name!r} ({arr.type}) cannot be a tag or measurement: use strings, integers or booleans"
         )
     empty = pc.equal(pc.binary_length(values), 0)
+    specials = _MEASUREMENT_SPECIALS if measurement else _KEY_SPECIALS
     escaped = pc.replace_substring_regex(values, specials, _BACKSLASH_BEFORE_MATCH)
     escaped = pc.if_else(empty, _NULL_TEXT, escaped)
+    n = len(indices)
 
     def per_row(mask: pa.Array) -> np.ndarray:
         return _bools(mask.take(indices))
 
+    def matching(pattern: str) -> np.ndarray:
+        return per_row(pc.match_substring_regex(values, pattern))
+
     null = ~np.asarray(indices.is_valid())
     empty_rows = per_row(empty)
+    nothing = np.zeros(n, dtype=bool)
+    # Most columns hold no backslash at all; then only newlines need looking at.
+    backslashes = pc.any(pc.match_substring(values, "\\")).as_py()
+    if backslashes:
+        line_break = matching(_LINE_BREAK)
+        unwritable = matching(_UNWRITABLE_IN_MEASUREMENT if measurement else _TRAILING_BACKSLASH)
+    else:
+        line_break, unwritable = per_row(pc.match_substring(values, "\n")), nothing
+    tag_backslashes = backslashes and not measurement
     return _SeriesText(
         escaped=escaped.take(indices),
         null_or_empty=null | empty_rows,
         empty=empty_rows,
-        newline=per_row(pc.match_substring_regex(values, "[\r\n]")),
-        unwritable_backslash=per_row(pc.match_substring_regex(values, unwritable)),
-        comment=per_row(pc.match_substring_regex(values, "^[#\t\x00]")),
+        line_break=line_break,
+        unwritable_backslash=unwritable,
+        unusable=matching("^[#\t\x00]|\r") if measurement else nothing,
+        unpaired_space=matching(_UNPAIRED_SPACE) if tag_backslashes else nothing,
+        unpaired_separator=matching(_UNPAIRED_SEPARATOR) if tag_backslashes else nothing,
     )
+
+
+def _splitter_misreads(line: str) -> bool:
+    """True unless InfluxDB's line splitter, started at the beginning of `line` (one line as
+    written, ending in its newline), ends the line exactly at that newline.
+
+    A replay of ``scanLine`` in ``models/points.go`` (1.x and 2.x), on its tokens only.
+    """
+    fields_started = quoted = False
+    equals = commas = 0
+    for token in _SPLITTER_TOKENS.finditer(line):
+        char = token.group()
+        if char[0] == "\\":
+            continue
+        if char == " ":
+            fields_started = True
+        elif fields_started and not quoted and char == "=":
+            equals += 1
+        elif fields_started and not quoted and char == ",":
+            commas += 1
+        elif fields_started and char == '"' and equals > commas:
+            quoted = not quoted
+        elif char == "\n" and not quoted:
+            return token.end() != len(line)
+    return True
 
 
 def _infer_kind(arr_type: pa.DataType, timestamp_fields: str) -> FieldKind:
@@ -557,7 +665,7 @@ def _field_piece(arr: pa.Array, spec: FieldSpec, timestamp_fields: str, report: 
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     kind = spec.kind or _infer_kind(arr.type, timestamp_fields)
-    prefix = _lit(_escape_name(key, _KEY_SPECIALS) + "=")
+    prefix = _lit(_escape_field_key(key) + "=")
     t = arr.type
     if pa.types.is_null(t):
         return pa.nulls(len(arr), _LS)

@@ -5,12 +5,14 @@
 reads a backslash and the next character as a pair and tracks quotes in the fields; each line
 is then read like `scanMeasurement`/`scanTags`, where a character is escaped when the one
 before it is a backslash, and only each element's own escape pairs are unescaped. The two
-rules disagree on `\\\\ `, which is why the encoder drops values it cannot spell. It is
-deliberately a plain per-character loop, so it shares no code with the encoder.
+rules disagree on `\\\\ `, which is why the encoder replays the splitter on some lines. It
+is deliberately a plain per-character loop, so it shares no code with the encoder. What
+InfluxDB itself stores is checked against a real server in test_line_protocol_influxdb.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import struct
@@ -38,7 +40,7 @@ def _scan(text: str, i: int, stops: str) -> int:
     """Index of the first stop character at or after i that is not preceded by a backslash."""
     start = i
     while i < len(text) and not (text[i] in stops and (i == start or text[i - 1] != "\\")):
-        if text[i] == "\n" and "\n" in stops:
+        if text[i] == "\n" and "\n" in stops and text[i - 1] != "\\":
             break
         i += 1
     return i
@@ -257,6 +259,7 @@ def test_one_line_has_the_documented_shape():
         ("a\\ b", None),
         ("a\\\\ b", None),
         ("a\\", None),
+        ("a\\\nb", "a\\\nb"),  # a newline after an odd run of backslashes stays in the line
     ],
 )
 def test_measurement_escaping(raw, escaped):
@@ -284,13 +287,17 @@ def test_measurement_escaping(raw, escaped):
         ('a"b', 'a"b'),
         ("\\", None),  # a lone backslash is a trailing backslash
         ("a\\b", "a\\b"),
-        ("a\\ b", None),  # an odd run of backslashes before a space
-        ("a\\\\ b", "a\\\\\\ b"),  # an even run is fine
-        ("a\\\\\\ b", None),
-        ("\\ b", None),
+        ("a\\ b", "a\\\\ b"),  # InfluxDB 1.6.7 stores "a\ b" when sent "a\\ b"
+        ("a\\\\ b", "a\\\\\\ b"),
+        ("a\\\\\\ b", "a\\\\\\\\ b"),
+        ("\\ b", "\\\\ b"),
         ("a\\\\", None),  # any backslash at the end
         ("\\=", "\\\\="),
         ("a\\,b", "a\\\\,b"),
+        ('a\\"b', 'a\\"b'),
+        ("a\\\nb", "a\\\nb"),  # a newline after an odd run of backslashes stays in the line
+        ("a\\\\\nb", None),  # after an even run it ends the line
+        ("a\rb", "a\rb"),
         ("\u65e5\u672c \U0001f600,=", "\u65e5\u672c\\ \U0001f600\\,\\="),
         ("#x", "#x"),
         ("  ", "\\ \\ "),
@@ -301,8 +308,8 @@ def test_tag_value_escaping(raw, escaped):
     mapping = PointMapping(measurement="m", tags=("t",), fields=(FieldSpec("v"),), time_column="time")
     data, report = encode_batch(batch, mapping)
     if escaped is None:
-        assert data == b""
-        assert report.rows_with_unwritable_backslash == 1
+        reason = "rows_with_unwritable_backslash" if raw.endswith("\\") else "rows_with_newline_in_tag"
+        assert data == b"" and getattr(report, reason) == report.rows_dropped == 1
         return
     assert data == f"m,t={escaped} v=1i 1\n".encode()
     assert parse_line_protocol(data)[0][1] == [("t", raw)]
@@ -657,7 +664,7 @@ def test_rows_whose_tags_and_fields_are_all_null_stay_aligned():
     ("bad", "counter"),
     [
         ("line\nbreak", "rows_with_newline_in_tag"),
-        ("carriage\rreturn", "rows_with_newline_in_tag"),
+        ("even run\\\\\nthen a newline", "rows_with_newline_in_tag"),
         ("ends with\\", "rows_with_unwritable_backslash"),
     ],
 )
@@ -677,6 +684,59 @@ def test_rows_with_unwritable_tag_values_or_measurements_are_dropped(bad, counte
     assert data == b"ok,t=a v=1 1\n"
     assert getattr(report, counter) == 2
     assert report.rows_dropped == 2
+
+
+def test_a_carriage_return_is_kept_in_a_tag_value_but_drops_a_measurement():
+    """InfluxDB stores both, but InfluxQL cannot name a measurement holding a CR, so a load
+    with one could not be counted, verified or deleted."""
+    batch = pa.table({"time": _ts([1, 2]), "name": ["ok", "a\rb"], "t": ["c\rd", "e"], "v": [1.0, 2.0]})
+    mapping = PointMapping(
+        measurement_column="name", tags=("t",), fields=(FieldSpec("v"),), time_column="time"
+    )
+    data, report = encode_batch(batch, mapping)
+    assert data == b"ok,t=c\rd v=1 1\n"
+    assert report.rows_with_unusable_measurement == report.rows_dropped == 1
+    assert "carriage return" in report.problems()[0]
+
+
+def test_lines_the_line_splitter_would_end_elsewhere_are_dropped():
+    """`c\\ d` is written as `c\\\\ d`, and InfluxDB's line splitter starts the fields at that
+    space. A later `\\=` or `\\,` (written `\\\\=`, `\\\\,`) then shifts its count, so a quote or a
+    newline in the rest of the line can end the line elsewhere: those rows, and only those,
+    are dropped."""
+    rows = [
+        # (tag a, tag b, string field, dropped?)
+        ("c\\ d", "x\\=y", "plain", False),  # an extra "=" and no quote after it
+        ("c\\ d", "x\\=y", None, False),
+        ("c\\ d", 'x\\=y"', None, True),  # the quote opens a string that never closes
+        ("c\\ d", "x\\,y", "two\nlines", True),  # the string's quote is not seen: its newline ends the line
+        ("c\\ d", "x\\,y", None, False),
+        ("c\\ d", "x\\,y", "one line", False),  # its quotes are not seen, but nothing else happens
+        ("x\\,y", "c\\ d", "two\nlines", False),  # here the splitter counts nothing extra
+        ("c\\ d", '"q"', "two\nlines", False),  # quotes in tags alone do nothing
+        ("c d", "x\\,y", "two\nlines", False),  # no unpaired space
+    ]
+    batch = pa.table(
+        {
+            "time": _ts(range(len(rows))),
+            "a": [r[0] for r in rows],
+            "b": [r[1] for r in rows],
+            "s": pa.array([r[2] for r in rows], pa.string()),
+            "v": pa.array(range(len(rows)), pa.int64()),
+        }
+    )
+    mapping = PointMapping(
+        measurement="m", tags=("a", "b"), fields=(FieldSpec("v"), FieldSpec("s")), time_column="time"
+    )
+    data, report = encode_batch(batch, mapping)
+    parsed = parse_line_protocol(data)
+    kept = [i for i, r in enumerate(rows) if not r[3]]
+    assert [p[3] for p in parsed] == kept
+    for _, tags, fields, stamp in parsed:
+        assert tags == [("a", rows[stamp][0]), ("b", rows[stamp][1])]
+        assert fields == {"v": stamp, **({"s": rows[stamp][2]} if rows[stamp][2] else {})}
+    assert report.rows_with_misread_line_end == report.rows_dropped == len(rows) - len(kept)
+    assert "line splitter" in report.problems()[0]
 
 
 def test_per_row_measurements():
@@ -733,17 +793,17 @@ def test_tz_aware_and_naive_times_of_the_same_instant_give_the_same_nanoseconds(
 def test_each_dropped_row_is_counted_once_in_order_of_precedence():
     batch = pa.table(
         {
-            "time": pa.array([None, 2**62, 3, 4, 5, 6, 7], pa.timestamp("s")),
-            "name": [None, None, None, "m\n", "m\\", "m", "m"],
-            "t": ["x\\", "x\n", "x\n", "x\\", "x", "x", "x"],
-            "v": [None, None, None, None, None, None, 1.0],
+            "time": pa.array([None, 2**62, 3, 4, 5, 6, 7, 8], pa.timestamp("s")),
+            "name": [None, None, None, "m\n", "m\\", "m", "m", "m"],
+            "t": ["x\\", "x\n", "x\n", "x\\", "x", 'x\\ y\\="', 'x\\ y\\="', "x"],
+            "v": [None, None, None, None, None, None, 1.0, 1.0],
         }
     )
     mapping = PointMapping(
         measurement_column="name", tags=("t",), fields=(FieldSpec("v"),), time_column="time"
     )
     data, report = encode_batch(batch, mapping)
-    assert data == b"m,t=x v=1 7000000000\n"
+    assert data == b"m,t=x v=1 8000000000\n"
     assert (
         report.rows_without_time,
         report.rows_with_time_out_of_range,
@@ -751,8 +811,9 @@ def test_each_dropped_row_is_counted_once_in_order_of_precedence():
         report.rows_with_newline_in_tag,
         report.rows_with_unwritable_backslash,
         report.rows_without_fields,
-    ) == (1, 1, 1, 1, 1, 1)
-    assert report.rows_dropped == 6 and report.lines_out == 1
+        report.rows_with_misread_line_end,
+    ) == (1, 1, 1, 1, 1, 1, 1)
+    assert report.rows_dropped == 7 and report.lines_out == 1
 
 
 def test_reports_add_up_and_describe_their_problems():
@@ -797,15 +858,25 @@ def test_bad_mappings_and_batches_are_refused():
         PointMapping(measurement="m\\", fields=field, time_column="time")
     with pytest.raises(ValueError, match="backslash"):
         PointMapping(measurement="m\\ x", fields=field, time_column="time")
-    with pytest.raises(ValueError, match="backslash"):
+    with pytest.raises(ValueError, match="backslash"):  # an odd run before , = or space
         PointMapping(measurement="m", fields=(FieldSpec("v", key="a\\,b"),), time_column="time")
     with pytest.raises(ValueError, match="backslash"):
-        PointMapping(measurement="m", tags=("a\\=b",), fields=field, time_column="time")
-    with pytest.raises(ValueError, match="backslash"):  # InfluxDB 1.6.7 unescapes \" in field keys
-        PointMapping(measurement="m", fields=(FieldSpec("v", key='a\\"b'),), time_column="time")
+        PointMapping(measurement="m", fields=(FieldSpec("v", key="a\\\\\\ b"),), time_column="time")
+    PointMapping(measurement="m", fields=(FieldSpec("v", key="a\\\\ b"),), time_column="time")  # an even run
+    with pytest.raises(ValueError, match="backslash"):
+        PointMapping(measurement="m", tags=("a\\",), fields=field, time_column="time")
+    PointMapping(
+        measurement="m", tags=("a\\=b", "c\\ d"), fields=field, time_column="time"
+    )  # fine in tag keys
+    # InfluxDB unescapes \" in field keys: a quote after a backslash takes one more.
+    quoted = PointMapping(measurement="m", fields=(FieldSpec("v", key='a\\"b"'),), time_column="time")
+    assert encode_batch(pa.table({"time": _ts([1]), "v": [1.0]}), quoted)[0] == b'm a\\\\"b"=1 1\n'
     PointMapping(measurement="m", tags=('a\\"b',), fields=field, time_column="time")  # fine in a tag key
     with pytest.raises(ValueError, match="newline"):
         PointMapping(measurement="m", tags=("a\nb",), fields=field, time_column="time")
+    PointMapping(measurement="m\\\nx", tags=("a\\\nb",), fields=field, time_column="time")  # paired
+    with pytest.raises(ValueError, match="carriage return"):
+        PointMapping(measurement="m\rx", fields=field, time_column="time")
     with pytest.raises(ValueError, match="reserved"):
         PointMapping(measurement="m", fields=(FieldSpec("v", key="time"),), time_column="time")
     with pytest.raises(ValueError, match="more than once"):
@@ -822,14 +893,18 @@ def test_bad_mappings_and_batches_are_refused():
 # ---------------------------------------------------------------------------------------------
 # Round trip and comparison with influxdb-client, on random rows with nasty strings
 
+# The last three make InfluxDB's line splitter and its tag scanner disagree (blocks/line_protocol.py).
 NASTY = [",", "=", " ", '"', "\\", "\t", "#", "a", "Z", "0", "-", "'", "\u00e9", "\u65e5", "\U0001f600"]
+NASTY += ["\\ ", "\\,", "\\="]
 TAG_KEYS = ("host name", "dc,zone", "k=v", 'q"t')
+# Tag keys the line splitter reads differently from the tag scanner: an unpaired space or "=".
+BACKSLASH_TAG_KEYS = ("c\\ d", "k\\=v", 'q"t', "e\\\\ f")
 FIELD_KEYS = ("f loat", "i,nt", "s=tr", "b\\ool", "u")
 
 
 def _nasty(rng: random.Random, max_len: int = 12, lethal: float = 0.0) -> str:
     """Random text of special characters; with probability `lethal` it also holds a newline
-    or carriage return, or ends in a backslash, which a tag value cannot carry."""
+    or carriage return, or ends in a backslash, which may cost the row its line."""
     text = "".join(rng.choice(NASTY) for _ in range(rng.randint(0, max_len)))
     if rng.random() < lethal:
         where = rng.randint(0, len(text))
@@ -848,7 +923,7 @@ def _random_time(rng: random.Random) -> int | None:
     return rng.randrange(MIN_TIME_NS, MAX_TIME_NS + 1)
 
 
-def _random_rows(seed: int, n: int) -> pa.Table:
+def _random_rows(seed: int, n: int, tag_keys: tuple[str, ...] = TAG_KEYS) -> pa.Table:
     rng = random.Random(seed)
     no_fields = [rng.random() < 0.03 for _ in range(n)]
 
@@ -867,7 +942,7 @@ def _random_rows(seed: int, n: int) -> pa.Table:
             )
             for _ in range(n)
         ],
-        **{key: [maybe(_nasty(rng, lethal=0.02)) for _ in range(n)] for key in TAG_KEYS},
+        **{key: [maybe(_nasty(rng, lethal=0.02)) for _ in range(n)] for key in tag_keys},
         "f loat": pa.array(field_values(lambda: rng.choice(floats + [rng.uniform(-1e9, 1e9)])), pa.float64()),
         "i,nt": pa.array(field_values(lambda: rng.randrange(-(2**63), 2**63)), pa.int64()),
         "s=tr": field_values(lambda: _nasty(rng, 30, lethal=0.3)),  # newlines are fine in a string field
@@ -885,19 +960,13 @@ NASTY_MAPPING = PointMapping(
 )
 
 
-def _unwritable_backslash(text: str) -> bool:
-    """A run of backslashes at the end, or an odd run right before a space."""
-    i = 0
-    while i < len(text):
-        if text[i] != "\\":
-            i += 1
-            continue
-        run = 0
-        while i < len(text) and text[i] == "\\":
-            run += 1
-            i += 1
-        if i == len(text) or (run % 2 == 1 and text[i] == " "):
+def _line_break(text: str) -> bool:
+    """A newline that is not paired with the last backslash of an odd run before it."""
+    run = 0
+    for ch in text:
+        if ch == "\n" and run % 2 == 0:
             return True
+        run = run + 1 if ch == "\\" else 0
     return False
 
 
@@ -906,17 +975,40 @@ def _unwritable_in_measurement(text: str) -> bool:
     return text.endswith("\\") or any(text[i] == "\\" and text[i + 1] in ', "=' for i in range(len(text) - 1))
 
 
-def _expected_point(row: dict, field_keys: tuple[str, ...] = FIELD_KEYS):
+def _escape(text: str, specials: str) -> str:
+    return "".join("\\" + ch if ch in specials else ch for ch in text)
+
+
+def _split_elsewhere(measurement: str, tags: list[tuple[str, str]], fields: dict) -> bool:
+    """Whether `_split_lines` cuts the point's line (followed by another) anywhere but at its
+    own end. Numbers and booleans are written as 0: the splitter only sees strings in fields."""
+    series = _escape(measurement, ", ") + "".join(
+        f",{_escape(k, ',= ')}={_escape(v, ',= ')}" for k, v in tags
+    )
+    values = [
+        _escape(key, ",= ")
+        + "="
+        + ('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' if isinstance(value, str) else "0")
+        for key, value in fields.items()
+    ]
+    line = f"{series} {','.join(values)} 0\n"
+    return _split_lines(line + "m f=0 0\n")[0] != line
+
+
+def _expected_point(
+    row: dict, field_keys: tuple[str, ...] = FIELD_KEYS, tag_keys: tuple[str, ...] = TAG_KEYS
+):
     """The point the rules promise for a row, or None when the row must be dropped."""
     stamp, measurement = row["time"], row["measure"]
     if stamp is None or not MIN_TIME_NS <= stamp <= MAX_TIME_NS:
         return None
-    if not measurement or measurement[0] in "#\t\x00":
+    if not measurement or measurement[0] in "#\t\x00" or "\r" in measurement:
         return None
-    series = [measurement] + [row[key] for key in TAG_KEYS if row[key]]
-    if any("\n" in s or "\r" in s for s in series):
+    tags = [(key, row[key]) for key in tag_keys if row[key]]
+    series = [measurement] + [value for _, value in tags]
+    if any(map(_line_break, series)):
         return None
-    if _unwritable_in_measurement(measurement) or any(map(_unwritable_backslash, series[1:])):
+    if _unwritable_in_measurement(measurement) or any(value.endswith("\\") for value in series[1:]):
         return None
     fields = {}
     for key in field_keys:
@@ -924,9 +1016,8 @@ def _expected_point(row: dict, field_keys: tuple[str, ...] = FIELD_KEYS):
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             continue
         fields[key] = ("u", value) if key == "u" else value
-    if not fields:
+    if not fields or _split_elsewhere(measurement, tags, fields):
         return None
-    tags = [(key, row[key]) for key in TAG_KEYS if row[key]]
     return (measurement, tags, fields, stamp)
 
 
@@ -938,10 +1029,12 @@ def _rows(table: pa.Table) -> list[dict]:
     return rows
 
 
-def test_random_nasty_rows_round_trip_through_a_reference_parser():
-    table = _random_rows(seed=20240611, n=600)
-    data, report = encode_batch(table, NASTY_MAPPING)
-    expected = [p for p in map(_expected_point, _rows(table)) if p is not None]
+@pytest.mark.parametrize("tag_keys", [TAG_KEYS, BACKSLASH_TAG_KEYS])
+def test_random_nasty_rows_round_trip_through_a_reference_parser(tag_keys):
+    table = _random_rows(seed=20240611, n=600, tag_keys=tag_keys)
+    mapping = dataclasses.replace(NASTY_MAPPING, tags=tag_keys)
+    data, report = encode_batch(table, mapping)
+    expected = [p for row in _rows(table) if (p := _expected_point(row, tag_keys=tag_keys)) is not None]
     parsed = parse_line_protocol(data)
     assert len(parsed) == len(expected) == report.lines_out
     for got, want in zip(parsed, expected, strict=True):
@@ -957,7 +1050,7 @@ def test_random_nasty_rows_round_trip_through_a_reference_parser():
     assert report.rows_without_time and report.rows_with_time_out_of_range
     assert report.rows_with_unusable_measurement and report.rows_without_fields
     assert report.rows_with_newline_in_tag and report.rows_with_unwritable_backslash
-    assert report.empty_tags and report.non_finite_values
+    assert report.rows_with_misread_line_end and report.empty_tags and report.non_finite_values
 
 
 def _client_line(row: dict) -> str:
@@ -973,7 +1066,7 @@ def _client_line(row: dict) -> str:
 
 
 def test_same_points_as_influxdb_client_where_both_are_defined():
-    table = _random_rows(seed=7, n=1500)
+    table = _random_rows(seed=7, n=2000)
     # influxdb-client's Point writes uint64 only through from_dict(field_types=...); leave it out.
     field_keys = tuple(key for key in FIELD_KEYS if key != "u")
     mapping = PointMapping(
@@ -989,11 +1082,11 @@ def test_same_points_as_influxdb_client_where_both_are_defined():
             continue
         mine = next(ours)
         series = [row["measure"]] + [row[key] or "" for key in TAG_KEYS]
-        if any(ch in s for s in series for ch in "\t\x00"):
-            continue  # the client escapes a tab as "\t" and leaves a leading NUL; see below
-        if _unwritable_in_measurement(row["measure"]) or any(map(_unwritable_backslash, series[1:])):
-            continue
-        (theirs,) = parse_line_protocol(_client_line(row).encode() + b"\n")
+        if any(ch in s for s in series for ch in "\t\x00\n\r"):
+            continue  # the client escapes these as text (a tab as "\t"), or leaves a leading NUL
+        # One line, read as a line: the client sorts the tags, which can change where the line
+        # splitter would end it among others (our line was checked for that above).
+        theirs = _parse_line(_client_line(row) + "\n")
         # The client sorts tags and fields by key; InfluxDB does the same on its side.
         assert (mine[0], sorted(mine[1]), mine[2], mine[3]) == theirs
         compared += 1
