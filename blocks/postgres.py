@@ -634,8 +634,9 @@ class PostgresTarget(Block):
             except psycopg.errors.IntegrityError as exc:
                 raise TargetGuardError(
                     f"{table.qualified} refused the chunk: {exc}".strip()
-                    + "\nThe target already holds rows with these keys (loaded by an earlier job?): use "
-                    "load_mode upsert or replace, or resume that job instead of starting a new one"
+                    + "\nThe target already holds rows with these keys that no other migration job's ledger "
+                    "range covers (written by hand or by another tool?): use load_mode upsert or replace, "
+                    "or delete those rows first"
                 ) from None
         return rows
 
