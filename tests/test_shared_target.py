@@ -53,9 +53,9 @@ def chunk_statuses(pg_connect, job_id: str) -> dict[str, tuple]:
 def test_influxdb_jobs_over_one_range_refuse_share_and_roll_back_without_losing_points(
     tmp_path, servers, pg_database, pg_connect, influx_database
 ):
+    from flows.job_list import recent_jobs
     from flows.migrate import migrate
     from flows.rollback import rollback
-    from flows.job_list import recent_jobs
     from flows.status import job_status, with_ledger
 
     records = single_measure_records(3_000, days=3)
