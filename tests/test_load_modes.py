@@ -188,7 +188,9 @@ def test_append_refuses_a_range_another_job_loaded(
         [{"name": "PAGE_VIEWS", "chunk_column": "VIEWED_AT", "chunk_interval": "1d"}],
     )
     first = migrate(source_name="analytics", migrations_file=str(path), end_time="2024-03-03T00:00:00Z")
-    with pytest.raises(RuntimeError, match=rf"job {first.job_id} \(completed\) already loaded VIEWED_AT in") as refused:
+    with pytest.raises(
+        RuntimeError, match=rf"job {first.job_id} \(completed\) already loaded VIEWED_AT in"
+    ) as refused:
         migrate(source_name="analytics", migrations_file=str(path), start_time="2024-03-02T12:00:00Z")
     assert "resume" not in str(refused.value).lower()  # the other job is completed: nothing to resume
     assert f"rollback/by-job -p job_id={first.job_id}" in str(refused.value)
