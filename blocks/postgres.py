@@ -194,8 +194,8 @@ class PostgresTarget(Block):
                     )
                 if run and run["fingerprint"] != fingerprint:
                     raise TargetGuardError(
-                        f"job {job_id} was started with other tables, modes or time window; "
-                        "rerun it with its original parameters, or start a new job"
+                        f"job {job_id} was started with other tables, modes or target settings in its "
+                        "migrations file; restore them to run it again, or start a new job"
                     )
             elif not no_resume:
                 since = datetime.now(UTC) - resumable_within
@@ -366,6 +366,14 @@ class PostgresTarget(Block):
         if dropped:
             conn.execute(sql.SQL("DROP TABLE {}").format(ident))
         return TableRollback(table=name, rows_deleted=deleted, dropped=dropped, rows_kept=kept)
+
+    def job_runs(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """job id -> its ledger row, for those of `job_ids` the ledger holds (one query)."""
+        with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
+            if not pg_ledger.ledger_exists(conn):
+                return {}
+            cur.execute("SELECT * FROM migration_status.migration_runs WHERE job_id = ANY(%s)", (job_ids,))
+            return {row["job_id"]: row for row in cur.fetchall()}
 
     def job_run(self, job_id: str) -> dict[str, Any] | None:
         with self.connect() as conn:

@@ -22,7 +22,9 @@ from prefect.client.schemas.objects import Artifact, FlowRun
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from pydantic import BaseModel
 
+from flows.ledger_view import ledger_views
 from flows.status import (
+    LEDGER_WINS,
     MIGRATE_FLOW,
     RUN_PAGE,
     JobState,
@@ -118,6 +120,23 @@ def recent_jobs(migration: str | None = None, limit: int = 20) -> JobList:
             summary.state = "pending"  # still checking connections and planning
         jobs.append(summary)
     return JobList(jobs=jobs, runs_without_job=untagged)
+
+
+def with_ledgers(found: JobList, migrations_file: str | None = None) -> JobList:
+    """Where a job's ledger knows better than its newest flow run (rolled back, or data removed
+    or replaced by another job since), the ledger's status and counts win, as in `flows.status`."""
+    by_migration: dict[str, list[str]] = {}
+    for job in found.jobs:
+        if job.migration:
+            by_migration.setdefault(job.migration, []).append(job.job_id)
+    views = ledger_views(by_migration, migrations_file)
+    for job in found.jobs:
+        view = views.get(job.job_id)
+        if view is not None and view.status in LEDGER_WINS:
+            job.state = view.status
+            job.rows, job.chunks_done, job.chunks_total = view.rows_total, view.chunks_done, view.chunks_total
+            job.percent = 100.0 * view.chunks_done / view.chunks_total if view.chunks_total else None
+    return found
 
 
 def _runs_of_jobs(client: SyncPrefectClient, job_ids: list[str]) -> dict[str, list[FlowRun]]:

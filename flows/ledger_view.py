@@ -45,6 +45,37 @@ def ledger_view(job_id: str, migration: str | None, migrations_file: str | None 
     )
 
 
+def ledger_views(jobs: dict[str, list[str]], migrations_file: str | None = None) -> dict[str, LedgerView]:
+    """job id -> its ledger row, for jobs grouped by migration (one query per migration). A
+    migration whose ledger cannot be read gives each of its jobs a view saying why."""
+    views: dict[str, LedgerView] = {}
+    for migration, job_ids in jobs.items():
+        try:
+            from tasks.config import load_migration, migrations_path
+            from tasks.connections import build_ledger
+
+            spec = load_migration(migration, migrations_path(migrations_file))
+            runs = build_ledger(spec).job_runs(job_ids)
+        except Exception as exc:  # the ledger is extra here: say why it was not read, and go on
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            views.update({job: LedgerView(unread=reason) for job in job_ids})
+            continue
+        for job in job_ids:
+            run = runs.get(job)
+            views[job] = (
+                LedgerView(unread=f"job {job} is not in the ledger of migration {migration!r}")
+                if run is None
+                else LedgerView(
+                    status=run["status"],
+                    chunks_done=run["chunks_done"],
+                    chunks_total=run["chunks_total"],
+                    rows_total=run["rows_total"],
+                    error=run["error"],
+                )
+            )
+    return views
+
+
 def render_ledger(view: LedgerView) -> str:
     if view.unread:
         return f"not read ({view.unread})"

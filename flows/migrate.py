@@ -94,7 +94,10 @@ def migrate(
     tables = inspect_source(spec)
 
     picked = job_id is None
-    job_id, how = start_job(spec, run_window, job_id, job_name, no_resume, resume_max_age_hours)
+    explicit = any(v is not None for v in (start_time, end_time, batch_size))
+    job_id, how, run_window = start_job(
+        spec, run_window, job_id, job_name, no_resume, resume_max_age_hours, explicit
+    )
     resumed = how is not JobStart.NEW
     kept = True
     with hold_job_run(spec, job_id, picked):  # one live run per job; a second one refuses here

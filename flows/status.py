@@ -44,7 +44,7 @@ JobState = Literal[
     "pending", "running", "completed", "failed", "cancelled", "incomplete", "superseded", "rolled_back"
 ]
 # Ledger statuses that say more than the newest flow run can: data changed after the run.
-_LEDGER_WINS = ("incomplete", "superseded", "rolled_back")
+LEDGER_WINS = ("incomplete", "superseded", "rolled_back")
 
 _STATE_OF: dict[StateType, JobState] = {
     StateType.SCHEDULED: "pending",  # also Late and AwaitingRetry
@@ -351,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     api = PREFECT_API_URL.value() or "the local (ephemeral) Prefect API"
     try:
         if args.job is None:
-            from flows.job_list import recent_jobs, render_list
+            from flows.job_list import recent_jobs, render_list, with_ledgers
 
             found = recent_jobs(args.list or None, args.limit)
+            if not args.no_ledger:
+                with_ledgers(found, args.migrations_file)
             print(found.model_dump_json(indent=2) if args.json else render_list(found))
             return 0
         status, lookup_error = None, ""
@@ -393,7 +395,7 @@ def with_ledger(status: JobStatus, migrations_file: str | None = None) -> JobSta
     was removed or replaced since, or it was rolled back), its status and counts win: status
     never reports data that is no longer there."""
     status.ledger = ledger_view(status.job_id, status.migration, migrations_file)
-    if status.ledger.status in _LEDGER_WINS:
+    if status.ledger.status in LEDGER_WINS:
         status.state = status.ledger.status
         status.rows = status.ledger.rows_total
         status.chunks_done, status.chunks_total = status.ledger.chunks_done, status.ledger.chunks_total

@@ -31,18 +31,23 @@ def other_job_options(job_id: str, status: str) -> str:
 
 def refuse_overlap(plan: TablePlan, job_id: str, loaded: list[dict]) -> None:
     """Refuse an `append` job whose chunks overlap ranges other jobs loaded into its table."""
-    clashes: dict[str, list[str]] = {}
+    found: dict[str, list[tuple[Bound, str]]] = {}
     status: dict[str, str] = {}
     for row in loaded:
         lo = parse_bound(plan.chunk_kind, row["lower_bound"])
         hi = parse_bound(plan.chunk_kind, row["upper_bound"])
         if any(_overlaps(c.lower, c.upper, lo, hi) for c in plan.chunks):
-            clashes.setdefault(row["job_id"], []).append(f"[{row['lower_bound']}, {row['upper_bound']})")
+            found.setdefault(row["job_id"], []).append((lo, f"[{row['lower_bound']}, {row['upper_bound']})"))
             status[row["job_id"]] = row.get("job_status", "")
+    # In key or time order (an unbounded start first), not text order.
+    clashes = {
+        job: [text for _, text in sorted(ranges, key=lambda r: (r[0] is not None, r[0] or 0))]
+        for job, ranges in found.items()
+    }
     if not clashes:
         return
     lines = [
-        f"job {other} ({status[other]}) already loaded {plan.spec.chunk_column} in {_some(sorted(ranges))}; "
+        f"job {other} ({status[other]}) already loaded {plan.spec.chunk_column} in {_some(ranges)}; "
         f"to load those rows again, {other_job_options(other, status[other])}"
         for other, ranges in sorted(clashes.items())
     ]

@@ -46,12 +46,30 @@ def start_job(
     job_name: str | None,
     no_resume: bool,
     resume_max_age_hours: float,
-) -> tuple[str, JobStart]:
+    explicit_window: bool = False,
+) -> tuple[str, JobStart, RunWindow]:
     """The job to run: the given one, the newest resumable one, the newest completed one with
-    the same tables, modes and window (nothing left to do), or a new one. Returns (job_id, how)."""
+    the same tables, modes and window (nothing left to do), or a new one. Returns (job_id,
+    how, the job's window).
+
+    A job given by id keeps the window it started with (start_time, end_time, batch_size), so
+    it resumes by its id alone. When the run also sets some of them (`explicit_window`) and
+    they differ, it raises `TargetGuardError` naming both."""
+    ledger = build_ledger(spec)
+    if job_id:
+        run = ledger.job_run(job_id)
+        if run is not None and run["migration"] == spec.name and "window" in (run["parameters"] or {}):
+            recorded = RunWindow.model_validate(run["parameters"]["window"])
+            if explicit_window and recorded != window:
+                raise TargetGuardError(
+                    f"job {job_id} was started with {describe_window(recorded)}; this run asks for "
+                    f"{describe_window(window)}. Run it again without start_time, end_time and batch_size "
+                    "(it keeps its own), or start a new job for the new window"
+                )
+            window = recorded
     context = get_run_context()
     flow_run = getattr(context.task_run, "flow_run_id", None)
-    return build_ledger(spec).start_job(
+    job_id, how = ledger.start_job(
         job_id=job_id,
         migration=spec.name,
         job_name=job_name,
@@ -61,6 +79,12 @@ def start_job(
         no_resume=no_resume,
         resumable_within=timedelta(hours=resume_max_age_hours),
     )
+    return job_id, how, window
+
+
+def describe_window(window: RunWindow) -> str:
+    parts = [f"{name}={value}" for name, value in window.model_dump().items() if value is not None]
+    return ", ".join(parts) if parts else "no start_time, end_time or batch_size"
 
 
 @contextmanager

@@ -106,8 +106,14 @@ def refuse_claimed_rollback(job_id: str, claims: list[dict]) -> None:
     if not claims:
         return
     by_job: dict[str, list[dict]] = {}
+    merged: dict[tuple, dict] = {}  # one entry per claimed chunk, however many chunks overwrote it
     for c in claims:
-        by_job.setdefault(c["job_id"], []).append(c)
+        key = (c["job_id"], c["table_name"], c["chunk_id"])
+        if key in merged:
+            merged[key]["rows"] = (merged[key].get("rows") or 0) + (c.get("rows") or 0)
+            continue
+        merged[key] = dict(c)
+        by_job.setdefault(c["job_id"], []).append(merged[key])
     lines = []
     for other, chunks in sorted(by_job.items()):
         ranges = [

@@ -53,7 +53,7 @@ def chunk_statuses(pg_connect, job_id: str) -> dict[str, tuple]:
 def test_influxdb_jobs_over_one_range_refuse_share_and_roll_back_without_losing_points(
     tmp_path, servers, pg_database, pg_connect, influx_database
 ):
-    from flows.job_list import recent_jobs
+    from flows.job_list import recent_jobs, with_ledgers
     from flows.migrate import migrate
     from flows.rollback import rollback
     from flows.status import job_status, with_ledger
@@ -139,6 +139,9 @@ def test_influxdb_jobs_over_one_range_refuse_share_and_roll_back_without_losing_
         3,
     )
     assert "run the job again with job_id" in shown.errors[-1]
+    listed = {j.job_id: j for j in with_ledgers(recent_jobs("energy", 200), str(path)).jobs}
+    assert (listed[first.job_id].state, listed[first.job_id].rows) == ("incomplete", day1.num_rows)
+    assert listed[second.job_id].state == "rolled_back"
 
     # Running the first job again loads exactly the chunks it lost.
     back = migrate(source_name="energy", migrations_file=str(path), job_id=first.job_id)
@@ -205,6 +208,15 @@ def test_postgres_append_jobs_side_by_side_roll_back_only_their_own_rows(
     first = migrate(source_name="analytics", migrations_file=str(path), end_time=split)
     again = migrate(source_name="analytics", migrations_file=str(path), end_time=split)
     assert again.job_id == first.job_id and again.already_complete and again.rows_loaded_now == 0
+    # By its id alone, the job keeps the window it started with; another window is refused.
+    by_id = migrate(source_name="analytics", migrations_file=str(path), job_id=first.job_id)
+    assert by_id.already_complete and by_id.rows == first.rows
+    with pytest.raises(
+        TargetGuardError, match=r"was started with end_time=2024-03-03 00:00:00\+00:00; this run asks for"
+    ):
+        migrate(
+            source_name="analytics", migrations_file=str(path), job_id=first.job_id, end_time="2024-03-04"
+        )
     second = migrate(source_name="analytics", migrations_file=str(path), start_time=split)
     assert second.job_id != first.job_id and second.rows > 0
 
