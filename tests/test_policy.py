@@ -7,6 +7,7 @@ import logging
 import pickle
 from concurrent.futures import Future
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 
@@ -97,11 +98,17 @@ def test_a_migration_error_is_raised_at_once_and_unchanged(sleeps):
 # --- the circuit breaker of run_chunks ----------------------------------------------------------
 
 
-class _Plan:
-    """What run_chunks needs of a TablePlan: its chunks, and a copy without them."""
+class _Chunk:
+    def __init__(self, index: int):
+        self.index, self.chunk_id = index, f"{index:05d}"
 
-    def __init__(self, chunks: list[int]):
+
+class _Plan:
+    """What run_chunks needs of a TablePlan: its table's name, its chunks, and a copy without them."""
+
+    def __init__(self, chunks: list[_Chunk]):
         self.chunks = chunks
+        self.spec = SimpleNamespace(name="t")
 
     def model_copy(self, update: dict) -> _Plan:
         return _Plan(update["chunks"])
@@ -131,8 +138,8 @@ def run_chunks_with(monkeypatch, outcomes: list[bool], limit: int) -> tuple[str 
 
     started: list[int] = []
 
-    def submit(parameters: dict) -> Future:
-        index = parameters["chunk"]
+    def submit(task, parameters: dict) -> Future:
+        index = parameters["chunk"].index
         started.append(index)
         future: Future = Future()
         if outcomes[index]:
@@ -159,7 +166,9 @@ def run_chunks_with(monkeypatch, outcomes: list[bool], limit: int) -> tuple[str 
         }
     )
     reports: list = []
-    error = migrate_module.run_chunks(spec, "job", [_Plan(list(range(len(outcomes))))], True, reports)
+    error = migrate_module.run_chunks(
+        spec, "job", [_Plan([_Chunk(i) for i in range(len(outcomes))])], True, reports
+    )
     return error, started, reports
 
 
