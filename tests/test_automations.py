@@ -269,17 +269,25 @@ def test_validation_failed_event_reaches_the_webhook(receiver, prefix):
 
     ensure_automations(webhook_url=receiver.url, name_prefix=prefix, auto_resume=False, zombie_runs=False)
     job = f"test-{secrets.token_hex(3)}"
-    emit_event(
-        event="migration.validation.failed",
-        resource={
-            "prefect.resource.id": f"migration.job.{job}",
-            "migration.table": "EVENTS",
-            "migration.chunk": "0007",
-        },
-        payload={"error": "checksum mismatch in column AMOUNT"},
-    )
-
-    message = receiver.wait_for(lambda m: job in m.get("subject", ""))
+    # The server's trigger service learns of a new automation a moment after it is saved; an
+    # event it sees before then matches nothing. So the event is sent again until it notifies.
+    message = None
+    for _ in range(6):
+        emit_event(
+            event="migration.validation.failed",
+            resource={
+                "prefect.resource.id": f"migration.job.{job}",
+                "migration.table": "EVENTS",
+                "migration.chunk": "0007",
+            },
+            payload={"error": "checksum mismatch in column AMOUNT"},
+        )
+        try:
+            message = receiver.wait_for(lambda m: job in m.get("subject", ""), timeout=10)
+            break
+        except AssertionError:
+            continue
+    assert message is not None, f"no notification for job {job} within 60 s; got {receiver.messages}"
     assert message["subject"] == f"Migration validation failed: job {job}, EVENTS chunk 0007"
     assert f"Job: {job}\nTable: EVENTS\nChunk: 0007\n" in message["body"]
     assert "Error: checksum mismatch in column AMOUNT" in message["body"]
