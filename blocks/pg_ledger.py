@@ -127,25 +127,21 @@ def get_run(conn: psycopg.Connection, job_id: str) -> dict[str, Any] | None:
         return cur.fetchone()
 
 
-def newest_unfinished_run(
-    conn: psycopg.Connection, migration: str, fingerprint: str, since: datetime
+def newest_run(
+    conn: psycopg.Connection,
+    migration: str,
+    fingerprint: str,
+    statuses: tuple[str, ...],
+    since: datetime | None = None,
 ) -> dict[str, Any] | None:
+    """The newest job of `migration` with this fingerprint (tables, modes, window) in one of
+    `statuses`, started at `since` or later when given."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT * FROM migration_status.migration_runs WHERE migration = %s AND fingerprint = %s "
-            "AND status = ANY(%s) AND started_at >= %s ORDER BY started_at DESC LIMIT 1",
-            (migration, fingerprint, list(UNFINISHED), since),
-        )
-        return cur.fetchone()
-
-
-def newest_completed_run(conn: psycopg.Connection, migration: str, fingerprint: str) -> dict[str, Any] | None:
-    """The newest completed job of `migration` with the same tables, modes and window."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "SELECT * FROM migration_status.migration_runs WHERE migration = %s AND fingerprint = %s "
-            "AND status = 'completed' ORDER BY started_at DESC LIMIT 1",
-            (migration, fingerprint),
+            "AND status = ANY(%s) AND (%s::timestamptz IS NULL OR started_at >= %s) "
+            "ORDER BY started_at DESC LIMIT 1",
+            (migration, fingerprint, list(statuses), since, since),
         )
         return cur.fetchone()
 

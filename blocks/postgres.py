@@ -199,8 +199,8 @@ class PostgresTarget(Block):
                     )
             elif not no_resume:
                 since = datetime.now(UTC) - resumable_within
-                run = pg_ledger.newest_unfinished_run(conn, migration, fingerprint, since)
-                run = run or pg_ledger.newest_completed_run(conn, migration, fingerprint)
+                run = pg_ledger.newest_run(conn, migration, fingerprint, pg_ledger.UNFINISHED, since)
+                run = run or pg_ledger.newest_run(conn, migration, fingerprint, ("completed",))
             if run:
                 if run["status"] == "rolled_back":
                     raise TargetGuardError(f"job {run['job_id']} was rolled back; start a new job")
@@ -258,20 +258,10 @@ class PostgresTarget(Block):
 
     def loaded_ranges(self, target: str, exclude_job: str) -> list[dict[str, Any]]:
         """Chunk ranges other jobs (not rolled back) loaded into `target`; [] before any ledger exists."""
-        with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
-            if (
-                conn.execute("SELECT to_regclass('migration_status.migration_chunk_status')").fetchone()[0]
-                is None
-            ):
+        with self.connect() as conn:
+            if not pg_ledger.ledger_exists(conn):
                 return []
-            cur.execute(
-                "SELECT c.job_id, c.lower_bound, c.upper_bound, r.status AS job_status "
-                "FROM migration_status.migration_chunk_status c "
-                "JOIN migration_status.migration_runs r USING (job_id) WHERE c.target_table = %s "
-                "AND c.job_id <> %s AND c.status = 'loaded' AND r.status <> 'rolled_back'",
-                (target, exclude_job),
-            )
-            return cur.fetchall()
+            return ledger_claims.live_chunks_for_target(conn, exclude_job, target)
 
     def point_claims(
         self,

@@ -22,9 +22,8 @@ from prefect.client.schemas.objects import Artifact, FlowRun
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from pydantic import BaseModel
 
-from flows.ledger_view import ledger_views
+from flows.ledger_view import apply_ledger, ledger_views
 from flows.status import (
-    LEDGER_WINS,
     MIGRATE_FLOW,
     RUN_PAGE,
     JobState,
@@ -131,11 +130,7 @@ def with_ledgers(found: JobList, migrations_file: str | None = None) -> JobList:
             by_migration.setdefault(job.migration, []).append(job.job_id)
     views = ledger_views(by_migration, migrations_file)
     for job in found.jobs:
-        view = views.get(job.job_id)
-        if view is not None and view.status in LEDGER_WINS:
-            job.state = view.status
-            job.rows, job.chunks_done, job.chunks_total = view.rows_total, view.chunks_done, view.chunks_total
-            job.percent = 100.0 * view.chunks_done / view.chunks_total if view.chunks_total else None
+        apply_ledger(job, views.get(job.job_id))
     return found
 
 

@@ -8,7 +8,12 @@ rollback (`rolled_back`), or a run that was killed (`running` with no live run).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
+
+# Ledger statuses that say more than the newest flow run can: data changed after the run.
+LEDGER_WINS = ("incomplete", "superseded", "rolled_back")
 
 
 class LedgerView(BaseModel):
@@ -26,23 +31,7 @@ def ledger_view(job_id: str, migration: str | None, migrations_file: str | None 
     Never raises: status works without the ledger, from Prefect's API alone."""
     if not migration:
         return LedgerView(unread="the flow run names no migration")
-    try:
-        from tasks.config import load_migration, migrations_path
-        from tasks.connections import build_ledger
-
-        spec = load_migration(migration, migrations_path(migrations_file))
-        run = build_ledger(spec).job_run(job_id)
-    except Exception as exc:  # the ledger is extra here: say why it was not read, and go on
-        return LedgerView(unread=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
-    if run is None:
-        return LedgerView(unread=f"job {job_id} is not in the ledger of migration {migration!r}")
-    return LedgerView(
-        status=run["status"],
-        chunks_done=run["chunks_done"],
-        chunks_total=run["chunks_total"],
-        rows_total=run["rows_total"],
-        error=run["error"],
-    )
+    return ledger_views({migration: [job_id]}, migrations_file)[job_id]
 
 
 def ledger_views(jobs: dict[str, list[str]], migrations_file: str | None = None) -> dict[str, LedgerView]:
@@ -74,6 +63,19 @@ def ledger_views(jobs: dict[str, list[str]], migrations_file: str | None = None)
                 )
             )
     return views
+
+
+def apply_ledger(summary: Any, view: LedgerView | None) -> bool:
+    """Where the ledger knows better than the newest flow run (the job was rolled back, or its
+    data removed or replaced by another job since), put its status and counts on `summary` (a
+    status or a job-list line). Returns whether it did."""
+    if view is None or view.status not in LEDGER_WINS:
+        return False
+    summary.state = view.status
+    summary.rows = view.rows_total
+    summary.chunks_done, summary.chunks_total = view.chunks_done, view.chunks_total
+    summary.percent = 100.0 * view.chunks_done / view.chunks_total if view.chunks_total else None
+    return True
 
 
 def render_ledger(view: LedgerView) -> str:

@@ -37,14 +37,13 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFil
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
 
-from flows.ledger_view import LedgerView, ledger_view, render_ledger
+from flows.ledger_view import LedgerView, apply_ledger, ledger_view, render_ledger
 from tasks.progress import STAGES, artifact_slug
 
 JobState = Literal[
     "pending", "running", "completed", "failed", "cancelled", "incomplete", "superseded", "rolled_back"
 ]
-# Ledger statuses that say more than the newest flow run can: data changed after the run.
-LEDGER_WINS = ("incomplete", "superseded", "rolled_back")
+
 
 _STATE_OF: dict[StateType, JobState] = {
     StateType.SCHEDULED: "pending",  # also Late and AwaitingRetry
@@ -395,14 +394,8 @@ def with_ledger(status: JobStatus, migrations_file: str | None = None) -> JobSta
     was removed or replaced since, or it was rolled back), its status and counts win: status
     never reports data that is no longer there."""
     status.ledger = ledger_view(status.job_id, status.migration, migrations_file)
-    if status.ledger.status in LEDGER_WINS:
-        status.state = status.ledger.status
-        status.rows = status.ledger.rows_total
-        status.chunks_done, status.chunks_total = status.ledger.chunks_done, status.ledger.chunks_total
-        if status.ledger.chunks_total:
-            status.percent = 100.0 * status.ledger.chunks_done / status.ledger.chunks_total
-        if status.ledger.error:
-            status.errors.append(status.ledger.error)
+    if apply_ledger(status, status.ledger) and status.ledger.error:
+        status.errors.append(status.ledger.error)
     return status
 
 
