@@ -14,7 +14,7 @@ import urllib3
 from bench.migrate_runs import pg_settings, run_migrate, write_migration
 from bench.report import Row, met
 from bench.stack import Stack
-from blocks.line_protocol import FieldSpec, PointMapping, encode_batch
+from blocks.influxdb.line_protocol import FieldSpec, PointMapping, encode_batch
 from devstack.servers import influxql
 
 DAYS = 4  # chunk_interval 1d: four chunks, 250k points each at 1M

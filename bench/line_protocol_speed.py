@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from blocks.line_protocol import FieldSpec, PointMapping, encode_batch
+from blocks.influxdb.line_protocol import FieldSpec, PointMapping, encode_batch
 
 
 def main(n: int = 200_000) -> None:

@@ -42,7 +42,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect_aws import AwsCredentials
 from pydantic import SecretStr
 
-from blocks.sns import SnsNotification
+from blocks.notify.sns import SnsNotification
 
 FLOW_NAME = "migrate"
 RUN_FINISHED = "migration-run-finished"

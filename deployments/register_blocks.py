@@ -7,15 +7,15 @@ Idempotent: registering again updates the block types in place.
 
 from __future__ import annotations
 
-from blocks.influxdb import InfluxDBTarget
-from blocks.parquet_files import ParquetFilesSource
-from blocks.pg_source import PostgresSource
-from blocks.postgres import PostgresTarget
-from blocks.s3_staging import S3Staging
-from blocks.snowflake import SnowflakeSource
-from blocks.sns import SnsNotification
-from blocks.staging import LocalStaging
-from blocks.timestream import TimestreamSource
+from blocks.influxdb.target import InfluxDBTarget
+from blocks.notify.sns import SnsNotification
+from blocks.parquet.source import ParquetFilesSource
+from blocks.postgres.source import PostgresSource
+from blocks.postgres.target import PostgresTarget
+from blocks.snowflake.source import SnowflakeSource
+from blocks.staging.local import LocalStaging
+from blocks.staging.s3 import S3Staging
+from blocks.timestream.source import TimestreamSource
 
 BLOCK_TYPES = (
     PostgresTarget,

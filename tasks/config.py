@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from blocks.errors import ConfigError
-from blocks.postgres import LoadMode
+from blocks.postgres.target import LoadMode
 
 DEFAULT_MIGRATIONS_FILE = Path(__file__).resolve().parent.parent / "migrations.yaml"
 

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from prefect import task
 
 from blocks.errors import ConfigError, ConnectionCheckError
-from blocks.pg_source import PostgresSource
-from blocks.postgres import PostgresTarget
-from blocks.staging import LocalStaging
+from blocks.postgres.source import PostgresSource
+from blocks.postgres.target import PostgresTarget
+from blocks.staging.local import LocalStaging
 from tasks.config import (
     AwsAccess,
     InfluxSettings,
@@ -34,11 +34,11 @@ from tasks.policy import STEP_RETRIES
 if TYPE_CHECKING:
     from prefect_aws import AwsCredentials
 
-    from blocks.influxdb import InfluxDBTarget
-    from blocks.parquet_files import ParquetTables
-    from blocks.s3_staging import S3Staging
-    from blocks.snowflake import SnowflakeSource
-    from blocks.timestream import TimestreamSource
+    from blocks.influxdb.target import InfluxDBTarget
+    from blocks.parquet.source import ParquetTables
+    from blocks.snowflake.source import SnowflakeSource
+    from blocks.staging.s3 import S3Staging
+    from blocks.timestream.source import TimestreamSource
 
 
 def _load_block(block_type, name: str, setting: str):
@@ -69,7 +69,7 @@ def build_source(spec: MigrationSpec) -> SnowflakeSource | TimestreamSource | Pa
     if isinstance(s, TimestreamSettings):
         return _timestream_source(s)
     if isinstance(s, ParquetSettings):
-        from blocks.parquet_files import ParquetTables
+        from blocks.parquet.source import ParquetTables
 
         tables = {t.name: (t.path, t.manifest) for t in spec.tables}
         return ParquetTables(location=s.location, credentials=aws_credentials(s, "source"), tables=tables)
@@ -77,7 +77,7 @@ def build_source(spec: MigrationSpec) -> SnowflakeSource | TimestreamSource | Pa
         return _postgres_source(s)
     from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
-    from blocks.snowflake import SnowflakeSource
+    from blocks.snowflake.source import SnowflakeSource
 
     if s.block:
         connector = _load_block(SnowflakeConnector, s.block, "source.block")
@@ -115,7 +115,7 @@ def _postgres_source(s: PostgresSettings) -> PostgresSource:
 
 
 def _timestream_source(s: TimestreamSettings) -> TimestreamSource:
-    from blocks.timestream import TimestreamSource
+    from blocks.timestream.source import TimestreamSource
 
     if s.block:
         return _load_block(TimestreamSource, s.block, "source.block")
@@ -140,7 +140,7 @@ def build_ledger(spec: MigrationSpec) -> PostgresTarget:
 
 
 def _influx_target(t: InfluxSettings) -> InfluxDBTarget:
-    from blocks.influxdb import InfluxDBTarget
+    from blocks.influxdb.target import InfluxDBTarget
 
     if t.block:
         return _load_block(InfluxDBTarget, t.block, "target.block")
@@ -183,7 +183,7 @@ def build_staging(spec: MigrationSpec) -> LocalStaging | S3Staging:
         return LocalStaging(path=s.path)
     from prefect_aws import S3Bucket
 
-    from blocks.s3_staging import S3Staging
+    from blocks.staging.s3 import S3Staging
 
     if s.bucket_block:
         bucket = _load_block(S3Bucket, s.bucket_block, "staging.bucket_block")

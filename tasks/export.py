@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from blocks.arrow_types import conform
 from blocks.errors import SourceSchemaError
-from blocks.pg_source import PostgresSource
-from tasks.arrow_types import conform
+from blocks.postgres.source import PostgresSource
 from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
 from tasks.plan import Chunk, TablePlan, check_schema_drift
@@ -82,7 +82,7 @@ def check_source_columns(source: Any, plan: TablePlan) -> None:
     drifted from the plan. Those tables can be altered under a running job, and describing
     one is a catalog query; Parquet files are checked against each other before a run, and a
     Timestream DESCRIBE is a billed query, so those are not described again."""
-    snowflake = sys.modules.get("blocks.snowflake")  # loaded only by migrations that use it
+    snowflake = sys.modules.get("blocks.snowflake.source")  # loaded only by migrations that use it
     alterable = isinstance(source, PostgresSource) or (
         snowflake is not None and isinstance(source, snowflake.SnowflakeSource)
     )

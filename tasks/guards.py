@@ -6,8 +6,8 @@ never "resume" a job that has already completed.
 
 from __future__ import annotations
 
-from blocks import pg_ledger
 from blocks.errors import TargetGuardError
+from blocks.postgres import ledger as pg_ledger
 from tasks.plan import Bound, TablePlan, parse_bound
 
 
@@ -64,7 +64,7 @@ def refuse_point_overlap(
     plan: TablePlan, job_id: str, claims: list[dict], where: str = "this job's chunks"
 ) -> None:
     """Refuse InfluxDB points over measurement time ranges other live jobs loaded
-    (`blocks.ledger_claims.point_claims`), naming each job, measurement and range."""
+    (`blocks.postgres.ledger_claims.point_claims`), naming each job, measurement and range."""
     if not claims:
         return
     by_job: dict[str, dict] = {}

@@ -11,10 +11,10 @@ from datetime import timedelta
 from prefect import task
 from prefect.context import get_run_context
 
-from blocks import pg_ledger
 from blocks.columns import Column
 from blocks.errors import TargetGuardError
-from blocks.postgres import JobStart, LoadMode
+from blocks.postgres import ledger as pg_ledger
+from blocks.postgres.target import JobStart, LoadMode
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_staging, build_target
 from tasks.guards import refuse_overlap, refuse_point_overlap

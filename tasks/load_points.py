@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from blocks.errors import ValidationFailed
-from blocks.postgres import refuse_final_chunk
+from blocks.postgres.target import refuse_final_chunk
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_staging, build_target
 from tasks.guards import refuse_point_overlap

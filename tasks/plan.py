@@ -17,14 +17,14 @@ import pyarrow as pa
 from prefect import task
 from pydantic import BaseModel
 
+from blocks.arrow_types import staged_schema
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConfigError, SourceSchemaError
-from blocks.line_protocol import MAX_TIME_NS, MIN_TIME_NS
-from blocks.postgres import TargetTable
-from tasks.arrow_types import staged_schema
+from blocks.influxdb.line_protocol import MAX_TIME_NS, MIN_TIME_NS
+from blocks.influxdb.mapping import PointsPlan, resolve_points
+from blocks.postgres.target import TargetTable
 from tasks.config import MigrationSpec, RunWindow, TableSpec
 from tasks.connections import build_source
-from tasks.mapping import PointsPlan, resolve_points
 from tasks.policy import STEP_RETRIES
 
 DEFAULT_CHUNK_SIZE = 100_000

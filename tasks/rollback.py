@@ -16,8 +16,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from blocks import ledger_claims, pg_ledger
 from blocks.errors import ConfigError, TargetGuardError
+from blocks.postgres import ledger as pg_ledger
+from blocks.postgres import ledger_claims
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_staging, build_target
 from tasks.policy import STEP_RETRIES

@@ -40,7 +40,7 @@ def die(point: str, chunk_id: str) -> None:
 def arm(point: str, selected: Callable[[str], bool]) -> None:
     """Patch the functions of `point` so that the selected chunk dies there."""
     if point == "export":
-        from blocks.staging import LocalStaging
+        from blocks.staging.local import LocalStaging
 
         real_write = LocalStaging.write
 
@@ -52,8 +52,8 @@ def arm(point: str, selected: Callable[[str], bool]) -> None:
 
         LocalStaging.write = write
     elif point == "load":
-        from blocks import pg_ledger
-        from blocks.influxdb import InfluxDBTarget
+        from blocks.influxdb.target import InfluxDBTarget
+        from blocks.postgres import ledger as pg_ledger
 
         real_mark = pg_ledger.mark_chunk_loaded
 
@@ -74,7 +74,7 @@ def arm(point: str, selected: Callable[[str], bool]) -> None:
 
         InfluxDBTarget._send = send
     elif point == "commit":
-        from blocks.postgres import PostgresTarget
+        from blocks.postgres.target import PostgresTarget
         from tasks import load
 
         real_load = load.load_manifest

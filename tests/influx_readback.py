@@ -7,7 +7,7 @@ import json
 import urllib.parse
 import urllib.request
 
-from blocks.influxdb import influxql_ident
+from blocks.influxdb.target import influxql_ident
 
 
 def _request(servers, path: str, body: bytes) -> urllib.request.Request:

@@ -173,7 +173,7 @@ def test_chunk_column_of_a_non_chunkable_type(migrations, pg_connect):
 
 def test_schema_error_is_not_retried(migrations, pg_connect, monkeypatch):
     """A SourceSchemaError is permanent (blocks/errors.py, tasks/policy.py): one look, no retry."""
-    from blocks.snowflake import SnowflakeSource
+    from blocks.snowflake.source import SnowflakeSource
 
     calls: list[str] = []
     real_describe = SnowflakeSource.describe

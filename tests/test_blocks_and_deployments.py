@@ -19,7 +19,7 @@ def test_migration_with_saved_blocks(
 ):
     from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
-    from blocks.postgres import PostgresTarget
+    from blocks.postgres.target import PostgresTarget
     from deployments.register_blocks import register
     from flows.migrate import migrate
 

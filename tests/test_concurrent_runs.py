@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from blocks import pg_ledger
 from blocks.errors import DataConversionError, TargetGuardError
-from blocks.postgres import PostgresTarget
+from blocks.postgres import ledger as pg_ledger
+from blocks.postgres.target import PostgresTarget
 from tests.support import assert_same_rows, source_rows, staged_files, target_rows, write_migrations
 
 CUSTOMERS = {"name": "CUSTOMERS", "chunk_column": "CUSTOMER_ID", "chunk_size": 1000}
@@ -181,8 +181,8 @@ def test_a_failed_run_releases_the_job_for_the_rerun(
 HOLD_THE_JOB = """
 import os, sys, time
 from pydantic import SecretStr
-from blocks import pg_ledger
-from blocks.postgres import PostgresTarget
+from blocks.postgres import ledger as pg_ledger
+from blocks.postgres.target import PostgresTarget
 
 port, dbname, job_id, flow_run_id = sys.argv[1:5]
 ledger = PostgresTarget(host="127.0.0.1", port=int(port), dbname=dbname, password=SecretStr(os.environ["PGPASSWORD"]))

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from blocks.columns import LogicalType
-from blocks.parquet_files import ParquetTables
+from blocks.parquet.source import ParquetTables
 from devstack.energy_data import MEASURES, PLANTS, write_energy_demo
 
 KEY = ["region", "plant", "source", "measure_name", "time"]

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from blocks.errors import ConfigError, ConnectionCheckError, DataConversionError, SourceSchemaError
-from blocks.influxdb import InfluxDBTarget
+from blocks.influxdb.target import InfluxDBTarget
 from tests.energy_support import (
     FIELDS,
     FLOAT_KEYS,
@@ -406,7 +406,7 @@ SINGLE_ROLES |= {"time": "TIMESTAMP"} | {column: "MEASURE_VALUE" for column in V
 def queue_timestream(
     servers, settings: dict, table: str, data: pa.Table, kinds: dict, roles: dict, days: int
 ):
-    from blocks.timestream import TimestreamSource
+    from blocks.timestream.source import TimestreamSource
     from tasks.config import TimestreamSettings
     from tasks.connections import _timestream_source
 

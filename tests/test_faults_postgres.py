@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from blocks import pg_ledger, pg_pool
 from blocks.errors import ConnectionCheckError, MigrationError
-from blocks.postgres import PostgresTarget
+from blocks.postgres import ledger as pg_ledger
+from blocks.postgres import pool as pg_pool
+from blocks.postgres.target import PostgresTarget
 from devstack.servers import PostgresServer, free_port
 from tests.support import assert_same_rows, source_rows, target_rows, write_migrations
 
@@ -136,7 +137,7 @@ def test_connect_errors_name_the_server_never_the_password(private_pg):
 def test_snowflake_unreachable_is_transient_and_fails_the_check(snowflake_kwargs):
     from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
-    from blocks.snowflake import SnowflakeSource
+    from blocks.snowflake.source import SnowflakeSource
 
     source = SnowflakeSource(
         connector=SnowflakeConnector(
@@ -225,7 +226,7 @@ def test_target_restarted_mid_migration_recovers_with_exact_data(
 
         monkeypatch.setattr(pg_ledger, "mark_chunk_loaded", mark_chunk_loaded)
 
-    caplog.set_level("WARNING", logger="blocks.pg_ledger")
+    caplog.set_level("WARNING", logger="blocks.postgres.ledger")
     outcome: dict = {}
 
     def run() -> None:

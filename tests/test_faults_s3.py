@@ -16,7 +16,7 @@ import boto3
 import psycopg
 import pytest
 
-from blocks.s3_staging import S3Staging
+from blocks.staging.s3 import S3Staging
 from devstack.servers import start_moto
 from tests.energy_support import (
     FIELDS,

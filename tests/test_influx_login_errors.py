@@ -11,8 +11,8 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.errors import ConnectionCheckError
-from blocks.influxdb import InfluxDBTarget
-from blocks.line_protocol import FieldSpec, PointMapping
+from blocks.influxdb.line_protocol import FieldSpec, PointMapping
+from blocks.influxdb.target import InfluxDBTarget
 from tasks.config import MigrationSpec
 from tasks.connections import build_target
 

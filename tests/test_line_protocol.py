@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 from influxdb_client import Point, WritePrecision
 
-from blocks.line_protocol import (
+from blocks.influxdb.line_protocol import (
     MAX_TIME_NS,
     MIN_TIME_NS,
     EncodeReport,

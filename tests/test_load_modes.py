@@ -8,7 +8,7 @@ import pytest
 import snowflake.connector
 
 from blocks.errors import DataConversionError
-from blocks.postgres import PostgresTarget
+from blocks.postgres.target import PostgresTarget
 from tests.support import assert_same_rows, source_rows, target_rows, write_migrations
 
 

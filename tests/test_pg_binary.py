@@ -1,4 +1,4 @@
-"""blocks.pg_binary against the real PostgreSQL: what COPY (FORMAT binary) stores must be the
+"""blocks.postgres.pg_binary against the real PostgreSQL: what COPY (FORMAT binary) stores must be the
 source values exactly, for every supported (Arrow type, PostgreSQL type) pair."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from blocks import pg_binary
 from blocks.errors import DataConversionError, TargetGuardError
-from blocks.pg_binary import COPY_HEADER, COPY_TRAILER, BinaryCopyEncoder, target_typnames
-from blocks.pg_copy import batch_to_copy_csv
+from blocks.postgres import pg_binary
+from blocks.postgres.csv_copy import batch_to_copy_csv
+from blocks.postgres.pg_binary import COPY_HEADER, COPY_TRAILER, BinaryCopyEncoder, target_typnames
 
 I64 = np.iinfo(np.int64)
 I32 = np.iinfo(np.int32)

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from blocks.columns import Column, LogicalType
 from blocks.errors import ConnectionCheckError, DataConversionError, SourceSchemaError
-from blocks.pg_source import CsvBlockParser, PostgresSource, hex_to_binary, numeric_typmod
+from blocks.postgres.source import CsvBlockParser, PostgresSource, hex_to_binary, numeric_typmod
 
 SCHEMA = "src"
 

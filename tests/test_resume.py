@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from blocks.errors import DataConversionError
-from blocks.postgres import PostgresTarget
+from blocks.postgres.target import PostgresTarget
 from tests.support import (
     assert_same_rows,
     events_migrations,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from blocks.errors import DataConversionError, TargetGuardError
-from blocks.postgres import PostgresTarget
+from blocks.postgres.target import PostgresTarget
 from tests.energy_support import (
     influx_migrations,
     single_measure_records,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from blocks.errors import DataConversionError, MigrationFailed
-from blocks.postgres import PostgresTarget
+from blocks.postgres.target import PostgresTarget
 from tests.support import (
     assert_same_rows,
     own_snowflake_database,
@@ -66,7 +66,7 @@ def second_chunk(chunk_id: str) -> bool:
 def test_drift_during_a_run_fails_the_chunk_clearly_and_is_not_retried(
     events, pg_connect, monkeypatch, change
 ):
-    from blocks.snowflake import SnowflakeSource
+    from blocks.snowflake.source import SnowflakeSource
     from flows.migrate import migrate
 
     path, run, (names, rows) = events

@@ -202,7 +202,7 @@ def test_no_secret_when_influxdb_refuses_the_password_mid_run(
 ):
     """The password passes the connection check, then changes before the first write: a 401 in
     the middle of the run, reported with the user's name and the setting, never the password."""
-    from blocks.influxdb import InfluxDBTarget
+    from blocks.influxdb.target import InfluxDBTarget
     from devstack.servers import influxql
     from flows.migrate import migrate
     from tests.energy_support import influx_migrations, single_measure_records, write_files

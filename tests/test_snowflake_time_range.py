@@ -159,7 +159,7 @@ def test_times_from_year_1_to_9999_reach_postgres_exactly(
 def test_a_time_finer_than_a_microsecond_fails_at_once_naming_the_column_and_loads_nothing(
     tmp_path, servers, pg_database, pg_connect, snow, monkeypatch, when, message
 ):
-    import blocks.snowflake as snowflake_block
+    import blocks.snowflake.source as snowflake_block
     from flows.migrate import migrate
 
     database, run = snow
@@ -223,7 +223,7 @@ def connector_batch(unit: str, tz: str | None, seconds=SECONDS, nanoseconds=NANO
 
 @pytest.mark.parametrize("tz", [None, "America/New_York"])
 def test_batches_in_any_time_unit_come_out_in_microseconds_alike(tz):
-    from blocks.snowflake import exact_times
+    from blocks.snowflake.source import exact_times
 
     batches = [connector_batch(unit, tz) for unit in ("s", "ms", "us")]
     out = [exact_times(b, ["ID", "TS"], [1], "T") for b in batches]
@@ -240,9 +240,9 @@ def test_batches_in_any_time_unit_come_out_in_microseconds_alike(tz):
 
 
 def test_finer_digits_inside_the_nanosecond_range_come_out_exact_and_postgres_refuses_them():
+    from blocks.arrow_types import conform, staged_schema
     from blocks.columns import Column, LogicalType
-    from blocks.snowflake import exact_times
-    from tasks.arrow_types import conform, staged_schema
+    from blocks.snowflake.source import exact_times
 
     batch = connector_batch("us", None, SECONDS[1:3], [250_000_789, None])
     out = exact_times(batch, ["ID", "TS"], [1], "T")
@@ -264,7 +264,7 @@ def test_finer_digits_inside_the_nanosecond_range_come_out_exact_and_postgres_re
 
 @pytest.mark.parametrize("tz", [None, "UTC"])
 def test_finer_digits_outside_the_nanosecond_range_name_the_table_column_and_value(tz):
-    from blocks.snowflake import exact_times
+    from blocks.snowflake.source import exact_times
 
     batch = connector_batch("us", tz, [1_709_294_400, -62_135_596_800], [0, 5])
     with pytest.raises(DataConversionError) as raised:
@@ -281,7 +281,7 @@ def test_batches_whose_types_disagree_name_the_column():
     from snowflake.connector.arrow_context import ArrowConverterContext
     from snowflake.connector.nanoarrow_arrow_iterator import PyArrowTableIterator
 
-    from blocks.snowflake import batches_disagree
+    from blocks.snowflake.source import batches_disagree
 
     fields = [
         pa.field("ID", pa.int64(), metadata={"logicalType": "FIXED", "scale": "0", "precision": "38"}),

@@ -67,7 +67,7 @@ def received(aws: dict, queue_url: str, count: int = 1) -> list[str]:
 
 
 def test_notify_publishes_subject_and_body(aws, credentials):
-    from blocks.sns import SnsNotification
+    from blocks.notify.sns import SnsNotification
 
     topic_arn, queue_url = subscribed_queue(aws)
     block = SnsNotification(aws_credentials=credentials, topic_arn=topic_arn)
@@ -87,7 +87,7 @@ def test_notify_publishes_subject_and_body(aws, credentials):
 
 def test_notify_from_async_code_and_raw_delivery(aws, credentials):
     """The server awaits `notify` inside its event loop; that path publishes too."""
-    from blocks.sns import SnsNotification
+    from blocks.notify.sns import SnsNotification
 
     topic_arn, queue_url = subscribed_queue(aws, raw=True)
     block = SnsNotification(aws_credentials=credentials, topic_arn=topic_arn)
@@ -103,7 +103,7 @@ def test_notify_from_async_code_and_raw_delivery(aws, credentials):
 def test_saved_block_keeps_the_secret_out_and_loads_back(aws, credentials):
     from prefect.client.orchestration import get_client
 
-    from blocks.sns import SnsNotification
+    from blocks.notify.sns import SnsNotification
 
     topic_arn, queue_url = subscribed_queue(aws, raw=True)
     name = f"sns-{secrets.token_hex(4)}"
@@ -128,7 +128,7 @@ def test_saved_block_keeps_the_secret_out_and_loads_back(aws, credentials):
 def test_failure_is_logged_or_raised_without_the_secret(aws, credentials, caplog):
     from prefect.blocks.abstract import NotificationError
 
-    from blocks.sns import SnsNotification
+    from blocks.notify.sns import SnsNotification
 
     secret = aws["aws_secret_access_key"]
     block = SnsNotification(
@@ -146,7 +146,7 @@ def test_failure_is_logged_or_raised_without_the_secret(aws, credentials, caplog
 
 
 def test_subject_and_message_limits():
-    from blocks.sns import MESSAGE_MAX_BYTES, sns_message, sns_subject
+    from blocks.notify.sns import MESSAGE_MAX_BYTES, sns_message, sns_subject
 
     assert sns_subject(None) is None
     assert sns_subject(" \n\t ") is None

@@ -14,7 +14,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from blocks.errors import DataConversionError, ValidationFailed
-from blocks.postgres import PostgresTarget
+from blocks.postgres.target import PostgresTarget
 from flows.job_list import recent_jobs
 from flows.status import flow_run_status, job_status, main, render
 from tests.support import write_migrations

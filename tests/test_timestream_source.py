@@ -18,7 +18,7 @@ from botocore.stub import Stubber
 
 from blocks.columns import LogicalType, TableSchema
 from blocks.errors import ConfigError, SourceSchemaError, ValidationFailed
-from blocks.timestream import (
+from blocks.timestream.source import (
     TimestreamSource,
     conform_unloaded,
     table_arrow_schema,

@@ -57,7 +57,7 @@ from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 
 from blocks.errors import ConfigError, ConnectionCheckError, DataConversionError, ValidationFailed
-from blocks.line_protocol import MAX_TIME_NS, MIN_TIME_NS, EncodeReport, PointMapping, encode_batch
+from blocks.influxdb.line_protocol import MAX_TIME_NS, MIN_TIME_NS, EncodeReport, PointMapping, encode_batch
 
 # Level 1 compresses line protocol about 3.5x at a seventh of level 9's CPU time.
 GZIP_LEVEL = 1

@@ -20,8 +20,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from blocks import pg_pool
 from blocks.errors import TargetGuardError
+from blocks.postgres import pool as pg_pool
 
 LEDGER_DDL = """
 CREATE SCHEMA IF NOT EXISTS migration_status;
@@ -487,7 +487,7 @@ class JobRunLock:
 
     def acquire(self) -> str | None:
         """Take the lock: None when taken, else who holds it (see `run_lock_holder`). Raises
-        `ConnectionError` while the server cannot be reached (`blocks.pg_pool`)."""
+        `ConnectionError` while the server cannot be reached (`blocks.postgres.pool`)."""
         with self._mutex:
             holder = self._take()
         if holder is None:

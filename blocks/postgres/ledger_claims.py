@@ -24,7 +24,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from blocks import pg_ledger
+from blocks.postgres import ledger as pg_ledger
 
 _POINT_CLAIMS = """
 SELECT c.job_id, c.table_name, c.chunk_id, c.lower_bound, c.upper_bound, r.status AS job_status,

@@ -23,11 +23,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field, SecretStr
 
-from blocks import ledger_claims, pg_ledger, pg_pool
 from blocks.columns import Column, LogicalType
 from blocks.errors import ConnectionCheckError, DataConversionError, TargetGuardError, ValidationFailed
-from blocks.pg_binary import COPY_HEADER, COPY_TRAILER, BinaryCopyEncoder, target_typnames
-from blocks.pg_copy import batch_to_copy_csv
+from blocks.postgres import ledger as pg_ledger
+from blocks.postgres import ledger_claims
+from blocks.postgres import pool as pg_pool
+from blocks.postgres.csv_copy import batch_to_copy_csv
+from blocks.postgres.pg_binary import COPY_HEADER, COPY_TRAILER, BinaryCopyEncoder, target_typnames
 
 
 class JobStart(StrEnum):
@@ -141,7 +143,7 @@ class PostgresTarget(Block):
     def connect(self) -> Iterator[psycopg.Connection]:
         """A connection in one transaction: committed on success, rolled back on any error.
 
-        Connections are reused within the process (`blocks.pg_pool`); a fresh one is opened
+        Connections are reused within the process (`blocks.postgres.pool`); a fresh one is opened
         when none is idle."""
         opener = functools.partial(pg_pool.open_connection, self, "prefect-migrate")
         with pg_pool.pooled(pg_pool.pool_key("target", self), opener) as conn:
@@ -271,7 +273,7 @@ class PostgresTarget(Block):
         ranges: list[tuple[int | None, int | None]],
     ) -> list[dict[str, Any]]:
         """Other live jobs' loaded chunks overlapping these InfluxDB measurement time ranges
-        (`blocks.ledger_claims.point_claims`)."""
+        (`blocks.postgres.ledger_claims.point_claims`)."""
         with self.connect() as conn:
             return ledger_claims.point_claims(conn, job_id, target, measurements, ranges)
 
@@ -602,7 +604,7 @@ class PostgresTarget(Block):
         batches: Iterable[pa.RecordBatch],
     ) -> int:
         """COPY the batches in; binary when every column's (Arrow, PostgreSQL) type pair has an
-        exact binary form (`blocks.pg_binary`), CSV otherwise (say, an existing table whose
+        exact binary form (`blocks.postgres.pg_binary`), CSV otherwise (say, an existing table whose
         column is float4 for a float64 source)."""
         batches = iter(batches)
         first = next(batches, None)

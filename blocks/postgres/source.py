@@ -31,9 +31,9 @@ from prefect.blocks.core import Block
 from psycopg import sql
 from pydantic import Field, SecretStr
 
-from blocks import pg_pool
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConnectionCheckError, DataConversionError, SourceSchemaError
+from blocks.postgres import pool as pg_pool
 
 # The session settings whose text forms the CSV parse below relies on.
 _SESSION = (
@@ -229,7 +229,7 @@ class PostgresSource(Block):
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
         """A read-only connection with the session settings the export relies on, reused within
-        the process (`blocks.pg_pool`) when its work ended without an error."""
+        the process (`blocks.postgres.pool`) when its work ended without an error."""
         with pg_pool.pooled(pg_pool.pool_key("source", self), self._open) as conn:
             yield conn
             conn.rollback()  # end the read-only transaction, so the connection can be reused

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConfigError, ConnectionCheckError, SourceSchemaError, ValidationFailed
-from blocks.parquet_files import ParquetFilesSource
+from blocks.parquet.source import ParquetFilesSource
 
 CHECK_SQL = "SELECT 1"
 UNLOAD_BATCH_ROWS = 65_536

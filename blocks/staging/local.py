@@ -1,5 +1,5 @@
 """Where chunks wait as Parquet files between export and load: a local folder (here) or an S3
-bucket (`blocks.s3_staging`, imported only by jobs that stage in S3).
+bucket (`blocks.staging.s3`, imported only by jobs that stage in S3).
 
 Files are written under a temporary name and then renamed or uploaded, so a crash never
 leaves a half-written file under a chunk's final name.

@@ -19,7 +19,7 @@ from prefect.blocks.core import Block
 from prefect_aws import S3Bucket
 
 from blocks.errors import ConnectionCheckError
-from blocks.staging import StagedFile, write_parquet
+from blocks.staging.local import StagedFile, write_parquet
 
 _S3_ERRORS = (Boto3Error, BotoCoreError, ClientError, OSError)
 

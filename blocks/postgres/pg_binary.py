@@ -8,7 +8,7 @@ There is no loop over rows or values in Python.
 
 Only (Arrow type, PostgreSQL type) pairs whose binary form is exact are supported;
 `BinaryCopyEncoder.for_columns` answers None for anything else, so the caller can fall back
-to CSV (`blocks.pg_copy`). Values the target type cannot hold (an int64 beyond int4, a
+to CSV (`blocks.postgres.csv_copy`). Values the target type cannot hold (an int64 beyond int4, a
 nanosecond timestamp with a sub-microsecond part) raise `DataConversionError` naming the
 column; range checks that PostgreSQL makes itself (dates, numeric precision, varchar
 length) are left to it.

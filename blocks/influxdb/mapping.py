@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from blocks.columns import Column, LogicalType
 from blocks.errors import ConfigError, SourceSchemaError
-from blocks.line_protocol import FieldSpec, PointMapping
+from blocks.influxdb.line_protocol import FieldSpec, PointMapping
 from tasks.config import FieldSettings, TableSpec
 
 _TIME_TYPES = (LogicalType.TIMESTAMP, LogicalType.TIMESTAMP_TZ)
