@@ -1,14 +1,30 @@
-"""Errors a migration raises on purpose.
+"""Errors, each saying whether trying again can help.
 
-`MigrationError` and its subclasses are permanent: retrying will not fix them, so the
-tasks' retry condition lets them fail at once. Anything else (a dropped connection, a
-timeout) is treated as transient and retried with backoff.
+- `PermanentError`: retrying will not fix it (bad config, bad data, a guard refusing, a
+  login refused). `MigrationError` and its subclasses are the ones this project raises on
+  purpose, with a message that names the problem.
+- `TransientError`: the same call may well succeed later (a dropped connection, a timeout,
+  a server busy or restarting).
+
+`is_transient` decides for any exception, so retries are not guesses: our own errors say
+what they are, errors of the network and of the servers' drivers are transient, and anything
+else (a bug, a library refusing an argument) is permanent.
 
 Messages never carry secret values: they name the setting or environment variable instead.
 """
 
+from __future__ import annotations
 
-class MigrationError(Exception):
+
+class PermanentError(Exception):
+    """Trying again will not help."""
+
+
+class TransientError(Exception):
+    """Trying again later may help."""
+
+
+class MigrationError(PermanentError):
     """A permanent, user-facing failure. The message names the problem."""
 
 
@@ -38,3 +54,42 @@ class DataConversionError(MigrationError):
 
 class MigrationFailed(MigrationError, RuntimeError):
     """A job ended with failed chunks; the message names the job and the first error."""
+
+
+def _transient_types() -> tuple[type[BaseException], ...]:
+    """The exception types of the network and of the drivers that mean "try again"; each
+    driver is consulted only if a migration already imported it."""
+    import sys
+
+    found: list[type[BaseException]] = [TransientError, ConnectionError, TimeoutError, OSError]
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
+        found += [
+            psycopg.OperationalError,
+            psycopg.errors.SerializationFailure,
+            psycopg.errors.DeadlockDetected,
+        ]
+    for module, names in (
+        ("urllib3.exceptions", ("HTTPError",)),
+        ("requests", ("ConnectionError", "Timeout")),
+        ("botocore.exceptions", ("ClientError", "BotoCoreError")),
+        ("influxdb_client.rest", ("ApiException",)),
+        ("snowflake.connector.errors", ("OperationalError", "InterfaceError", "DatabaseError")),
+    ):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            found += [getattr(loaded, name) for name in names if hasattr(loaded, name)]
+    return tuple(found)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` is worth retrying: never a `PermanentError`; a `TransientError` or an
+    error of the network or a server's driver, including one that wraps such an error."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, PermanentError):
+            return False
+        if isinstance(exc, _transient_types()):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -10,7 +9,6 @@ from pydantic import BaseModel
 
 from blocks.arrow_types import conform
 from blocks.errors import SourceSchemaError
-from blocks.postgres.source import PostgresSource
 from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
 from tasks.plan import Chunk, TablePlan, check_schema_drift
@@ -78,13 +76,10 @@ def source_drift(source: Any, plan: TablePlan) -> SourceSchemaError | None:
 
 
 def check_source_columns(source: Any, plan: TablePlan) -> None:
-    """Raise `SourceSchemaError` if the columns of a Snowflake or PostgreSQL source table
-    drifted from the plan. Those tables can be altered under a running job, and describing
-    one is a catalog query; Parquet files are checked against each other before a run, and a
-    Timestream DESCRIBE is a billed query, so those are not described again."""
-    snowflake = sys.modules.get("blocks.snowflake.source")  # loaded only by migrations that use it
-    alterable = isinstance(source, PostgresSource) or (
-        snowflake is not None and isinstance(source, snowflake.SnowflakeSource)
-    )
-    if alterable:
+    """Raise `SourceSchemaError` if the columns of the source table drifted from the plan.
+
+    Only sources whose `schema_can_drift` (a table can be altered under a running job, and
+    describing one is a catalog query) are described again; Parquet files are checked against
+    each other before a run, and a Timestream DESCRIBE is a billed query."""
+    if source.schema_can_drift:
         check_schema_drift(plan, source.describe(plan.spec.name).columns)

@@ -8,19 +8,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-from prefect import task
 from prefect.context import get_run_context
 
 from blocks.columns import Column
 from blocks.errors import TargetGuardError
 from blocks.postgres import ledger as pg_ledger
-from blocks.postgres.target import JobStart, LoadMode
+from blocks.postgres.target import JobStart
+from blocks.seam import LoadMode
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_staging, build_target
 from tasks.guards import refuse_overlap, refuse_point_overlap
 from tasks.load_points import time_ns
 from tasks.plan import Chunk, TablePlan, bound_text, check_schema_drift, parse_bound
-from tasks.policy import STEP_RETRIES, run_step
+from tasks.policy import run_step, step_task
 
 
 def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
@@ -28,17 +28,14 @@ def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
     # Guard overrides change what a run may do, not which rows it moves.
     overrides = {"allow_truncate_foreign_rows", "allow_rewrite_loaded_points"}
     tables = [t.model_dump(mode="json", exclude=overrides) for t in spec.tables]
-    if spec.target.type == "influxdb":
-        target = {"influxdb": spec.target.container}
-    else:
-        target = {"schema": spec.target.schema_name, "lowercase": spec.lowercase_identifiers}
+    target = spec.target.scope(spec.lowercase_identifiers)
     blob = json.dumps(
         {"tables": tables, "target": target, "window": window.model_dump(mode="json")}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@task(name="start-job", **STEP_RETRIES)
+@step_task("start-job")
 def start_job(
     spec: MigrationSpec,
     window: RunWindow,
@@ -116,7 +113,7 @@ def hold_job_run(spec: MigrationSpec, job_id: str, picked: bool) -> Iterator[Non
         lock.release()
 
 
-@task(name="record-plan", **STEP_RETRIES)
+@step_task("record-plan")
 def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> None:
     rows = [
         (
@@ -135,7 +132,7 @@ def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> Non
     build_ledger(spec).record_plan(job_id, rows, columns)
 
 
-@task(name="load-plan", **STEP_RETRIES)
+@step_task("load-plan")
 def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> list[TablePlan] | None:
     """The chunks a resumed job planned when it first ran, or None if it recorded none.
 
@@ -166,7 +163,7 @@ def load_recorded_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan])
     return resumed
 
 
-@task(name="prepare-targets", **STEP_RETRIES)
+@step_task("prepare-targets")
 def prepare_targets(
     spec: MigrationSpec, job_id: str, plans: list[TablePlan], resume_max_age_hours: float
 ) -> None:
@@ -180,7 +177,7 @@ def prepare_targets(
     loads, once its measurements are known).
     """
     target = build_target(spec)
-    if spec.target.type == "influxdb":
+    if target.writes_points:
         ledger = build_ledger(spec)
         for plan in plans:
             if plan.spec.allow_rewrite_loaded_points or plan.points.measurement is None:
@@ -210,7 +207,7 @@ def forget_refused_job(spec: MigrationSpec, job_id: str) -> bool:
     return build_ledger(spec).discard_job(job_id)
 
 
-@task(name="finish-job", **STEP_RETRIES)
+@step_task("finish-job")
 def finish_job(spec: MigrationSpec, job_id: str, status: str, error: str | None = None) -> dict:
     """Record the job's final status; a completed job's staged files go unless keep_staged_files.
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from blocks.errors import ValidationFailed
-from blocks.postgres.target import LoadMode
+from blocks.seam import LoadMode
 from tasks.config import MigrationSpec
 from tasks.connections import build_staging, build_target
 from tasks.load_points import PointsLoaded, reconcile_points, write_points

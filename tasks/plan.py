@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-from prefect import task
 from pydantic import BaseModel
 
 from blocks.arrow_types import staged_schema
@@ -23,9 +22,10 @@ from blocks.errors import ConfigError, SourceSchemaError
 from blocks.influxdb.line_protocol import MAX_TIME_NS, MIN_TIME_NS
 from blocks.influxdb.mapping import PointsPlan, resolve_points
 from blocks.postgres.target import TargetTable
-from tasks.config import MigrationSpec, RunWindow, TableSpec
+from blocks.spec import TableSpec
+from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_source
-from tasks.policy import STEP_RETRIES
+from tasks.policy import step_task
 
 DEFAULT_CHUNK_SIZE = 100_000
 DEFAULT_CHUNK_INTERVAL = timedelta(days=1)
@@ -290,8 +290,8 @@ def table_plan(spec: MigrationSpec, table: TableSpec, schema: TableSchema) -> Ta
             f"table {table.name}: chunk_column {table.chunk_column} is {chunk_col.source_type}; "
             "it must be an integer or a timestamp"
         )
-    if spec.target.type == "influxdb":
-        return _influx_plan(spec, table, source_columns, chunk_col.logical)
+    if spec.target.writes_points:
+        return _points_plan(spec, table, source_columns, chunk_col.logical)
     low = spec.lowercase_identifiers
     target_columns = tuple(c.model_copy(update={"name": target_name(c.name, low)}) for c in source_columns)
     refuse_name_collisions(table.name, [c.name for c in source_columns], low)
@@ -322,10 +322,10 @@ def refuse_name_collisions(table: str, names: list[str], lowercase: bool) -> Non
         )
 
 
-def _influx_plan(
+def _points_plan(
     spec: MigrationSpec, table: TableSpec, columns: tuple[Column, ...], chunk_kind: LogicalType
 ) -> TablePlan:
-    """An InfluxDB table plan: only the mapped columns are staged, under their source names."""
+    """A point target's table plan: only the mapped columns are staged, under their source names."""
     points = resolve_points(table, columns, table.target or table.name)
     mapped = set(points.columns)
     staged = tuple(c for c in columns if c.name in mapped)
@@ -338,7 +338,7 @@ def _influx_plan(
     return TablePlan(spec=table, source_columns=staged, target=target, chunk_kind=chunk_kind, points=points)
 
 
-@task(name="inspect-source", **STEP_RETRIES)
+@step_task("inspect-source")
 def inspect_source(spec: MigrationSpec) -> list[TablePlan]:
     """Describe every table and check names and chunk columns, reading the source only."""
     source = build_source(spec)
@@ -357,7 +357,7 @@ def inspect_source(spec: MigrationSpec) -> list[TablePlan]:
     return plans
 
 
-@task(name="plan-chunks", **STEP_RETRIES)
+@step_task("plan-chunks")
 def plan_chunks(spec: MigrationSpec, plans: list[TablePlan], window: RunWindow) -> list[TablePlan]:
     """Fresh chunk plans from the source's current bounds (a new job)."""
     source = build_source(spec)

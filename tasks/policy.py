@@ -2,12 +2,18 @@
 
 Cache keys are built from the job id, where it writes, the table, the chunk id and its
 bounds, and the step, and results are persisted: a rerun of the same job finds a finished
-chunk's result and skips it. Retries back off exponentially with jitter, and never retry a
-`MigrationError` (bad config, bad data, a guard refusing), which would only fail again.
+chunk's result and skips it.
+
+There is one retry mechanism, `run_step`: it backs off exponentially with jitter, by the
+migration's `retries` policy, and retries only what `blocks.errors.is_transient` says may
+succeed later. Every task that touches a server is declared with `step_task`, which runs its
+body through `run_step`; the chunk task calls `run_step` for each of its steps, so a load
+that fails does not export the chunk again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -15,37 +21,33 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prefect import Task, get_run_logger
-from prefect.client.schemas.objects import TaskRun
+from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
-from prefect.states import State
-from prefect.tasks import exponential_backoff
 
-from blocks.errors import MigrationError
-from tasks.config import MigrationSpec, RetryPolicy
+from blocks.errors import is_transient
+from blocks.spec import MigrationSpec, RetryPolicy
 from tasks.storage_keys import path_segment
 
 T = TypeVar("T")
 
-
-def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
-    """Retry unless the failure is a permanent `MigrationError`."""
-    try:
-        state.result()
-    except MigrationError:
-        return False
-    except Exception:
-        return True
-    return True
+# A step that runs before the migration's own policy is known: 3 retries after 1, 2 and 4 s.
+DEFAULT_RETRIES = RetryPolicy(attempts=3, delay_seconds=1.0, jitter=0.5)
 
 
-# Every step without a migration-specific policy: 3 retries after 1, 2 and 4 s, +/- 50 %.
-STEP_RETRIES: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=1),
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": is_transient,
-}
+def step_task(name: str, **options: Any) -> Callable[[Callable[..., T]], Any]:
+    """`@task(name=...)` whose body runs through `run_step`, with the retry policy of the
+    `MigrationSpec` among its arguments (`DEFAULT_RETRIES` when there is none)."""
+
+    def decorate(fn: Callable[..., T]):
+        @functools.wraps(fn)
+        def retried(*args: Any, **kwargs: Any) -> T:
+            specs = [a for a in (*args, *kwargs.values()) if isinstance(a, MigrationSpec)]
+            policy = specs[0].retries if specs else DEFAULT_RETRIES
+            return run_step(lambda: fn(*args, **kwargs), policy, name)
+
+        return task(name=name, **options)(retried)
+
+    return decorate
 
 
 def chunk_cache_key(step: str):
@@ -71,7 +73,7 @@ def destination_digest(spec: MigrationSpec) -> str:
 
 
 class RetriesExhausted(RuntimeError):
-    """A chunk step still failed after every attempt its retry policy allows.
+    """A step still failed after every attempt its retry policy allows.
 
     The message names the step, the number of attempts and the last error (kept as
     `__cause__`). Like that error it is transient, not a `MigrationError`: a rerun of the job
@@ -80,19 +82,20 @@ class RetriesExhausted(RuntimeError):
 
 
 def run_step(step: Callable[[], T], policy: RetryPolicy, label: str) -> T:
-    """Run one chunk step, retrying transient failures with the migration's policy.
+    """Run one step, retrying transient failures with the migration's policy.
 
-    A `MigrationError` (bad config, bad data, a guard refusing) is raised at once, unchanged.
-    Any other error is retried up to `policy.attempts` times, after `delay_seconds`, then twice
-    that, and so on, each spread by ±`jitter`. When the last attempt fails too, raises
-    `RetriesExhausted`: "<label>: gave up after <n> attempts: <last error>".
+    An error that is not transient (`blocks.errors.is_transient`: a `MigrationError` such as
+    bad config, bad data or a guard refusing, or an error nobody expected) is raised at once,
+    unchanged. A transient one is retried up to `policy.attempts` times, after
+    `delay_seconds`, then twice that, and so on, each spread by ±`jitter`. When the last
+    attempt fails too, raises `RetriesExhausted`: "<label>: gave up after <n> attempts: <last error>".
     """
     for attempt in range(policy.attempts + 1):
         try:
             return step()
-        except MigrationError:
-            raise
         except Exception as exc:
+            if not is_transient(exc):
+                raise
             if attempt == policy.attempts:
                 tries = policy.attempts + 1
                 raise RetriesExhausted(

@@ -13,7 +13,7 @@ them back.
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from pydantic import BaseModel
 
 from blocks.errors import ConfigError, TargetGuardError
@@ -21,7 +21,7 @@ from blocks.postgres import ledger as pg_ledger
 from blocks.postgres import ledger_claims
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_staging, build_target
-from tasks.policy import STEP_RETRIES
+from tasks.policy import step_task
 
 
 class RollbackReport(BaseModel):
@@ -53,7 +53,7 @@ class RollbackReport(BaseModel):
         return "\n".join(lines)
 
 
-@task(name="check-rollback", **STEP_RETRIES)
+@step_task("check-rollback")
 def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
     """The job's ledger row. Refuses an unknown job; unless `force`, also a running one, one
     whose rollback would lose rows that were in the target before it (`refuse_lossy_rollback`),
@@ -75,7 +75,7 @@ def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
         holder = pg_ledger.run_lock_holder(conn, job_id)
         pg_ledger.ensure_ledger(conn)  # a ledger an older version wrote gains its new columns
         claims = other_jobs_claims(conn, job_id)
-        if spec.target.type == "postgres":
+        if spec.target.keeps_row_provenance:
             losses = pg_ledger.rollback_losses(conn, job_id)
             truncated = ledger_claims.truncated_claims(conn, job_id)
     if holder is not None:
@@ -182,13 +182,13 @@ def active_flow_runs(job_id: str) -> list[str]:
     return [r.name for r in runs if r.state is None or not r.state.is_final()]
 
 
-@task(name="rollback-target", **STEP_RETRIES)
+@step_task("rollback-target")
 def rollback_target(spec: MigrationSpec, job_id: str) -> RollbackReport:
     """Remove the job's data from the target and mark it rolled back in the ledger. Other jobs'
     chunks whose data goes with it (a forced rollback) are marked removed."""
     report = RollbackReport(job_id=job_id, migration=spec.name)
     target, ledger = build_target(spec), build_ledger(spec)
-    if spec.target.type == "postgres":
+    if target.keeps_row_provenance:
         with ledger.connect() as conn:
             claimed = ledger_claims.overwritten_claims(conn, job_id)
         tables = target.rollback_job(job_id)  # marks the claimed chunks in its transaction
@@ -216,7 +216,7 @@ def rollback_target(spec: MigrationSpec, job_id: str) -> RollbackReport:
     return report
 
 
-@task(name="remove-staged-files", **STEP_RETRIES)
+@step_task("remove-staged-files")
 def remove_staged_files(spec: MigrationSpec, job_id: str) -> None:
     build_staging(spec).delete_prefix(job_id)
     get_run_logger().info("removed staged files of job %s", job_id)

@@ -406,11 +406,11 @@ SINGLE_ROLES |= {"time": "TIMESTAMP"} | {column: "MEASURE_VALUE" for column in V
 def queue_timestream(
     servers, settings: dict, table: str, data: pa.Table, kinds: dict, roles: dict, days: int
 ):
+    from blocks.timestream import TimestreamSettings
     from blocks.timestream.source import TimestreamSource
-    from tasks.config import TimestreamSettings
-    from tasks.connections import _timestream_source
 
-    source: TimestreamSource = _timestream_source(TimestreamSettings.model_validate(settings))
+
+    source: TimestreamSource = TimestreamSettings.model_validate(settings).build("source")
     windows = [(START + timedelta(days=d), START + timedelta(days=d + 1)) for d in range(days)]
     return queue_table(
         servers["moto"].port,
@@ -540,8 +540,7 @@ def test_a_postgresql_target_keeps_its_own_ledger(tmp_path, servers, pg_database
 def test_timestream_unload_mode_reads_each_chunk_back_through_its_manifest(
     tmp_path, servers, pg_database, influx_database
 ):
-    from tasks.config import TimestreamSettings
-    from tasks.connections import _timestream_source
+    from blocks.timestream import TimestreamSettings
     from tests.test_timestream_source import put_unload, queue_unload
 
     records = single_measure_records(2_000, days=2)
@@ -550,7 +549,7 @@ def test_timestream_unload_mode_reads_each_chunk_back_through_its_manifest(
         "export_mode": "unload",
         "unload_location": f"s3://unload-{influx_database.replace('_', '-')}/x/",
     }
-    source = _timestream_source(TimestreamSettings.model_validate(settings))
+    source = TimestreamSettings.model_validate(settings).build("source")
     kinds, roles = SINGLE_KINDS, SINGLE_ROLES
     windows = [(START + timedelta(days=d), START + timedelta(days=d + 1)) for d in range(2)]
     # DESCRIBE runs once per chunk too in unload mode (for the types to read the files back as)

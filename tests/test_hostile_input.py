@@ -648,7 +648,7 @@ def test_upsert_refuses_a_key_that_an_earlier_chunk_of_the_job_loaded(
     ],
 )
 def test_type_override_names_that_are_accepted(type_name):
-    from tasks.config import TableSpec
+    from blocks.spec import TableSpec
 
     assert TableSpec(name="T", chunk_column="ID", type_overrides={"A": type_name}).type_overrides == {
         "A": type_name
@@ -678,7 +678,7 @@ def test_type_override_names_that_are_accepted(type_name):
 def test_type_override_values_that_are_refused(type_name):
     from pydantic import ValidationError
 
-    from tasks.config import TableSpec
+    from blocks.spec import TableSpec
 
     with pytest.raises(ValidationError, match="is not a PostgreSQL type name"):
         TableSpec(name="T", chunk_column="ID", type_overrides={"A": type_name})

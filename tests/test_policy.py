@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from blocks.errors import DataConversionError, MigrationError
+from blocks.spec import RetryPolicy
 from tasks import policy
-from tasks.config import RetryPolicy
 from tasks.policy import RetriesExhausted, run_step
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from blocks.columns import Column, LogicalType
 from blocks.errors import ConfigError, SourceSchemaError
 from blocks.influxdb.line_protocol import FieldSpec, PointMapping
-from tasks.config import FieldSettings, TableSpec
+from blocks.spec import FieldSettings, TableSpec
 
 _TIME_TYPES = (LogicalType.TIMESTAMP, LogicalType.TIMESTAMP_TZ)
 _TAG_TYPES = (LogicalType.STRING, LogicalType.INTEGER, LogicalType.BOOLEAN)

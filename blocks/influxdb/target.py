@@ -47,16 +47,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from gzip import compress as gzip_compress
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import urllib3
 from influxdb_client import InfluxDBClient, WriteService
 from influxdb_client.rest import ApiException
 from prefect.blocks.core import Block
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr
 
-from blocks.errors import ConfigError, ConnectionCheckError, DataConversionError, ValidationFailed
+from blocks.errors import (
+    ConfigError,
+    ConnectionCheckError,
+    DataConversionError,
+    TransientError,
+    ValidationFailed,
+)
+from blocks.influxdb import InfluxConnection, InfluxTraits
 from blocks.influxdb.line_protocol import MAX_TIME_NS, MIN_TIME_NS, EncodeReport, PointMapping, encode_batch
 
 # Level 1 compresses line protocol about 3.5x at a seventh of level 9's CPU time.
@@ -121,7 +128,7 @@ def _check_columns(schema: pa.Schema, mapping: PointMapping, label: str) -> None
         raise ConfigError(f"{label}: the point mapping names column(s) the data lacks: {missing}")
 
 
-class InfluxServerError(RuntimeError):
+class InfluxServerError(TransientError, RuntimeError):
     """InfluxDB answered 5xx, 408 or 429, or did not answer at all: transient (overloaded,
     restarting, unreachable), so it is retried."""
 
@@ -200,45 +207,16 @@ class _Wire:
     client: InfluxDBClient | None
 
 
-class InfluxDBTarget(Block):
+class InfluxDBTarget(InfluxTraits, Block, InfluxConnection):
     """An InfluxDB bucket (v2 API) or database (v1 API) that migrations write points into."""
 
     _block_type_name = "Migration InfluxDB Target"
     _block_type_slug = "migration-influxdb-target"
 
-    url: str = Field(description="Base URL, e.g. https://host:8086")
-    api: Literal["v2", "v1"] = "v2"
-    # api="v2"
-    token: SecretStr | None = None
-    org: str | None = Field(default=None, description="Organization (1.8's compatibility layer ignores it)")
-    bucket: str | None = Field(default=None, description='Bucket name, or "database/retention policy" on 1.8')
-    # api="v1"
-    database: str | None = None
-    retention_policy: str | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-
-    timeout_seconds: float = Field(default=60.0, gt=0)
-    batch_lines: int = Field(default=10_000, ge=1, description="Lines per HTTP request, at most")
-    gzip: bool = True
-    writers: int = Field(
-        default=2,
-        ge=1,
-        le=16,
-        description="Write requests in flight to this database from one process, shared by its chunks",
-    )
+    token: SecretStr | None = Field(default=None, description="v2 API token")
+    password: SecretStr | None = Field(default=None, description="v1 password")
     # Where the token or password came from, for login errors ("environment variable X").
     _secret_source: str | None = PrivateAttr(default=None)
-
-    @model_validator(mode="after")
-    def _settings_for_api(self) -> InfluxDBTarget:
-        if self.api == "v2":
-            missing = [name for name in ("token", "org", "bucket") if not getattr(self, name)]
-            if missing:
-                raise ValueError(f'api "v2" needs {", ".join(missing)}')
-        elif not self.database:
-            raise ValueError('api "v1" needs database')
-        return self
 
     # --- names for messages ---------------------------------------------------------------
 

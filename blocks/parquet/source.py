@@ -30,6 +30,7 @@ from pydantic import Field
 
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConnectionCheckError, MigrationError, SourceSchemaError, ValidationFailed
+from blocks.parquet import ParquetTraits
 
 READ_BATCH_ROWS = 65_536
 FOOTER_READERS = 16  # footers are one small ranged read each; on S3 latency, not bandwidth, dominates
@@ -323,7 +324,7 @@ def consistent_schema(table: str, footers: list[FileFooter]) -> pa.Schema:
     return pa.schema([f.with_nullable(f.name in nullable) for f in first.schema])
 
 
-class ParquetTables:
+class ParquetTables(ParquetTraits):
     """A migration's tables as Parquet files, each a folder (or an UNLOAD manifest) under `location`.
 
     `tables` maps a table name to (path, manifest). A path is a folder, relative to `location`

@@ -33,6 +33,7 @@ from pydantic import Field, SecretStr
 
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConnectionCheckError, DataConversionError, SourceSchemaError
+from blocks.postgres import PostgresTraits
 from blocks.postgres import pool as pg_pool
 
 # The session settings whose text forms the CSV parse below relies on.
@@ -205,7 +206,7 @@ class CsvBlockParser:
         return pa.Table.from_arrays(arrays, schema=self.schema).to_batches()
 
 
-class PostgresSource(Block):
+class PostgresSource(PostgresTraits, Block):
     """Reads ranges of PostgreSQL tables (in one schema) as Arrow record batches."""
 
     _block_type_name = "Migration PostgreSQL Source"

@@ -25,11 +25,12 @@ from pydantic import BaseModel, Field, SecretStr
 
 from blocks.columns import Column, LogicalType
 from blocks.errors import ConnectionCheckError, DataConversionError, TargetGuardError, ValidationFailed
+from blocks.postgres import PostgresTraits, ledger_claims
 from blocks.postgres import ledger as pg_ledger
-from blocks.postgres import ledger_claims
 from blocks.postgres import pool as pg_pool
 from blocks.postgres.csv_copy import batch_to_copy_csv
 from blocks.postgres.pg_binary import COPY_HEADER, COPY_TRAILER, BinaryCopyEncoder, target_typnames
+from blocks.seam import LoadMode
 
 
 class JobStart(StrEnum):
@@ -51,12 +52,6 @@ def refuse_final_chunk(job_id: str, chunk: dict[str, Any]) -> None:
             f"chunk {chunk['chunk_id']} of job {job_id} was superseded by job {by} (its replace truncated "
             "the table); it is not loaded again"
         )
-
-
-class LoadMode(StrEnum):
-    APPEND = "append"
-    UPSERT = "upsert"
-    REPLACE = "replace"
 
 
 _PG_TYPE = {
@@ -122,7 +117,7 @@ class ChunkLoad(BaseModel):
     already_loaded: bool
 
 
-class PostgresTarget(Block):
+class PostgresTarget(PostgresTraits, Block):
     """A PostgreSQL database that migrations load into."""
 
     _block_type_name = "Migration PostgreSQL Target"

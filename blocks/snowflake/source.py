@@ -30,6 +30,7 @@ from pydantic import Field
 
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConnectionCheckError, DataConversionError, SourceSchemaError
+from blocks.snowflake import SnowflakeTraits
 
 _LOGICAL_BY_SNOWFLAKE_TYPE = {
     "FLOAT": LogicalType.FLOAT,
@@ -190,7 +191,7 @@ def snowflake_unreachable(exc: Exception) -> bool:
     return isinstance(exc, OperationalError | OSError)
 
 
-class SnowflakeSource(Block):
+class SnowflakeSource(SnowflakeTraits, Block):
     """Reads ranges of Snowflake tables as Arrow record batches."""
 
     _block_type_name = "Migration Snowflake Source"

@@ -18,13 +18,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prefect.blocks.core import Block
 from prefect_aws import S3Bucket
 
-from blocks.errors import ConnectionCheckError
+from blocks.errors import ConnectionCheckError, TransientError
 from blocks.staging.local import StagedFile, write_parquet
 
 _S3_ERRORS = (Boto3Error, BotoCoreError, ClientError, OSError)
 
 
-class StagingUnavailable(RuntimeError):
+class StagingUnavailable(TransientError, RuntimeError):
     """Staging did not take or give back a chunk's file (unreachable, erroring, missing):
     transient, so the chunk step is retried. The message names the file's location, never a
     credential."""

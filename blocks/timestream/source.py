@@ -15,18 +15,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from botocore.exceptions import ClientError
 from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConfigError, ConnectionCheckError, SourceSchemaError, ValidationFailed
 from blocks.parquet.source import ParquetFilesSource
+from blocks.timestream import TimestreamReading, TimestreamTraits
 
 CHECK_SQL = "SELECT 1"
 UNLOAD_BATCH_ROWS = 65_536
@@ -184,30 +185,13 @@ def _missing_table(exc: ClientError, *names: str) -> bool:
     return error.get("Code") in _MISSING_TABLE_CODES and any(n.lower() in message for n in names)
 
 
-class TimestreamSource(Block):
+class TimestreamSource(TimestreamTraits, Block, TimestreamReading):
     """Reads time windows of Timestream tables as Arrow record batches."""
 
     _block_type_name = "Migration Timestream Source"
     _block_type_slug = "migration-timestream-source"
 
     credentials: AwsCredentials = Field(description="prefect-aws credentials (region, keys or profile)")
-    database: str = Field(description="Timestream database, e.g. ons_energy_data")
-    page_rows: int | None = Field(default=None, description="MaxRows per page (None: Timestream's default)")
-    export_mode: Literal["query", "unload"] = Field(
-        default="query",
-        description="query: page through the Query API; unload: UNLOAD each chunk to S3 as Parquet",
-    )
-    unload_location: str | None = Field(
-        default=None, description="s3://bucket/prefix that UNLOAD writes under (export_mode unload)"
-    )
-
-    @model_validator(mode="after")
-    def _unload_needs_location(self) -> TimestreamSource:
-        if self.export_mode == "unload" and not (self.unload_location or "").startswith("s3://"):
-            raise ValueError(
-                f"export_mode 'unload' needs unload_location as s3://bucket/prefix, got {self.unload_location!r}"
-            )
-        return self
 
     def _client(self):
         return self.credentials.get_client("timestream-query")

@@ -1,0 +1,170 @@
+"""The seam every system plugs into: the `Source`, `Staging`, `Target` and `Ledger` protocols.
+
+The tasks and flows call only what is written here. Each system (one package under `blocks/`)
+implements the protocols it serves, and declares what it can do as class-level capabilities,
+so a caller reads a flag instead of probing a class:
+
+- `Source.schema_can_drift`: its tables can be altered under a running job, and describing
+  one is cheap, so each chunk's read is followed by a check for drift.
+- `Source.time_unit` / `Target.time_unit`: the finest time unit the system keeps ("ns", "us").
+- `Target.transactional_load`: a chunk's rows and its ledger row commit in one transaction.
+- `Target.load_modes`: the `LoadMode`s a table may ask for.
+- `Target.keeps_row_provenance`: the target can tell which job wrote each row, so a rollback
+  removes exactly a job's rows and sees whose rows an upsert overwrote.
+- `Target.writes_points`: the target stores points (measurement, tags, fields, time) rather
+  than rows; its tables need a point mapping, and chunks are loaded by `PointTarget` methods.
+- `Target.holds_ledger`: the target's own database keeps the job ledger; a target that cannot
+  names a separate `ledger:` in the config.
+
+A system is found through `blocks.registry`, from the `type` its config section gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+from blocks.columns import TableSchema
+
+
+class LoadMode(StrEnum):
+    APPEND = "append"
+    UPSERT = "upsert"
+    REPLACE = "replace"
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Where rows come from: described, bounded and read one chunk at a time as Arrow batches."""
+
+    schema_can_drift: ClassVar[bool]
+    time_unit: ClassVar[str]
+
+    def check(self) -> None:
+        """Log in and read the catalog; raise `ConnectionCheckError` naming the problem."""
+
+    def describe(self, table: str) -> TableSchema:
+        """The table's columns; an unknown table raises `SourceSchemaError` naming it."""
+
+    def count_nulls(self, table: str, column: str) -> int: ...
+
+    def bounds(self, table: str, column: str) -> tuple[Any, Any]:
+        """(min, max) of `column`, or (None, None) for an empty table."""
+
+    def occupied_buckets(self, table: str, column: str, origin: int, step: int) -> list[int]:
+        """Indexes of the `step`-wide integer key buckets from `origin` that hold rows."""
+
+    def count_range(self, table: str, column: str, lower: Any, upper: Any) -> int:
+        """Rows with `lower <= column < upper` (an open end where a bound is None)."""
+
+    def read_chunk(
+        self, table: str, columns: list[str], chunk_column: str, lower: Any, upper: Any
+    ) -> Iterator[pa.RecordBatch]:
+        """The chunk's rows as Arrow batches; memory holds one batch at a time."""
+
+
+@runtime_checkable
+class Staging(Protocol):
+    """Where each chunk's Parquet file waits between export and load."""
+
+    def check(self) -> None: ...
+
+    def write(self, key: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Any:
+        """Write the batches as one Parquet file under `key`, replacing it whole; returns a
+        `StagedFile` (uri, rows, bytes)."""
+
+    def local_copy(self, key: str) -> AbstractContextManager[Path]:
+        """The staged file as a local path for the body of the `with` block."""
+
+    def delete_prefix(self, prefix: str) -> None: ...
+
+
+@runtime_checkable
+class Target(Protocol):
+    """Where chunks land. Row targets load staged files; point targets also implement
+    `PointTarget`."""
+
+    transactional_load: ClassVar[bool]
+    load_modes: ClassVar[frozenset[LoadMode]]
+    time_unit: ClassVar[str]
+    keeps_row_provenance: ClassVar[bool]
+    writes_points: ClassVar[bool]
+    holds_ledger: ClassVar[bool]
+
+    def check(self) -> None:
+        """Log in and check the destination exists; raise `ConnectionCheckError` naming it."""
+
+    def describe_target(self) -> str:
+        """Where the data goes, without secrets (for messages and the ledger)."""
+
+
+@runtime_checkable
+class RowTarget(Target, Protocol):
+    """A target of tables: chunks are loaded whole, each with its ledger row."""
+
+    def prepare_table(
+        self,
+        job_id: str,
+        source_table: str,
+        migration: str,
+        table: Any,
+        mode: LoadMode,
+        allow_truncate_foreign_rows: bool,
+        resumable_within: timedelta,
+    ) -> None:
+        """Create the table if missing; truncate it once per job for `replace`, behind the guard."""
+
+    def loaded_ranges(self, table: str, exclude_job: str) -> list[dict]:
+        """Other live jobs' loaded chunks of `table` (for the overlap guard)."""
+
+    def load_chunk(self, **chunk: Any) -> Any:
+        """Load one chunk's batches and record it in the ledger, exactly once per job."""
+
+    def count_range(self, conn: Any, table: Any, lower: Any, upper: Any) -> int: ...
+
+    def rollback_job(self, job_id: str) -> list[Any]:
+        """Remove the job's rows (by provenance) and mark the job rolled back, in one transaction."""
+
+
+@runtime_checkable
+class PointTarget(Target, Protocol):
+    """A target of points: encoded line protocol, counted and deleted by measurement and time."""
+
+    def write_batches(self, batches: Iterable[pa.RecordBatch], mapping: Any) -> Any:
+        """Encode and write the batches' points; returns what was written and dropped."""
+
+    def count(
+        self, measurement: str, start_ns: int | None, stop_ns: int | None, field: str | None
+    ) -> int: ...
+
+    def delete(self, measurement: str, start_ns: int | None, stop_ns: int | None) -> None: ...
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """The job ledger: jobs, their planned chunks, and each chunk's load, kept where the data
+    lives (a PostgreSQL target's own database, or the `ledger:` a point target names)."""
+
+    def describe_target(self) -> str: ...
+
+    def start_job(self, **job: Any) -> tuple[str, Any]: ...
+
+    def job_run(self, job_id: str) -> dict | None: ...
+
+    def chunk_states(self, job_id: str) -> dict[tuple[str, str], str]: ...
+
+    def chunk_status(self, job_id: str, table: str, chunk_id: str) -> dict | None: ...
+
+    def record_plan(self, job_id: str, rows: list[tuple], columns: dict) -> None: ...
+
+    def planned_chunks(self, job_id: str) -> list[dict]: ...
+
+    def set_job_status(self, job_id: str, status: str, error: str | None = None) -> None: ...
+
+    def discard_job(self, job_id: str) -> bool: ...
