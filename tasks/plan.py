@@ -23,6 +23,7 @@ from blocks.influxdb.line_protocol import MAX_TIME_NS, MIN_TIME_NS
 from blocks.influxdb.mapping import PointsPlan, resolve_points
 from blocks.postgres.target import TargetTable
 from blocks.spec import TableSpec
+from blocks.timeunits import EPOCH_UTC, NS_PER_UNIT
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_source
 from tasks.policy import step_task
@@ -31,10 +32,9 @@ DEFAULT_CHUNK_SIZE = 100_000
 DEFAULT_CHUNK_INTERVAL = timedelta(days=1)
 MAX_CHUNKS_PER_TABLE = 100_000
 CHUNKABLE = (LogicalType.INTEGER, LogicalType.TIMESTAMP, LogicalType.TIMESTAMP_TZ)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The times InfluxDB can store, to the microsecond inside its nanosecond range.
-INFLUX_FIRST_TIME = _EPOCH + timedelta(microseconds=-(-MIN_TIME_NS // 1000))
-INFLUX_LAST_TIME = _EPOCH + timedelta(microseconds=MAX_TIME_NS // 1000)
+INFLUX_FIRST_TIME = EPOCH_UTC + timedelta(microseconds=-(-MIN_TIME_NS // NS_PER_UNIT["us"]))
+INFLUX_LAST_TIME = EPOCH_UTC + timedelta(microseconds=MAX_TIME_NS // NS_PER_UNIT["us"])
 Bound = int | datetime | None
 
 
