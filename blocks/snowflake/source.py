@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -31,6 +31,7 @@ from pydantic import Field
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConnectionCheckError, DataConversionError, SourceSchemaError
 from blocks.snowflake import SnowflakeTraits
+from blocks.timeunits import EPOCH, NS_PER_SECOND, NS_PER_UNIT, US_PER_SECOND
 
 _LOGICAL_BY_SNOWFLAKE_TYPE = {
     "FLOAT": LogicalType.FLOAT,
@@ -66,7 +67,7 @@ _TIMESTAMP_TYPES = {
 }
 # Whole seconds whose every nanosecond fits Arrow's int64 nanoseconds; the two seconds just
 # outside hold some that fit and some that do not.
-_NS_SAFE_SECONDS = (-(2**63) // 10**9 + 1, (2**63 - 1) // 10**9 - 1)
+_NS_SAFE_SECONDS = (-(2**63) // NS_PER_SECOND + 1, (2**63 - 1) // NS_PER_SECOND - 1)
 _NS_RANGE = "1677-09-21 00:12:43.145224192 .. 2262-04-11 23:47:16.854775807"
 
 
@@ -126,19 +127,19 @@ def _exact_time(seconds: pa.Array, nanoseconds: pa.Array, where: str) -> pa.Arra
             f"{where}: Snowflake sent a time that is not a whole second: {seconds}"
         ) from None
     nanos = nanoseconds.cast(pa.int64())
-    micros = pc.divide(nanos, 1000)  # nanos >= 0: integer division is the floor
-    finer = pc.not_equal(pc.subtract(nanos, pc.multiply(micros, 1000)), 0)
+    micros = pc.divide(nanos, NS_PER_UNIT["us"])  # nanos >= 0: integer division is the floor
+    finer = pc.not_equal(pc.subtract(nanos, pc.multiply(micros, NS_PER_UNIT["us"])), 0)
     if not pc.any(finer).as_py():
-        return pc.add(pc.multiply(whole, 1_000_000), micros).cast(pa.timestamp("us", tz))
+        return pc.add(pc.multiply(whole, US_PER_SECOND), micros).cast(pa.timestamp("us", tz))
     try:
-        exact = pc.add_checked(pc.multiply_checked(whole, 1_000_000_000), nanos)
+        exact = pc.add_checked(pc.multiply_checked(whole, NS_PER_SECOND), nanos)
     except pa.ArrowInvalid:
         low, high = _NS_SAFE_SECONDS
         edge = pc.and_(finer, pc.or_(pc.less(whole, low), pc.greater(whole, high)))
         for row in pc.indices_nonzero(edge).to_pylist():
             s, n = whole[row].as_py(), nanos[row].as_py()
-            if not -(2**63) <= s * 10**9 + n < 2**63:
-                moment = datetime(1970, 1, 1) + timedelta(seconds=s)
+            if not -(2**63) <= s * NS_PER_SECOND + n < 2**63:
+                moment = EPOCH + timedelta(seconds=s)
                 value = f"{moment.isoformat(sep=' ')}.{n:09d}" + (" UTC" if tz else "")
                 raise DataConversionError(
                     f"{where} holds {value}, finer than a microsecond (PostgreSQL keeps microseconds) "
