@@ -60,7 +60,7 @@ class Source(Protocol):
     def occupied_buckets(self, table: str, column: str, origin: int, step: int) -> list[int]:
         """Indexes of the `step`-wide integer key buckets from `origin` that hold rows."""
 
-    def count_range(self, table: str, column: str, lower: Any, upper: Any) -> int:
+    def count(self, table: str, column: str, lower: Any, upper: Any) -> int:
         """Rows with `lower <= column < upper` (an open end where a bound is None)."""
 
     def read_chunk(
