@@ -72,9 +72,8 @@ def _transient_types() -> tuple[type[BaseException], ...]:
     for module, names in (
         ("urllib3.exceptions", ("HTTPError",)),
         ("requests", ("ConnectionError", "Timeout")),
-        ("botocore.exceptions", ("ClientError", "BotoCoreError")),
-        ("influxdb_client.rest", ("ApiException",)),
-        ("snowflake.connector.errors", ("OperationalError", "InterfaceError", "DatabaseError")),
+        ("botocore.exceptions", ("BotoCoreError",)),
+        ("snowflake.connector.errors", ("OperationalError", "InterfaceError")),
     ):
         loaded = sys.modules.get(module)
         if loaded is not None:
@@ -89,7 +88,33 @@ def is_transient(exc: BaseException) -> bool:
     while exc is not None and seen < 5:
         if isinstance(exc, PermanentError):
             return False
-        if isinstance(exc, _transient_types()):
+        if isinstance(exc, _transient_types()) or _server_busy(exc):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+_BUSY_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+}
+
+
+def _server_busy(exc: BaseException) -> bool:
+    """An HTTP API's answer that means "later": status 429 or 5xx, or a throttling code
+    (botocore's `ClientError`, influxdb-client's `ApiException`). A 4xx such as AccessDenied is
+    permanent."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:  # botocore ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status == 429 or status >= 500 or response["Error"].get("Code") in _BUSY_CODES
+    status = getattr(exc, "status", None)  # influxdb_client ApiException
+    return (
+        type(exc).__name__ == "ApiException" and isinstance(status, int) and (status == 429 or status >= 500)
+    )
