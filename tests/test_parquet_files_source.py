@@ -24,7 +24,8 @@ import pytest
 
 from blocks.columns import LogicalType
 from blocks.errors import ConnectionCheckError, SourceSchemaError, ValidationFailed
-from blocks.parquet.source import ParquetFilesSource, ParquetTables
+from blocks.parquet.files import ParquetFilesSource
+from blocks.parquet.source import ParquetTables
 
 START_NS = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
 

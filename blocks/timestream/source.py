@@ -26,7 +26,7 @@ from pydantic import Field
 
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConfigError, ConnectionCheckError, SourceSchemaError, ValidationFailed
-from blocks.parquet.source import ParquetFilesSource
+from blocks.parquet.files import ParquetFilesSource
 from blocks.timestream import TimestreamReading, TimestreamTraits
 
 CHECK_SQL = "SELECT 1"
