@@ -18,13 +18,8 @@ from botocore.stub import Stubber
 
 from blocks.columns import LogicalType, TableSchema
 from blocks.errors import ConfigError, SourceSchemaError, ValidationFailed
-from blocks.timestream.source import (
-    TimestreamSource,
-    conform_unloaded,
-    table_arrow_schema,
-    timestream_column,
-    timestream_time,
-)
+from blocks.timestream.scalars import conform_unloaded, table_arrow_schema, timestream_column
+from blocks.timestream.source import TimestreamSource, timestream_time
 from tests.timestream_fake import (
     DESCRIBE_COLUMNS,
     queue_results,
@@ -357,7 +352,9 @@ def test_bounds_count_and_count_nulls(servers, source, monkeypatch):
 def test_unload_mode_needs_an_s3_location(servers):
     with pytest.raises(ValueError, match="needs unload_location"):
         TimestreamSource(credentials=credentials(servers), database="db", export_mode="unload")
-    with pytest.raises(ValueError, match=r"unload_location\n.*must be an S3 URI, s3://bucket/prefix, got '/tmp/x'"):
+    with pytest.raises(
+        ValueError, match=r"unload_location\n.*must be an S3 URI, s3://bucket/prefix, got '/tmp/x'"
+    ):
         TimestreamSource(
             credentials=credentials(servers), database="db", export_mode="unload", unload_location="/tmp/x"
         )

@@ -18,7 +18,8 @@ import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from blocks.timestream.source import CHECK_SQL, TimestreamSource, scalar_field
+from blocks.timestream.scalars import scalar_field
+from blocks.timestream.source import CHECK_SQL, TimestreamSource
 
 ACCOUNT = "123456789012"  # moto's default account
 DESCRIBE_COLUMNS = ("Column", "Type", "Timestream attribute type")
