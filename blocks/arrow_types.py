@@ -12,7 +12,9 @@ import pyarrow as pa
 from blocks.columns import Column, LogicalType
 from blocks.errors import DataConversionError
 
-_ARROW = {
+# The staged Arrow type of each logical type (DECIMAL, and overridden INTEGER, take theirs from
+# the column: see `arrow_type`).
+ARROW_TYPES: dict[LogicalType, pa.DataType] = {
     LogicalType.INTEGER: pa.int64(),
     LogicalType.FLOAT: pa.float64(),
     LogicalType.STRING: pa.string(),
@@ -43,7 +45,7 @@ def arrow_type(column: Column, overridden: bool = False, nanoseconds: bool = Fal
         return pa.decimal128(column.precision or 38, column.scale or 0)
     if nanoseconds and column.logical in _NANOSECONDS:
         return _NANOSECONDS[column.logical]
-    return _ARROW[column.logical]
+    return ARROW_TYPES[column.logical]
 
 
 def staged_schema(columns: tuple[Column, ...], overrides: set[str], nanoseconds: bool = False) -> pa.Schema:
