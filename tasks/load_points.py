@@ -1,10 +1,10 @@
-"""Load a validated chunk into InfluxDB as points, then reconcile InfluxDB's count with it.
+"""Load a validated chunk into a point target, then reconcile the target's count with it.
 
-InfluxDB has no transactions, so exactly-once rests on idempotence instead: a point with the
-same measurement, tag set and time overwrites, so writing a chunk again (after a crash in the
-middle of a write, say) leaves the same points. The ledger (in PostgreSQL) marks a chunk
-loaded only once InfluxDB's count for the chunk's range matches what was written; a rerun
-skips a chunk marked loaded.
+A point target has no transactions, so exactly-once rests on idempotence instead: a point with
+the same measurement, tag set and time overwrites, so writing a chunk again (after a crash in
+the middle of a write, say) leaves the same points. The ledger marks a chunk loaded only once
+the target's count for the chunk's range matches what was written; a rerun skips a chunk
+marked loaded. Everything the target does goes through `blocks.seam.PointTarget`.
 """
 
 from __future__ import annotations
@@ -12,20 +12,15 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from blocks.errors import ValidationFailed
-from blocks.postgres.target import refuse_final_chunk
+from blocks.timeunits import EPOCH_UTC, NS_PER_UNIT
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_staging, build_target
 from tasks.guards import refuse_point_overlap
 from tasks.plan import Bound, Chunk, TablePlan
 from tasks.validate import ChunkManifest
-
-READ_BATCH_ROWS = 65_536
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class PointsLoaded(BaseModel):
@@ -48,22 +43,13 @@ def time_ns(value: Bound) -> int | None:
     if value is None:
         return None
     if not isinstance(value, datetime):
-        raise TypeError(f"an InfluxDB chunk bound must be a time, not {value!r}")
+        raise TypeError(f"a point chunk bound must be a time, not {value!r}")
     aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return (aware - _EPOCH) // timedelta(microseconds=1) * 1000
+    return (aware - EPOCH_UTC) // timedelta(microseconds=1) * NS_PER_UNIT["us"]
 
 
 def _label(plan: TablePlan, chunk: Chunk) -> str:
     return f"{plan.spec.name}/{chunk.chunk_id}"
-
-
-def _measurements(path, plan: TablePlan) -> list[str]:
-    points = plan.points
-    if points.measurement is not None:
-        return [points.measurement]
-    column = pq.read_table(path, columns=[points.measurement_column]).column(0)
-    names = pc.unique(column).drop_null().to_pylist()
-    return sorted(n for n in names if n)
 
 
 def write_points(
@@ -73,10 +59,7 @@ def write_points(
     loaded is not written again. Raises `ValidationFailed` when the rows the encoder saw differ
     from the staged file's."""
     started = time.perf_counter()
-    prior = build_ledger(spec).chunk_status(job_id, plan.spec.name, chunk.chunk_id)
-    if prior is None:
-        raise ValidationFailed(f"chunk {chunk.chunk_id} of {plan.spec.name} is not in job {job_id}'s plan")
-    refuse_final_chunk(job_id, prior)
+    prior = build_ledger(spec).chunk_to_load(job_id, plan.spec.name, chunk.chunk_id)
     if prior["status"] == "loaded":
         details = prior.get("details") or {}
         return PointsLoaded(
@@ -94,11 +77,9 @@ def write_points(
     target = build_target(spec)
     where = target.describe_target()
     with build_staging(spec).local_copy(manifest.key) as path:
-        measurements = _measurements(path, plan)
+        measurements = target.chunk_measurements(path, plan.points)
         shared = other_jobs_in_range(spec, job_id, plan, chunk, where, measurements)
-        batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS)
-        load = target.write_chunk(batches, plan.points.point_mapping(), chunk=_label(plan, chunk))
-        count_field = plan.points.count_field or _field_on_every_point(path, plan, load)
+        load = target.write_chunk_points(path, plan.points, _label(plan, chunk))
     if load.rows_in != manifest.rows:
         raise ValidationFailed(
             f"chunk {_label(plan, chunk)}: the encoder read {load.rows_in} rows, the staged file holds {manifest.rows}"
@@ -111,7 +92,7 @@ def write_points(
         problems=load.problems,
         already_loaded=False,
         seconds=time.perf_counter() - started,
-        count_field=count_field,
+        count_field=load.count_field,
         target=where,
         shared_with=shared,
     )
@@ -131,36 +112,6 @@ def other_jobs_in_range(
     return sorted({c["job_id"] for c in claims})
 
 
-def _field_on_every_point(path, plan: TablePlan, load) -> str | None:
-    """A field key every written point carries, or None: no row was dropped, the column has
-    no NULL in the staged file (Parquet statistics), and the encoder left out none of its
-    values. InfluxDB then counts the points with a cheap `COUNT(field)`."""
-    if load.points_written != load.rows_in:
-        return None
-    metadata = pq.ParquetFile(path).metadata
-    names = metadata.schema.to_arrow_schema().names
-    left_out = {
-        key
-        for kind in ("non_finite_values", "oversized_strings", "out_of_range_values")
-        for key in load.report[kind]
-    }
-    for field in plan.points.fields:
-        if field.key in left_out or field.column not in names:
-            continue
-        index = names.index(field.column)
-        stats = [metadata.row_group(g).column(index).statistics for g in range(metadata.num_row_groups)]
-        if all(s is not None and s.has_null_count and s.null_count == 0 for s in stats):
-            return field.key
-    return None
-
-
-def count_points(chunk: Chunk, target, measurements: list[str], field: str | None) -> int:
-    """InfluxDB's count of points in the chunk's time range, over the chunk's measurements:
-    `COUNT(field)` when every point carries `field`, else by listing the points."""
-    start, stop = time_ns(chunk.lower), time_ns(chunk.upper)
-    return sum(target.count(m, start, stop, field=field) for m in measurements)
-
-
 def reconcile_points(
     spec: MigrationSpec,
     job_id: str,
@@ -169,36 +120,25 @@ def reconcile_points(
     manifest: ChunkManifest,
     loaded: PointsLoaded,
 ) -> int:
-    """InfluxDB holds exactly the points written for the chunk's range, and the staged rows
+    """The target holds exactly the points written for the chunk's range, and the staged rows
     are all accounted for (written, or left out and reported). Then the ledger marks the chunk
-    loaded. Returns InfluxDB's count."""
-    where = f"chunk {_label(plan, chunk)} [{chunk.lower}, {chunk.upper})"
+    loaded. Returns the target's count."""
     if loaded.points_written + loaded.rows_dropped != manifest.rows:
         raise ValidationFailed(
-            f"{where}: {loaded.points_written} points written and {loaded.rows_dropped} rows left out, "
-            f"but the staged file holds {manifest.rows} rows"
+            f"chunk {_label(plan, chunk)} [{chunk.lower}, {chunk.upper}): {loaded.points_written} points "
+            f"written and {loaded.rows_dropped} rows left out, but the staged file holds {manifest.rows} rows"
         )
-    counted = count_points(chunk, build_target(spec), loaded.measurements, loaded.count_field)
-    if counted != loaded.points_written:
-        more = counted > loaded.points_written
-        why = (
-            "the range also holds points this chunk did not write (another job's, or data that was "
-            "there before): pick another bucket or measurement, or delete them first"
-            if more
-            else "rows that share measurement, tags and time collapse into one point in InfluxDB, "
-            "or points were lost: check the source for duplicate series and time"
-        )
-        raise ValidationFailed(
-            f"{where}: InfluxDB counts {counted} points in {plan.target.schema_name} "
-            f"({', '.join(loaded.measurements) or 'no measurement'}), {loaded.points_written} were written; {why}"
-        )
+    start_ns, stop_ns = time_ns(chunk.lower), time_ns(chunk.upper)
+    counted = build_target(spec).reconcile_points(
+        _label(plan, chunk), start_ns, stop_ns, loaded.measurements, loaded.points_written, loaded.count_field
+    )
     if not loaded.already_loaded:
         details = {
             "measurements": loaded.measurements,
             "rows_dropped": loaded.rows_dropped,
             "problems": loaded.problems,
-            "start_ns": time_ns(chunk.lower),
-            "stop_ns": time_ns(chunk.upper),
+            "start_ns": start_ns,
+            "stop_ns": stop_ns,
             "count_field": loaded.count_field,
             "target": loaded.target,
             **({"shared_with": loaded.shared_with} if loaded.shared_with else {}),

@@ -28,14 +28,14 @@ from blocks.errors import (
     MigrationError,
     ValidationFailed,
 )
-from blocks.influxdb.line_protocol import FieldSpec, PointMapping
-from blocks.influxdb.target import (
-    InfluxDBTarget,
+from blocks.influxdb.influxql import (
     influxql_ident,
     rfc3339_ns,
     time_condition,
     v2_delete_stop_is_inclusive,
 )
+from blocks.influxdb.line_protocol import FieldSpec, PointMapping
+from blocks.influxdb.target import InfluxDBTarget
 from devstack.servers import free_port, influxql
 from tests.influx_readback import field_types, select, stored_points
 from tests.support import NASTY_TAGS

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 import pyarrow as pa
 import pytest
 
+from blocks.influxdb.influxql import influxql_ident
 from blocks.influxdb.line_protocol import EncodeReport, FieldSpec, PointMapping, encode_batch
-from blocks.influxdb.target import influxql_ident
 from devstack.servers import influxql
 from tests.influx_readback import _request, select
 from tests.test_line_protocol import (

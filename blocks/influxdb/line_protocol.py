@@ -110,6 +110,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from blocks.timeunits import NS_PER_SECOND, NS_PER_UNIT
+
 FieldKind = Literal["float", "integer", "unsigned", "string", "boolean"]
 
 MIN_TIME_NS = -9223372036854775806
@@ -121,7 +123,6 @@ _FIELD_KEY_SEPARATOR_BYTES = len("#!~#")
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-_NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 # RFC3339 has four-digit years: 0000-01-01T00:00:00Z .. 9999-12-31T23:59:59Z, in seconds.
 _RFC3339_MIN_S = -62167219200
 _RFC3339_MAX_S = 253402300799
@@ -535,7 +536,7 @@ def _to_nanoseconds(arr: pa.Array, lowest: int, highest: int) -> tuple[np.ndarra
 
     The range is checked in the column's own unit, before scaling, so scaling cannot overflow.
     """
-    per_unit = _NS_PER_UNIT[arr.type.unit]
+    per_unit = NS_PER_UNIT[arr.type.unit]
     raw = np.asarray(arr.cast(pa.int64()).fill_null(0))
     low, high = -((-lowest) // per_unit), highest // per_unit
     inside = (raw >= low) & (raw <= high)
@@ -746,8 +747,8 @@ def _field_piece(arr: pa.Array, spec: FieldSpec, timestamp_fields: str, report: 
 def _rfc3339(arr: pa.Array, key: str, report: EncodeReport) -> pa.Array:
     """RFC3339 UTC text (``2024-01-31T12:00:00.123456Z``, as many fraction digits as the unit),
     NULL for years outside 0000..9999, which RFC3339 cannot write."""
-    per_unit = _NS_PER_UNIT[arr.type.unit]
-    per_second = 1_000_000_000 // per_unit
+    per_unit = NS_PER_UNIT[arr.type.unit]
+    per_second = NS_PER_SECOND // per_unit
     raw = np.asarray(arr.cast(pa.int64()).fill_null(0))
     out = ((raw < _RFC3339_MIN_S * per_second) | (raw > (_RFC3339_MAX_S + 1) * per_second - 1)) & np.asarray(
         arr.is_valid()

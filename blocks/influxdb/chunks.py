@@ -1,0 +1,105 @@
+"""One chunk's points, as the tasks ask for them through `blocks.seam.PointTarget`: the
+measurements a staged file writes, its write, and the count that reconciles it.
+
+The tasks pass plain values (the staged Parquet file, the table's `PointsPlan`, a chunk label
+such as "table/chunk-id", time bounds in nanoseconds), so nothing here knows the task models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from blocks.errors import ValidationFailed
+from blocks.influxdb.influxql import rfc3339_ns
+from blocks.influxdb.writes import InfluxLoad
+
+if TYPE_CHECKING:  # the mapping module reads the config's models, which name this package
+    from blocks.influxdb.mapping import PointsPlan
+
+READ_BATCH_ROWS = 65_536
+# What the encoder leaves out of a point, field by field (the keys of `EncodeReport`).
+_VALUES_LEFT_OUT = ("non_finite_values", "oversized_strings", "out_of_range_values")
+
+
+def field_on_every_point(path: Path, points: PointsPlan, load: InfluxLoad) -> str | None:
+    """A field key every written point carries, or None: no row was dropped, the column has
+    no NULL in the staged file (Parquet statistics), and the encoder left out none of its
+    values. InfluxDB then counts the points with a cheap `COUNT(field)`."""
+    if load.points_written != load.rows_in:
+        return None
+    metadata = pq.ParquetFile(path).metadata
+    names = metadata.schema.to_arrow_schema().names
+    left_out = {key for kind in _VALUES_LEFT_OUT for key in load.report[kind]}
+    for field in points.fields:
+        if field.key in left_out or field.column not in names:
+            continue
+        index = names.index(field.column)
+        stats = [metadata.row_group(g).column(index).statistics for g in range(metadata.num_row_groups)]
+        if all(s is not None and s.has_null_count and s.null_count == 0 for s in stats):
+            return field.key
+    return None
+
+
+def _time_text(ns: int | None) -> str:
+    return "open" if ns is None else rfc3339_ns(ns)
+
+
+class ChunkPoints:
+    """The chunk side of `InfluxDBTarget` (mixed into the block): the `PointTarget` methods."""
+
+    def chunk_measurements(self, path: Path, points: PointsPlan) -> list[str]:
+        """The measurements the staged file's rows go to, sorted: the mapping's one, or the
+        distinct non-empty values of its measurement column."""
+        if points.measurement is not None:
+            return [points.measurement]
+        column = pq.read_table(path, columns=[points.measurement_column]).column(0)
+        names = pc.unique(column).drop_null().to_pylist()
+        return sorted(n for n in names if n)
+
+    def write_chunk_points(self, path: Path, points: PointsPlan, chunk: str) -> InfluxLoad:
+        """Write the staged file's rows as points, batch by batch (see `write_chunk`), and name
+        a field every written point carries in `count_field` (the plan's, else one found in the
+        file's statistics, else None). `chunk` names the chunk in messages."""
+        batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS)
+        load = self.write_chunk(batches, points.point_mapping(), chunk=chunk)
+        count_field = points.count_field or field_on_every_point(path, points, load)
+        return load.model_copy(update={"count_field": count_field})
+
+    def count_points(
+        self, measurements: list[str], start_ns: int | None, stop_ns: int | None, field: str | None
+    ) -> int:
+        """Points of the measurements with ``start_ns <= time < stop_ns``: `COUNT(field)` when
+        every point carries `field`, else by listing the points."""
+        return sum(self.count(m, start_ns, stop_ns, field=field) for m in measurements)
+
+    def reconcile_points(
+        self,
+        chunk: str,
+        start_ns: int | None,
+        stop_ns: int | None,
+        measurements: list[str],
+        points_written: int,
+        count_field: str | None,
+    ) -> int:
+        """InfluxDB's count of the measurements' points in the chunk's time range, which must
+        equal `points_written`; else raises `ValidationFailed` saying which way it differs and
+        why that happens."""
+        counted = self.count_points(measurements, start_ns, stop_ns, count_field)
+        if counted == points_written:
+            return counted
+        why = (
+            "the range also holds points this chunk did not write (another job's, or data that was "
+            "there before): pick another bucket or measurement, or delete them first"
+            if counted > points_written
+            else "rows that share measurement, tags and time collapse into one point in InfluxDB, "
+            "or points were lost: check the source for duplicate series and time"
+        )
+        raise ValidationFailed(
+            f"chunk {chunk} [{_time_text(start_ns)}, {_time_text(stop_ns)}): InfluxDB counts {counted} "
+            f"points in {self.container()} ({', '.join(measurements) or 'no measurement'}), "
+            f"{points_written} were written; {why}"
+        )
