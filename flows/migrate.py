@@ -13,7 +13,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.errors import MigrationFailed, TargetGuardError
-from blocks.postgres.target import JobStart
+from blocks.seam import JobStart
 from flows.rollback import rollback
 from tasks.config import MigrationSpec
 from tasks.connections import check_connections, validate_config

@@ -7,7 +7,7 @@ never "resume" a job that has already completed.
 from __future__ import annotations
 
 from blocks.errors import TargetGuardError
-from blocks.postgres import ledger as pg_ledger
+from blocks.job_status import RESUMABLE
 from tasks.plan import Bound, TablePlan, parse_bound
 
 
@@ -24,7 +24,7 @@ def _some(ranges: list[str], shown: int = 3) -> str:
 def other_job_options(job_id: str, status: str) -> str:
     """What a user can do about another job's data in the way; never "resume" a completed job."""
     options = [f"roll job {job_id} back (rollback/by-job -p job_id={job_id})"]
-    if status in pg_ledger.UNFINISHED or status == "incomplete":
+    if status in RESUMABLE:
         options.insert(0, f"resume job {job_id} instead (-p job_id={job_id})")
     return "; ".join(options)
 
@@ -64,7 +64,7 @@ def refuse_point_overlap(
     plan: TablePlan, job_id: str, claims: list[dict], where: str = "this job's chunks"
 ) -> None:
     """Refuse InfluxDB points over measurement time ranges other live jobs loaded
-    (`blocks.postgres.ledger_claims.point_claims`), naming each job, measurement and range."""
+    (`Ledger.point_claims`), naming each job, measurement and range."""
     if not claims:
         return
     by_job: dict[str, dict] = {}

@@ -12,9 +12,7 @@ from prefect.context import get_run_context
 
 from blocks.columns import Column
 from blocks.errors import TargetGuardError
-from blocks.postgres import ledger as pg_ledger
-from blocks.postgres.target import JobStart
-from blocks.seam import LoadMode
+from blocks.seam import JobStart, LoadMode
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_staging, build_target
 from tasks.guards import refuse_overlap, refuse_point_overlap
@@ -86,7 +84,7 @@ def describe_window(window: RunWindow) -> str:
 
 @contextmanager
 def hold_job_run(spec: MigrationSpec, job_id: str, picked: bool) -> Iterator[None]:
-    """Hold the job's run lock (`pg_ledger.JobRunLock`) in its ledger database for the body.
+    """Hold the job's run lock (`Ledger.run_lock`) in its ledger database for the body.
 
     Raises `TargetGuardError` at once when another run holds it: two runs of one job would
     export the same chunks over each other and record the job's end under each other.
@@ -96,16 +94,14 @@ def hold_job_run(spec: MigrationSpec, job_id: str, picked: bool) -> Iterator[Non
     """
     from prefect.runtime import flow_run
 
-    lock = pg_ledger.JobRunLock(build_ledger(spec), job_id, flow_run.id)
+    lock = build_ledger(spec).run_lock(job_id, flow_run.id)
     holder = run_step(lock.acquire, spec.retries, f"lock job {job_id}")
     if holder is not None:
         picked_note = " (no job_id was given, so this run picked that job to resume)" if picked else ""
         raise TargetGuardError(
             f"job {job_id} is already running in {holder}{picked_note}; this run stops before "
             "loading anything. Wait for that run to finish, or cancel it, then start this one again. "
-            "If that run's process is gone but PostgreSQL still keeps its session (a client that "
-            "vanished without closing it), end the session: SELECT pg_terminate_backend(pid) FROM "
-            f"pg_stat_activity WHERE application_name LIKE '{pg_ledger.RUN_LOCK_APP}%'"
+            + lock.how_to_free()
         )
     try:
         yield
@@ -214,8 +210,7 @@ def finish_job(spec: MigrationSpec, job_id: str, status: str, error: str | None 
     Refuses (`TargetGuardError`) when this run lost the job to another run while the ledger's
     server was down: the job's status is that run's to record."""
     ledger = build_ledger(spec)
-    with ledger.connect() as conn:
-        pg_ledger.ensure_run_lock(conn, job_id)
+    ledger.ensure_run_lock(job_id)
     ledger.set_job_status(job_id, status, error)
     if status == "completed" and not spec.keep_staged_files:
         build_staging(spec).delete_prefix(job_id)

@@ -17,8 +17,7 @@ from prefect import get_run_logger
 from pydantic import BaseModel
 
 from blocks.errors import ConfigError, TargetGuardError
-from blocks.postgres import ledger as pg_ledger
-from blocks.postgres import ledger_claims
+from blocks.seam import Ledger
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_staging, build_target
 from tasks.policy import step_task
@@ -71,13 +70,11 @@ def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
         return run
     losses: list[dict] = []
     truncated: list[dict] = []
-    with ledger.connect() as conn:
-        holder = pg_ledger.run_lock_holder(conn, job_id)
-        pg_ledger.ensure_ledger(conn)  # a ledger an older version wrote gains its new columns
-        claims = other_jobs_claims(conn, job_id)
-        if spec.target.keeps_row_provenance:
-            losses = pg_ledger.rollback_losses(conn, job_id)
-            truncated = ledger_claims.truncated_claims(conn, job_id)
+    holder = ledger.run_lock_holder(job_id)
+    claims = other_jobs_claims(ledger, job_id)
+    if spec.target.keeps_row_provenance:
+        losses = ledger.rollback_losses(job_id)
+        truncated = ledger.truncated_claims(job_id)
     if holder is not None:
         raise TargetGuardError(
             f"job {job_id} is still running ({holder} holds it): wait for it to end, or cancel it first"
@@ -95,10 +92,10 @@ def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
     return run
 
 
-def other_jobs_claims(conn, job_id: str) -> list[dict]:
+def other_jobs_claims(ledger: Ledger, job_id: str) -> list[dict]:
     """Other live jobs' chunks whose data a rollback of `job_id` would remove: InfluxDB points in
     a shared measurement time range, PostgreSQL rows its upserts took over."""
-    return ledger_claims.job_point_claims(conn, job_id) + ledger_claims.overwritten_claims(conn, job_id)
+    return ledger.job_point_claims(job_id) + ledger.overwritten_claims(job_id)
 
 
 def refuse_claimed_rollback(job_id: str, claims: list[dict]) -> None:
@@ -135,7 +132,7 @@ def refuse_claimed_rollback(job_id: str, claims: list[dict]) -> None:
 
 def refuse_lossy_rollback(job_id: str, losses: list[dict], truncated: list[dict] | None = None) -> None:
     """Raise `TargetGuardError` naming each table where rolling back would lose rows that were
-    there before the job (`pg_ledger.rollback_losses`), the jobs whose rows a truncation
+    there before the job (`Ledger.rollback_losses`), the jobs whose rows a truncation
     removed, and how to go ahead anyway."""
     if not losses:
         return
@@ -189,30 +186,22 @@ def rollback_target(spec: MigrationSpec, job_id: str) -> RollbackReport:
     report = RollbackReport(job_id=job_id, migration=spec.name)
     target, ledger = build_target(spec), build_ledger(spec)
     if target.keeps_row_provenance:
-        with ledger.connect() as conn:
-            claimed = ledger_claims.overwritten_claims(conn, job_id)
+        claimed = ledger.overwritten_claims(job_id)
         tables = target.rollback_job(job_id)  # marks the claimed chunks in its transaction
         report.tables = [t.model_dump() for t in tables]
         report.other_jobs_marked = sorted({c["job_id"] for c in claimed})
         return report
-    with ledger.connect() as conn:
-        claimed = ledger_claims.job_point_claims(conn, job_id)
+    claimed = ledger.job_point_claims(job_id)
     for chunk in ledger.loaded_chunks(job_id, with_removed=True):
         details = chunk["details"] or {}
         for measurement in details.get("measurements", []):
             target.delete(measurement, details.get("start_ns"), details.get("stop_ns"))
             report.points_deleted_ranges += 1
-    with ledger.connect() as conn:
-        pg_ledger.lock_job_loads(conn, job_id, exclusive=True)
-        touched = ledger_claims.mark_removed(
-            conn,
-            claimed,
-            job_id,
-            f"the forced rollback of job {job_id} deleted this job's points in the ranges both loaded",
-            pg_ledger.RELOADABLE,
-        )
-        pg_ledger.mark_job_rolled_back(conn, job_id)
-    report.other_jobs_marked = touched
+    report.other_jobs_marked = ledger.mark_rolled_back(
+        job_id,
+        removed=claimed,
+        reason=f"the forced rollback of job {job_id} deleted this job's points in the ranges both loaded",
+    )
     return report
 
 

@@ -74,7 +74,7 @@ def arm(point: str, selected: Callable[[str], bool]) -> None:
 
         InfluxDBTarget._send = send
     elif point == "commit":
-        from blocks.postgres.target import PostgresTarget
+        from blocks.postgres.ledger_store import PostgresLedger
         from tasks import load
 
         real_load = load.load_manifest
@@ -86,14 +86,14 @@ def arm(point: str, selected: Callable[[str], bool]) -> None:
             return loaded
 
         load.load_manifest = load_manifest
-        real_written = PostgresTarget.mark_chunk_written
+        real_written = PostgresLedger.mark_chunk_written
 
         def mark_chunk_written(self, job_id, table, chunk_id, *args, **kwargs):
             real_written(self, job_id, table, chunk_id, *args, **kwargs)
             if selected(chunk_id):
                 die(point, chunk_id)
 
-        PostgresTarget.mark_chunk_written = mark_chunk_written
+        PostgresLedger.mark_chunk_written = mark_chunk_written
     elif point == "validate":
         from tasks import pipeline
 

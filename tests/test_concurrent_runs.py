@@ -2,7 +2,7 @@
 loads nothing; the first finishes with exact data, every chunk loaded once.
 
 A run holds a session-level advisory lock on its job in the ledger database for as long as it
-runs (blocks/pg_ledger.py `JobRunLock`); PostgreSQL drops it with the session, so a run
+runs (blocks/postgres/ledger_lock.py `JobRunLock`); PostgreSQL drops it with the session, so a run
 killed with kill -9 leaves nothing to clean up.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from blocks.errors import DataConversionError, TargetGuardError
-from blocks.postgres import ledger as pg_ledger
+from blocks.postgres.ledger_lock import run_lock_holder
 from blocks.postgres.target import PostgresTarget
 from tests.support import assert_same_rows, source_rows, staged_files, target_rows, write_migrations
 
@@ -55,7 +55,7 @@ def ledger_chunks(pg_connect) -> dict[str, tuple]:
 
 def lock_holder(pg_connect, job_id: str) -> str | None:
     with pg_connect() as conn:
-        return pg_ledger.run_lock_holder(conn, job_id)
+        return run_lock_holder(conn, job_id)
 
 
 def assert_customers_exact(snowflake_kwargs, pg_connect) -> None:
@@ -181,12 +181,12 @@ def test_a_failed_run_releases_the_job_for_the_rerun(
 HOLD_THE_JOB = """
 import os, sys, time
 from pydantic import SecretStr
-from blocks.postgres import ledger as pg_ledger
-from blocks.postgres.target import PostgresTarget
+from blocks.postgres.credentials import PostgresCredentials
+from blocks.postgres.ledger_store import PostgresLedger
 
 port, dbname, job_id, flow_run_id = sys.argv[1:5]
-ledger = PostgresTarget(host="127.0.0.1", port=int(port), dbname=dbname, password=SecretStr(os.environ["PGPASSWORD"]))
-assert pg_ledger.JobRunLock(ledger, job_id, flow_run_id).acquire() is None
+login = PostgresCredentials(host="127.0.0.1", port=int(port), dbname=dbname, password=SecretStr(os.environ["PGPASSWORD"]))
+assert PostgresLedger(credentials=login).run_lock(job_id, flow_run_id).acquire() is None
 print("holding", flush=True)
 time.sleep(600)
 """

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from blocks.errors import ConnectionCheckError, MigrationError
 from blocks.postgres import ledger as pg_ledger
 from blocks.postgres import pool as pg_pool
+from blocks.postgres.ledger_lock import run_lock_holder
 from blocks.postgres.target import PostgresTarget
 from devstack.servers import PostgresServer, free_port
 from tests.support import assert_same_rows, source_rows, target_rows, write_migrations
@@ -226,7 +227,7 @@ def test_target_restarted_mid_migration_recovers_with_exact_data(
 
         monkeypatch.setattr(pg_ledger, "mark_chunk_loaded", mark_chunk_loaded)
 
-    caplog.set_level("WARNING", logger="blocks.postgres.ledger")
+    caplog.set_level("WARNING", logger="blocks.postgres.ledger_lock")
     outcome: dict = {}
 
     def run() -> None:
@@ -283,7 +284,7 @@ def test_target_restarted_mid_migration_recovers_with_exact_data(
         job = conn.execute(
             "SELECT status, chunks_done, rows_total FROM migration_status.migration_runs"
         ).fetchall()
-        lock_left = pg_ledger.run_lock_holder(conn, "restart-1")
+        lock_left = run_lock_holder(conn, "restart-1")
     assert total == distinct == len(expected) == 110_000
     assert len(chunks) == 11 and all(status == "loaded" for _, status, *_ in chunks)
     assert all(loaded == gained for _, _, loaded, gained, _ in chunks), (

@@ -1,18 +1,13 @@
-"""The job ledger in the target database: schema `migration_status`.
+"""The job ledger's rows in the target database (schema `migration_status`, see
+`blocks.postgres.ledger_schema`): jobs, their planned chunks, and what each job did to its tables.
 
-`migration_runs` has one row per job; `migration_chunk_status` one row per planned chunk;
-`migration_table_status` records what a job did to each target table before loading
-(created it, truncated it). A chunk's ledger row is written in the same transaction as its
-rows, so the ledger never disagrees with the data.
-
-A job has at most one live run: the run holds a session-level advisory lock on the job
-(`JobRunLock`) in this database for as long as it runs.
+Every function works inside the caller's transaction on the connection it is given: a chunk's
+ledger row is written in the same transaction as its rows, so the ledger never disagrees with
+the data. `blocks.postgres.ledger_store.PostgresLedger` is the component the tasks call.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from datetime import datetime
 from typing import Any
 
@@ -21,101 +16,21 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from blocks.errors import TargetGuardError
-from blocks.postgres import pool as pg_pool
-
-LEDGER_DDL = """
-CREATE SCHEMA IF NOT EXISTS migration_status;
-CREATE TABLE IF NOT EXISTS migration_status.migration_runs (
-    job_id          text PRIMARY KEY,
-    migration       text NOT NULL,
-    job_name        text,
-    status          text NOT NULL,
-    fingerprint     text NOT NULL,
-    parameters      jsonb NOT NULL DEFAULT '{}'::jsonb,
-    flow_run_id     text,
-    started_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now(),
-    finished_at     timestamptz,
-    chunks_total    integer NOT NULL DEFAULT 0,
-    chunks_done     integer NOT NULL DEFAULT 0,
-    rows_total      bigint NOT NULL DEFAULT 0,
-    error           text
-);
-CREATE TABLE IF NOT EXISTS migration_status.migration_chunk_status (
-    job_id          text NOT NULL REFERENCES migration_status.migration_runs (job_id),
-    table_name      text NOT NULL,
-    chunk_id        text NOT NULL,
-    target_table    text NOT NULL,
-    chunk_column    text NOT NULL,
-    lower_bound     text,
-    upper_bound     text,
-    status          text NOT NULL,
-    rows_loaded     bigint,
-    rows_before     bigint,
-    rows_after      bigint,
-    staged_uri      text,
-    loaded_at       timestamptz,
-    PRIMARY KEY (job_id, table_name, chunk_id)
-);
-ALTER TABLE migration_status.migration_chunk_status ADD COLUMN IF NOT EXISTS details jsonb;
-CREATE TABLE IF NOT EXISTS migration_status.migration_table_status (
-    job_id          text NOT NULL REFERENCES migration_status.migration_runs (job_id),
-    table_name      text NOT NULL,
-    target_table    text NOT NULL,
-    load_mode       text NOT NULL,
-    created_table   boolean NOT NULL DEFAULT false,
-    truncated       boolean NOT NULL DEFAULT false,
-    prepared_at     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (job_id, table_name)
-);
-ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS target_ident jsonb;
-CREATE TABLE IF NOT EXISTS migration_status.migration_plan_columns (
-    job_id          text NOT NULL REFERENCES migration_status.migration_runs (job_id),
-    table_name      text NOT NULL,
-    columns         jsonb NOT NULL,
-    PRIMARY KEY (job_id, table_name)
-);
-ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS rows_truncated bigint;
-"""
-
-UNFINISHED = ("running", "failed", "crashed", "cancelled")
-# Job statuses a later job can cause: `incomplete` (a forced rollback of another job removed
-# some of its data; a run with its job_id loads those chunks again) and `superseded` (another
-# job's `replace` truncated its rows away; it never loads again).
-# Chunk statuses beyond planned/loaded/rolled_back: `removed` (its data was deleted by another
-# job's forced rollback; a resume loads it again) and `superseded` (truncated by another job's
-# `replace`; never loaded again).
-RELOADABLE = "removed"
-SUPERSEDED = "superseded"
+from blocks.job_status import SUPERSEDED
+from blocks.postgres.ledger_schema import ledger_exists
 
 
-def ledger_exists(conn: psycopg.Connection) -> bool:
-    """Whether any migration has written a ledger into this database yet."""
-    return conn.execute("SELECT to_regclass('migration_status.migration_runs')").fetchone()[0] is not None
-
-
-def ensure_ledger(conn: psycopg.Connection) -> None:
-    # Two jobs starting at once would race on CREATE ... IF NOT EXISTS; serialise them.
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('migration_status.ddl', 0))")
-    conn.execute(LEDGER_DDL)
-
-
-def lock(conn: psycopg.Connection, key: str) -> None:
-    """Hold a transaction-scoped advisory lock on `key` until commit or rollback."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
-
-
-def lock_job_loads(conn: psycopg.Connection, job_id: str, exclusive: bool = False) -> None:
-    """Loads of a job hold this lock shared; a rollback holds it exclusively, so it waits for
-    loads in flight and no load of the job runs while it works.
-
-    A load first checks that this process's run still holds the job (`ensure_run_lock`):
-    after a server restart it takes the run lock again, and a run that lost the job to another
-    run loads nothing more."""
-    if not exclusive:
-        ensure_run_lock(conn, job_id)
-    kind = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    conn.execute(f"SELECT {kind}(hashtextextended(%s, 0))", (f"job-loads/{job_id}",))
+def refuse_final_chunk(job_id: str, chunk: dict[str, Any]) -> None:
+    """Raise `TargetGuardError` for a chunk that must never load again: its job was rolled back,
+    or another job's `replace` truncated its rows away (superseded)."""
+    if chunk["status"] == "rolled_back":
+        raise TargetGuardError(f"job {job_id} was rolled back; its chunks are not loaded again")
+    if chunk["status"] == SUPERSEDED:
+        by = (chunk.get("details") or {}).get("removed_by")
+        raise TargetGuardError(
+            f"chunk {chunk['chunk_id']} of job {job_id} was superseded by job {by} (its replace truncated "
+            "the table); it is not loaded again"
+        )
 
 
 def get_run(conn: psycopg.Connection, job_id: str) -> dict[str, Any] | None:
@@ -431,155 +346,3 @@ def loaded_chunks_for_target(
             (target, job_ids),
         )
         return cur.fetchall()
-
-
-# One job, one live run ---------------------------------------------------------------------
-
-RUN_LOCK_APP = "prefect-migrate run "
-_HOLDER_SQL = """
-SELECT a.pid, a.application_name
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid,
-     (SELECT hashtextextended(%s, 0) AS key) k
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid::bigint = (k.key >> 32) & 4294967295 AND l.objid::bigint = k.key & 4294967295
-"""
-_RUN_LOCKS: dict[tuple, JobRunLock] = {}
-_RUN_LOCKS_MUTEX = threading.Lock()
-_log = logging.getLogger(__name__)
-
-
-def run_lock_key(job_id: str) -> str:
-    return f"migrate-job-run/{job_id}"
-
-
-def run_lock_holder(conn: psycopg.Connection, job_id: str) -> str | None:
-    """Who holds the job's run lock: "flow run <id>" for a migrate run, "another session (pid N,
-    <application>)" otherwise; None when nobody does."""
-    row = conn.execute(_HOLDER_SQL, (run_lock_key(job_id),)).fetchone()
-    if row is None:
-        return None
-    pid, application = row
-    if application and application.startswith(RUN_LOCK_APP):
-        return "flow run " + application.removeprefix(RUN_LOCK_APP)
-    return f"another session (pid {pid}{', ' + application if application else ''})"
-
-
-class JobRunLock:
-    """The session-level advisory lock that says a job has a live run.
-
-    It is held on a connection of its own, never pooled, for the whole run. The connection's
-    application_name names the flow run, so a second run of the job can say who has it.
-    PostgreSQL releases the lock when the session ends: a run killed with kill -9 leaves
-    nothing behind and the job can resume at once. A server restart ends the session too;
-    `ensure_held` (before each load, and before the run records its end) takes the lock
-    again, or, if another run took it meanwhile, stops this run from loading more.
-    """
-
-    def __init__(self, settings: Any, job_id: str, flow_run_id: str | None):
-        self.settings = settings
-        self.job_id = job_id
-        self.application = (f"{RUN_LOCK_APP}{flow_run_id}" if flow_run_id else "prefect-migrate")[:63]
-        self._conn: psycopg.Connection | None = None
-        self._registered: tuple | None = None
-        self._lost: str | None = None
-        self._mutex = threading.Lock()
-
-    def acquire(self) -> str | None:
-        """Take the lock: None when taken, else who holds it (see `run_lock_holder`). Raises
-        `ConnectionError` while the server cannot be reached (`blocks.postgres.pool`)."""
-        with self._mutex:
-            holder = self._take()
-        if holder is None:
-            with _RUN_LOCKS_MUTEX:
-                _RUN_LOCKS[self._registered] = self
-        return holder
-
-    def ensure_held(self) -> None:
-        """Make sure this run still holds the lock; take it again if a server restart ended its session.
-
-        Raises `TargetGuardError` when another run took the job meanwhile (this run must not
-        load it any more), `ConnectionError` while the server cannot be reached (retried).
-        """
-        with self._mutex:
-            if self._lost:
-                raise TargetGuardError(self._lost)
-            if self._conn is not None:
-                try:
-                    self._conn.execute("SELECT 1")
-                    return
-                except psycopg.Error:
-                    self._conn.close()
-                    self._conn = None
-            holder = self._take()
-            if holder is None:
-                _log.warning("job %s: took the job's run lock again after its session ended", self.job_id)
-                return
-            if holder == "flow run " + self.application.removeprefix(RUN_LOCK_APP):
-                raise ConnectionError(
-                    f"job {self.job_id}: this run's earlier session still holds the job's run lock; "
-                    "waiting for PostgreSQL to end it"
-                )
-            self._lost = (
-                f"job {self.job_id}: this run's lock on the job ended while {pg_pool.describe(self.settings)} "
-                f"was unreachable, and {holder} holds it now; this run stops loading the job and "
-                "leaves it to that run"
-            )
-            raise TargetGuardError(self._lost)
-
-    def release(self) -> None:
-        """Give the lock back at once, so a rollback or a rerun right after finds it free."""
-        with _RUN_LOCKS_MUTEX:
-            if self._registered is not None and _RUN_LOCKS.get(self._registered) is self:
-                del _RUN_LOCKS[self._registered]
-        with self._mutex:
-            conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (run_lock_key(self.job_id),))
-        except psycopg.Error:
-            pass  # the session is gone, and the lock went with it
-        finally:
-            conn.close()
-
-    def _take(self) -> str | None:
-        conn = pg_pool.open_connection(
-            self.settings,
-            self.application,
-            autocommit=True,
-            # Keepalives notice a server gone silent, and keep idle-connection firewalls away.
-            keepalives=1,
-            keepalives_idle=30,
-            keepalives_interval=10,
-            keepalives_count=3,
-        )
-        try:
-            if conn.info.server_version >= 140000:  # a server-wide idle limit must not end the run's hold
-                conn.execute("SET idle_session_timeout = 0")
-            for _ in range(2):  # a holder that has just let go shows no holder: try once more
-                taken = conn.execute(
-                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (run_lock_key(self.job_id),)
-                ).fetchone()[0]
-                if taken:
-                    self._conn = conn
-                    self._registered = (conn.info.host, conn.info.port, conn.info.dbname, self.job_id)
-                    return None
-                holder = run_lock_holder(conn, self.job_id)
-                if holder is not None:
-                    break
-            conn.close()
-            return holder or "another run"
-        except BaseException:
-            conn.close()
-            raise
-
-
-def ensure_run_lock(conn: psycopg.Connection, job_id: str) -> None:
-    """If this process holds `job_id`'s run lock in `conn`'s database, make sure it still does
-    (`JobRunLock.ensure_held`). Chunks that run in other processes (Dask workers) skip this."""
-    key = (conn.info.host, conn.info.port, conn.info.dbname, job_id)
-    with _RUN_LOCKS_MUTEX:
-        held = _RUN_LOCKS.get(key)
-    if held is not None:
-        held.ensure_held()

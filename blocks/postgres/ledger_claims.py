@@ -24,7 +24,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from blocks.job_status import RELOADABLE, SUPERSEDED
 from blocks.postgres import ledger as pg_ledger
+from blocks.postgres.ledger_schema import ledger_exists
 
 _POINT_CLAIMS = """
 SELECT c.job_id, c.table_name, c.chunk_id, c.lower_bound, c.upper_bound, r.status AS job_status,
@@ -52,7 +54,7 @@ def point_claims(
     """Other live jobs' loaded chunks in InfluxDB `target` whose measurements meet
     `measurements` (None: any) and whose time range meets one of `ranges` ([start, stop) ns)."""
     ranges = list(ranges)
-    if not ranges or not pg_ledger.ledger_exists(conn) or measurements == []:
+    if not ranges or not ledger_exists(conn) or measurements == []:
         return []
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -112,7 +114,7 @@ def truncated_claims(conn: psycopg.Connection, job_id: str) -> list[dict[str, An
             "SELECT job_id, table_name, chunk_id, target_table, lower_bound, upper_bound, rows_loaded "
             "FROM migration_status.migration_chunk_status WHERE details->>'removed_by' = %s "
             "AND status = %s ORDER BY 1, 2, 3",
-            (job_id, pg_ledger.SUPERSEDED),
+            (job_id, SUPERSEDED),
         )
         return cur.fetchall()
 
@@ -163,16 +165,16 @@ def mark_removed(
         )
         run = pg_ledger.get_run(conn, job)
         current = run["status"] if run else None
-        if counts.get(pg_ledger.RELOADABLE):
+        if counts.get(RELOADABLE):
             new, error = (
                 "incomplete",
                 (
-                    f"{reason}: {counts[pg_ledger.RELOADABLE]} chunk(s) of this job no longer hold their data; "
+                    f"{reason}: {counts[RELOADABLE]} chunk(s) of this job no longer hold their data; "
                     f"run the job again with job_id={job} to load them again"
                 ),
             )
         elif not counts.get("loaded"):
-            new, error = pg_ledger.SUPERSEDED, f"{reason}: none of this job's data is left in the target"
+            new, error = SUPERSEDED, f"{reason}: none of this job's data is left in the target"
         else:
             new, error = current, run["error"] if run else None
         if current in ("running",):

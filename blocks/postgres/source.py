@@ -1,6 +1,6 @@
 """PostgreSQL as a migration source.
 
-`PostgresSource` keeps the connection settings (the password as a `SecretStr`) and the
+`PostgresSource` holds its login as `credentials` (a `PostgresCredentials` block) and the
 schema it reads from, and streams a key or time range of a table as Arrow record batches.
 
 A chunk is exported with one `COPY (SELECT … WHERE lower <= col < upper) TO STDOUT (FORMAT
@@ -29,12 +29,13 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 from prefect.blocks.core import Block
 from psycopg import sql
-from pydantic import Field, SecretStr
+from pydantic import Field, model_validator
 
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConnectionCheckError, DataConversionError, SourceSchemaError
-from blocks.postgres import PostgresTraits
+from blocks.postgres import PostgresTraits, nest_login
 from blocks.postgres import pool as pg_pool
+from blocks.postgres.credentials import PostgresCredentials
 
 # The session settings whose text forms the CSV parse below relies on.
 _SESSION = (
@@ -212,31 +213,31 @@ class PostgresSource(PostgresTraits, Block):
     _block_type_name = "Migration PostgreSQL Source"
     _block_type_slug = "migration-postgres-source"
 
-    host: str = "localhost"
-    port: int = 5432
-    dbname: str = "postgres"
-    user: str = "postgres"
-    password: SecretStr | None = None
-    sslmode: str = "prefer"
-    connect_timeout: int = 10
+    credentials: PostgresCredentials = Field(default_factory=PostgresCredentials)
     schema_name: str = Field(default="public", description="Schema the source tables live in")
     copy_block_bytes: int = Field(
         default=8 << 20, ge=1 << 16, description="Bytes of COPY data parsed at a time (bounds memory)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_login(cls, data: Any) -> Any:
+        """Saved blocks and callers from before `credentials` give the login as flat fields."""
+        return nest_login(data)
+
     def describe_target(self) -> str:
-        return pg_pool.describe(self)
+        return self.credentials.describe_server()
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
         """A read-only connection with the session settings the export relies on, reused within
         the process (`blocks.postgres.pool`) when its work ended without an error."""
-        with pg_pool.pooled(pg_pool.pool_key("source", self), self._open) as conn:
+        with pg_pool.pooled(self.credentials.pool_key("source"), self._open) as conn:
             yield conn
             conn.rollback()  # end the read-only transaction, so the connection can be reused
 
     def _open(self) -> psycopg.Connection:
-        conn = pg_pool.open_connection(self, "prefect-migrate-source", autocommit=True)
+        conn = self.credentials.get_connection("prefect-migrate-source", autocommit=True)
         try:
             conn.execute(_SESSION)
             conn.autocommit = False

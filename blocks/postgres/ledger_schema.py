@@ -1,0 +1,97 @@
+"""The job ledger's schema `migration_status` in a PostgreSQL database, and its locks.
+
+`migration_runs` has one row per job; `migration_chunk_status` one row per planned chunk;
+`migration_table_status` records what a job did to each target table before loading
+(created it, truncated it); `migration_plan_columns` the source columns each table was
+planned with. The rows themselves are read and written by `blocks.postgres.ledger`.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from blocks.postgres.ledger_lock import ensure_run_lock
+
+LEDGER_DDL = """
+CREATE SCHEMA IF NOT EXISTS migration_status;
+CREATE TABLE IF NOT EXISTS migration_status.migration_runs (
+    job_id          text PRIMARY KEY,
+    migration       text NOT NULL,
+    job_name        text,
+    status          text NOT NULL,
+    fingerprint     text NOT NULL,
+    parameters      jsonb NOT NULL DEFAULT '{}'::jsonb,
+    flow_run_id     text,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz,
+    chunks_total    integer NOT NULL DEFAULT 0,
+    chunks_done     integer NOT NULL DEFAULT 0,
+    rows_total      bigint NOT NULL DEFAULT 0,
+    error           text
+);
+CREATE TABLE IF NOT EXISTS migration_status.migration_chunk_status (
+    job_id          text NOT NULL REFERENCES migration_status.migration_runs (job_id),
+    table_name      text NOT NULL,
+    chunk_id        text NOT NULL,
+    target_table    text NOT NULL,
+    chunk_column    text NOT NULL,
+    lower_bound     text,
+    upper_bound     text,
+    status          text NOT NULL,
+    rows_loaded     bigint,
+    rows_before     bigint,
+    rows_after      bigint,
+    staged_uri      text,
+    loaded_at       timestamptz,
+    PRIMARY KEY (job_id, table_name, chunk_id)
+);
+ALTER TABLE migration_status.migration_chunk_status ADD COLUMN IF NOT EXISTS details jsonb;
+CREATE TABLE IF NOT EXISTS migration_status.migration_table_status (
+    job_id          text NOT NULL REFERENCES migration_status.migration_runs (job_id),
+    table_name      text NOT NULL,
+    target_table    text NOT NULL,
+    load_mode       text NOT NULL,
+    created_table   boolean NOT NULL DEFAULT false,
+    truncated       boolean NOT NULL DEFAULT false,
+    prepared_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, table_name)
+);
+ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS target_ident jsonb;
+CREATE TABLE IF NOT EXISTS migration_status.migration_plan_columns (
+    job_id          text NOT NULL REFERENCES migration_status.migration_runs (job_id),
+    table_name      text NOT NULL,
+    columns         jsonb NOT NULL,
+    PRIMARY KEY (job_id, table_name)
+);
+ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS rows_truncated bigint;
+"""
+
+
+def ledger_exists(conn: psycopg.Connection) -> bool:
+    """Whether any migration has written a ledger into this database yet."""
+    return conn.execute("SELECT to_regclass('migration_status.migration_runs')").fetchone()[0] is not None
+
+
+def ensure_ledger(conn: psycopg.Connection) -> None:
+    # Two jobs starting at once would race on CREATE ... IF NOT EXISTS; serialise them.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('migration_status.ddl', 0))")
+    conn.execute(LEDGER_DDL)
+
+
+def lock(conn: psycopg.Connection, key: str) -> None:
+    """Hold a transaction-scoped advisory lock on `key` until commit or rollback."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+
+def lock_job_loads(conn: psycopg.Connection, job_id: str, exclusive: bool = False) -> None:
+    """Loads of a job hold this lock shared; a rollback holds it exclusively, so it waits for
+    loads in flight and no load of the job runs while it works.
+
+    A load first checks that this process's run still holds the job (`ensure_run_lock`):
+    after a server restart it takes the run lock again, and a run that lost the job to another
+    run loads nothing more."""
+    if not exclusive:
+        ensure_run_lock(conn, job_id)
+    kind = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    conn.execute(f"SELECT {kind}(hashtextextended(%s, 0))", (f"job-loads/{job_id}",))

@@ -1,0 +1,171 @@
+"""Where a source table lands in PostgreSQL: the target table model, its DDL, and the checks
+a table passes before a job loads into it (columns, unique key, the truncation guard).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel, Field
+
+from blocks.columns import Column, LogicalType
+from blocks.errors import TargetGuardError
+from blocks.job_status import UNFINISHED
+from blocks.postgres import ledger as pg_ledger
+
+_PG_TYPE = {
+    LogicalType.INTEGER: "bigint",
+    LogicalType.FLOAT: "double precision",
+    LogicalType.STRING: "text",
+    LogicalType.BOOLEAN: "boolean",
+    LogicalType.DATE: "date",
+    LogicalType.TIME: "time",
+    LogicalType.TIMESTAMP: "timestamp",
+    LogicalType.TIMESTAMP_TZ: "timestamptz",
+    LogicalType.JSON: "jsonb",
+    LogicalType.BINARY: "bytea",
+}
+
+
+def pg_type(column: Column) -> str:
+    """The PostgreSQL type a source column is created with (see the README's type table)."""
+    if column.logical is LogicalType.DECIMAL:
+        return f"numeric({column.precision},{column.scale})"
+    return _PG_TYPE[column.logical]
+
+
+class TargetTable(BaseModel, frozen=True):
+    """Where one source table lands, in target names."""
+
+    schema_name: str
+    name: str
+    columns: tuple[Column, ...]
+    chunk_column: str
+    primary_key: tuple[str, ...] = ()
+    type_overrides: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema_name}.{self.name}"
+
+    def ident(self) -> sql.Composed:
+        return sql.Identifier(self.schema_name, self.name)
+
+
+class TableRollback(BaseModel):
+    """What a rollback did to one target table."""
+
+    table: str
+    rows_deleted: int
+    dropped: bool
+    rows_kept: int  # rows the job did not write, left in place
+
+
+class PreparedTable(BaseModel):
+    created: bool
+    truncated: bool
+    resumed: bool
+
+
+class ChunkLoad(BaseModel):
+    """What one chunk's load transaction did."""
+
+    rows_loaded: int
+    rows_before: int
+    rows_after: int
+    already_loaded: bool
+
+
+def table_exists(conn: psycopg.Connection, table: TargetTable) -> bool:
+    row = conn.execute("SELECT to_regclass(%s)", (table.ident().as_string(conn),)).fetchone()
+    return row[0] is not None
+
+
+def existing_columns(conn: psycopg.Connection, table: TargetTable) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s",
+        (table.schema_name, table.name),
+    ).fetchall()
+    return dict(rows)
+
+
+def create_table_sql(table: TargetTable) -> sql.Composed:
+    cols = [
+        sql.SQL("{} {}{}").format(
+            sql.Identifier(c.name),
+            sql.SQL(table.type_overrides.get(c.name) or pg_type(c)),
+            sql.SQL("" if c.nullable else " NOT NULL"),
+        )
+        for c in table.columns
+    ]
+    if table.primary_key:
+        cols.append(
+            sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key)))
+        )
+    return sql.SQL("CREATE TABLE {} ({})").format(table.ident(), sql.SQL(", ").join(cols))
+
+
+def check_columns(conn: psycopg.Connection, table: TargetTable) -> None:
+    """Raise `TargetGuardError` when an existing table lacks one of the columns."""
+    existing = existing_columns(conn, table)
+    missing = [c.name for c in table.columns if c.name not in existing]
+    if missing:
+        raise TargetGuardError(f"target table {table.qualified} exists but lacks column(s) {missing}")
+
+
+def check_unique_key(conn: psycopg.Connection, table: TargetTable) -> None:
+    """Raise `TargetGuardError` unless the table has a unique index on its `primary_key` (upsert)."""
+    if not table.primary_key:
+        raise TargetGuardError(f"upsert into {table.qualified} needs primary_key in the config")
+    rows = conn.execute(
+        "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique GROUP BY i.indexrelid",
+        (table.ident().as_string(conn),),
+    ).fetchall()
+    if sorted(table.primary_key) not in [r[0] for r in rows]:
+        raise TargetGuardError(
+            f"upsert into {table.qualified} needs a unique index or primary key on {list(table.primary_key)}"
+        )
+
+
+def truncation_guard(
+    conn: psycopg.Connection,
+    job_id: str,
+    migration: str,
+    table: TargetTable,
+    allow_foreign_rows: bool,
+    resumable_within: timedelta,
+) -> None:
+    """Raise `TargetGuardError` before a `replace` truncates `table` while another unfinished,
+    still resumable job has prepared it, or while it holds rows `migration` did not write
+    (unless `allow_foreign_rows`)."""
+    others = pg_ledger.other_jobs_for_target(conn, job_id, table.qualified)
+    since = datetime.now(UTC) - resumable_within
+    blocking = [o for o in others if o["status"] in UNFINISHED and o["started_at"] >= since]
+    if blocking:
+        raise TargetGuardError(
+            f"refusing to truncate {table.qualified}: job {blocking[0]['job_id']} "
+            f"({blocking[0]['status']}) is unfinished and can still resume; finish or roll it back first"
+        )
+    if allow_foreign_rows:
+        return
+    ours: list[str] = []
+    for other in others:  # newest first, back to the last truncation by this migration
+        if other["migration"] != migration or other["status"] == "rolled_back":
+            continue
+        ours.append(other["job_id"])
+        if other["truncated"]:
+            break
+    chunks = pg_ledger.loaded_chunks_for_target(conn, ours, table.qualified) if ours else []
+    written = sum(c["rows_after"] - c["rows_before"] for c in chunks)
+    present = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table.ident())).fetchone()[0]
+    if present > written:
+        raise TargetGuardError(
+            f"refusing to truncate {table.qualified}: it holds {present} rows but migration "
+            f"{migration!r} wrote only {written} of them; set allow_truncate_foreign_rows: true "
+            "on the table to replace them anyway"
+        )
