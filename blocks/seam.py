@@ -162,25 +162,89 @@ class PointTarget(Target, Protocol):
         """Delete the measurement's points in ``[start_ns, stop_ns)`` (for a rollback)."""
 
 
+class JobStart(StrEnum):
+    """How a run took up its job (`Ledger.start_job`): a new one, an unfinished one resumed, or
+    a completed one."""
+
+    NEW = "new"
+    RESUMED = "resumed"
+    COMPLETED = "completed"
+
+
 @runtime_checkable
 class Ledger(Protocol):
     """The job ledger: jobs, their planned chunks, and each chunk's load, kept where the data
-    lives (a PostgreSQL target's own database, or the `ledger:` a point target names)."""
+    lives (a PostgreSQL target's own database, or the `ledger:` a point target names).
 
-    def describe_target(self) -> str: ...
+    Every method runs in a transaction of its own. A target with `transactional_load` writes
+    its chunk's ledger row itself, in the load's transaction."""
 
-    def start_job(self, **job: Any) -> tuple[str, Any]: ...
+    def check(self) -> None:
+        """Log in; raise `ConnectionCheckError` naming the problem."""
 
-    def job_run(self, job_id: str) -> dict | None: ...
+    def describe_target(self) -> str:
+        """Where the ledger is, without secrets."""
 
-    def chunk_states(self, job_id: str) -> dict[tuple[str, str], str]: ...
+    def start_job(self, **job: Any) -> tuple[str, JobStart]:
+        """Create the job's row, or pick the job to resume: (job_id, how)."""
 
-    def chunk_status(self, job_id: str, table: str, chunk_id: str) -> dict | None: ...
+    def discard_job(self, job_id: str) -> bool:
+        """Forget a job that prepared and loaded nothing; False, changing nothing, otherwise."""
+
+    def set_job_status(self, job_id: str, status: str, error: str | None = None) -> None: ...
+
+    def job_run(self, job_id: str) -> dict | None:
+        """The job's row, or None when the ledger does not hold it."""
+
+    def job_runs(self, job_ids: list[str]) -> dict[str, dict]:
+        """job id -> its row, for those of `job_ids` the ledger holds."""
+
+    def run_lock(self, job_id: str, flow_run_id: str | None) -> Any:
+        """The job's run lock: `acquire()` (None when taken, else who holds it), `release()`,
+        and `how_to_free()` (what to do about a holder whose process is gone)."""
+
+    def run_lock_holder(self, job_id: str) -> str | None:
+        """Who holds the job's run lock, or None."""
+
+    def ensure_run_lock(self, job_id: str) -> None:
+        """Raise `TargetGuardError` when this process's run lost the job to another run."""
 
     def record_plan(self, job_id: str, rows: list[tuple], columns: dict) -> None: ...
 
     def planned_chunks(self, job_id: str) -> list[dict]: ...
 
-    def set_job_status(self, job_id: str, status: str, error: str | None = None) -> None: ...
+    def planned_columns(self, job_id: str) -> dict[str, list[dict]]: ...
 
-    def discard_job(self, job_id: str) -> bool: ...
+    def chunk_states(self, job_id: str) -> dict[tuple[str, str], str]: ...
+
+    def chunk_status(self, job_id: str, table: str, chunk_id: str) -> dict | None: ...
+
+    def chunk_to_load(self, job_id: str, table: str, chunk_id: str) -> dict:
+        """The chunk's row before a load; raises when it is not planned or must never load again."""
+
+    def mark_chunk_written(
+        self, job_id: str, table: str, chunk_id: str, rows: int, staged_uri: str, details: dict
+    ) -> None:
+        """Mark a chunk loaded once a target without transactions verified its write."""
+
+    def loaded_chunks(self, job_id: str, with_removed: bool = False) -> list[dict]: ...
+
+    def point_claims(
+        self, job_id: str, target: str, measurements: list[str] | None, ranges: list[tuple]
+    ) -> list[dict]:
+        """Other live jobs' loaded chunks overlapping these measurement time ranges."""
+
+    def job_point_claims(self, job_id: str) -> list[dict]:
+        """Other live jobs' chunks sharing a measurement time range with the job's."""
+
+    def overwritten_claims(self, job_id: str) -> list[dict]:
+        """Other live jobs' chunks whose rows the job's upserts overwrote."""
+
+    def truncated_claims(self, job_id: str) -> list[dict]:
+        """Other jobs' chunks the job's `replace` truncation removed."""
+
+    def rollback_losses(self, job_id: str) -> list[dict]:
+        """The job's tables where a rollback would lose rows that were there before it."""
+
+    def mark_rolled_back(self, job_id: str, removed: Iterable[dict] = (), reason: str = "") -> list[str]:
+        """Record the job rolled back, and other jobs' chunks in `removed` as removed; returns those jobs."""
