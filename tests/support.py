@@ -234,3 +234,16 @@ def events_migrations(path: Path, servers: dict, pg_database: str, concurrency: 
         ],
         extra={"concurrency": concurrency},
     )
+
+
+def postgres_target_migrations(
+    path: Path, servers: dict, pg_database: str, tables: list[dict], *, source: dict, name: str
+) -> Path:
+    """A migrations file with one migration from any `source:` into schema `analytics` of
+    `pg_database` on the session's PostgreSQL (`write_migrations` starts from a Snowflake
+    source, whose keys other sources refuse)."""
+    path = write_migrations(path, servers, pg_database, tables, name=name, extra={"concurrency": 2})
+    spec = yaml.safe_load(path.read_text())
+    spec["migrations"][name]["source"] = source
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
