@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from blocks.errors import ConnectionCheckError, MigrationError
 from blocks.postgres import ledger as pg_ledger
 from blocks.postgres import pool as pg_pool
+from blocks.postgres.credentials import PostgresCredentials
 from blocks.postgres.ledger_lock import run_lock_holder
 from blocks.postgres.target import PostgresTarget
 from devstack.servers import PostgresServer, free_port
@@ -57,11 +58,13 @@ def target_block(
     server: PostgresServer, password: str | None = None, dbname: str = DATABASE
 ) -> PostgresTarget:
     return PostgresTarget(
-        host="127.0.0.1",
-        port=server.port,
-        dbname=dbname,
-        password=SecretStr(password or server.password),
-        connect_timeout=5,
+        credentials=PostgresCredentials(
+            host="127.0.0.1",
+            port=server.port,
+            dbname=dbname,
+            password=SecretStr(password or server.password),
+            connect_timeout=5,
+        )
     )
 
 
@@ -116,7 +119,9 @@ def test_connect_errors_name_the_server_never_the_password(private_pg):
     """Unreachable: `ConnectionError` (retried) on connecting, `ConnectionCheckError` from the
     pre-flight check; a wrong password or an unknown database: `ConnectionCheckError` (permanent)."""
     closed = PostgresTarget(
-        host="127.0.0.1", port=free_port(), password=SecretStr(private_pg.password), connect_timeout=5
+        credentials=PostgresCredentials(
+            host="127.0.0.1", port=free_port(), password=SecretStr(private_pg.password), connect_timeout=5
+        )
     )
     with pytest.raises(
         ConnectionError, match=r"cannot connect to PostgreSQL postgres@127\.0\.0\.1:\d+/"

@@ -17,7 +17,9 @@ from pydantic import SecretStr
 
 from blocks.columns import Column, LogicalType
 from blocks.errors import ConnectionCheckError, DataConversionError, SourceSchemaError
-from blocks.postgres.source import CsvBlockParser, PostgresSource, hex_to_binary, numeric_typmod
+from blocks.postgres.credentials import PostgresCredentials
+from blocks.postgres.csv_export import CsvBlockParser, hex_to_binary, numeric_typmod
+from blocks.postgres.source import PostgresSource
 
 SCHEMA = "src"
 
@@ -178,11 +180,13 @@ def source_db(servers):
 def source(servers, source_db) -> PostgresSource:
     # Small blocks, so every chunk of the bulk rows is parsed in several blocks.
     return PostgresSource(
-        host="127.0.0.1",
-        port=servers["pg"].port,
-        dbname=source_db,
-        user="postgres",
-        password=os.environ["PGPASSWORD"],
+        credentials=PostgresCredentials(
+            host="127.0.0.1",
+            port=servers["pg"].port,
+            dbname=source_db,
+            user="postgres",
+            password=os.environ["PGPASSWORD"],
+        ),
         schema_name=SCHEMA,
         copy_block_bytes=1 << 16,
     )
@@ -492,10 +496,9 @@ def test_migrate_postgres_to_postgres(tmp_path, servers, source_db, pg_database,
 
 def build_source_block(servers, source_db: str) -> PostgresSource:
     return PostgresSource(
-        host="127.0.0.1",
-        port=servers["pg"].port,
-        dbname=source_db,
-        password=os.environ["PGPASSWORD"],
+        credentials=PostgresCredentials(
+            host="127.0.0.1", port=servers["pg"].port, dbname=source_db, password=os.environ["PGPASSWORD"]
+        ),
         schema_name=SCHEMA,
     )
 
