@@ -13,6 +13,9 @@ so a caller reads a flag instead of probing a class:
   removes exactly a job's rows and sees whose rows an upsert overwrote.
 - `Target.writes_points`: the target stores points (measurement, tags, fields, time) rather
   than rows; its tables need a point mapping, and chunks are loaded by `PointTarget` methods.
+- `Target.time_range`: the first and last time the target can store (None: any time a source
+  has); a table with times outside it is refused when planned. `Target.display_name` names
+  the system in messages.
 - `Target.holds_ledger`: the target's own database keeps the job ledger; a target that cannot
   names a separate `ledger:` in the config.
 
@@ -96,6 +99,8 @@ class Target(Protocol):
     keeps_row_provenance: ClassVar[bool]
     writes_points: ClassVar[bool]
     holds_ledger: ClassVar[bool]
+    time_range: ClassVar[tuple[Any, Any] | None]
+    display_name: ClassVar[str]
 
     def check(self) -> None:
         """Log in and check the destination exists; raise `ConnectionCheckError` naming it."""

@@ -19,11 +19,8 @@ from pydantic import BaseModel
 from blocks.arrow_types import staged_schema
 from blocks.columns import Column, LogicalType, TableSchema
 from blocks.errors import ConfigError, SourceSchemaError
-from blocks.influxdb.line_protocol import MAX_TIME_NS, MIN_TIME_NS
-from blocks.influxdb.mapping import PointsPlan, resolve_points
 from blocks.postgres.target import TargetTable
 from blocks.spec import TableSpec
-from blocks.timeunits import EPOCH_UTC, NS_PER_UNIT
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_source
 from tasks.policy import step_task
@@ -32,9 +29,6 @@ DEFAULT_CHUNK_SIZE = 100_000
 DEFAULT_CHUNK_INTERVAL = timedelta(days=1)
 MAX_CHUNKS_PER_TABLE = 100_000
 CHUNKABLE = (LogicalType.INTEGER, LogicalType.TIMESTAMP, LogicalType.TIMESTAMP_TZ)
-# The times InfluxDB can store, to the microsecond inside its nanosecond range.
-INFLUX_FIRST_TIME = EPOCH_UTC + timedelta(microseconds=-(-MIN_TIME_NS // NS_PER_UNIT["us"]))
-INFLUX_LAST_TIME = EPOCH_UTC + timedelta(microseconds=MAX_TIME_NS // NS_PER_UNIT["us"])
 Bound = int | datetime | None
 
 
@@ -53,7 +47,11 @@ class TablePlan(BaseModel):
     source_columns: tuple[Column, ...]
     target: TargetTable
     chunk_kind: LogicalType
-    points: PointsPlan | None = None  # InfluxDB targets: how rows become points
+    # Point targets: how rows become points (the target settings' `plan_points()`).
+    points: Any = None
+    # The times the target can store, and its name for messages (None: any time a source has).
+    time_range: tuple[datetime, datetime] | None = None
+    target_system: str = ""
     chunks: list[Chunk] = []
 
     @property
@@ -163,8 +161,8 @@ def plan_table_chunks(
     if lower is None or upper is None:
         ranges = [(None, None)]  # empty table: one chunk, so the table is still created and reconciled
     elif kind is not LogicalType.INTEGER:
-        if plan.points is not None:
-            check_influx_time_range(plan, window, data_min, data_max)
+        if plan.time_range is not None:
+            check_time_range(plan, window, data_min, data_max)
         count = -((lower - upper) // step)
         if count > MAX_CHUNKS_PER_TABLE:
             raise ConfigError(
@@ -186,9 +184,11 @@ def plan_table_chunks(
     ]
 
 
-def check_influx_time_range(plan: TablePlan, window: RunWindow, data_min: Any, data_max: Any) -> None:
-    """Refuse (`ConfigError`) a table whose rows in the run's window hold times InfluxDB cannot
-    store (before 1677-09-21 or after 2262-04-11): its point times would be lost."""
+def check_time_range(plan: TablePlan, window: RunWindow, data_min: Any, data_max: Any) -> None:
+    """Refuse (`ConfigError`) a table whose rows in the run's window hold times the target
+    cannot store (its `time_range`; InfluxDB: before 1677-09-21 or after 2262-04-11)."""
+    first_time, last_time = plan.time_range
+    name = plan.target_system
     if data_min is None:
         return
 
@@ -199,15 +199,15 @@ def check_influx_time_range(plan: TablePlan, window: RunWindow, data_min: Any, d
     first = max([utc(data_min), *([window.start_time] if window.start_time else [])])
     last = min([utc(data_max), *([window.end_time] if window.end_time else [])])
     bad = []
-    if first < INFLUX_FIRST_TIME:
-        bad.append(f"from {first.isoformat()}, before {INFLUX_FIRST_TIME.isoformat()}")
-    if last > INFLUX_LAST_TIME:
-        bad.append(f"up to {last.isoformat()}, after {INFLUX_LAST_TIME.isoformat()}")
+    if first < first_time:
+        bad.append(f"from {first.isoformat()}, before {first_time.isoformat()}")
+    if last > last_time:
+        bad.append(f"up to {last.isoformat()}, after {last_time.isoformat()}")
     if bad:
         raise ConfigError(
-            f"table {spec.name}: {spec.chunk_column} holds times {' and '.join(bad)}, which InfluxDB cannot "
-            f"store. Set start_time and end_time within {INFLUX_FIRST_TIME.isoformat()} .. "
-            f"{INFLUX_LAST_TIME.isoformat()} to migrate the rows InfluxDB can hold"
+            f"table {spec.name}: {spec.chunk_column} holds times {' and '.join(bad)}, which {name} cannot "
+            f"store. Set start_time and end_time within {first_time.isoformat()} .. "
+            f"{last_time.isoformat()} to migrate the rows {name} can hold"
         )
 
 
@@ -303,7 +303,14 @@ def table_plan(spec: MigrationSpec, table: TableSpec, schema: TableSchema) -> Ta
         primary_key=tuple(target_name(k, low) for k in table.primary_key),
         type_overrides={target_name(k, low): v for k, v in table.type_overrides.items()},
     )
-    return TablePlan(spec=table, source_columns=source_columns, target=target, chunk_kind=chunk_col.logical)
+    return TablePlan(
+        spec=table,
+        source_columns=source_columns,
+        target=target,
+        chunk_kind=chunk_col.logical,
+        time_range=spec.target.time_range,
+        target_system=spec.target.display_name,
+    )
 
 
 def refuse_name_collisions(table: str, names: list[str], lowercase: bool) -> None:
@@ -326,7 +333,7 @@ def _points_plan(
     spec: MigrationSpec, table: TableSpec, columns: tuple[Column, ...], chunk_kind: LogicalType
 ) -> TablePlan:
     """A point target's table plan: only the mapped columns are staged, under their source names."""
-    points = resolve_points(table, columns, table.target or table.name)
+    points = spec.target.plan_points(table, columns, table.target or table.name)
     mapped = set(points.columns)
     staged = tuple(c for c in columns if c.name in mapped)
     target = TargetTable(
@@ -335,7 +342,15 @@ def _points_plan(
         columns=staged,
         chunk_column=table.chunk_column,
     )
-    return TablePlan(spec=table, source_columns=staged, target=target, chunk_kind=chunk_kind, points=points)
+    return TablePlan(
+        spec=table,
+        source_columns=staged,
+        target=target,
+        chunk_kind=chunk_kind,
+        points=points,
+        time_range=spec.target.time_range,
+        target_system=spec.target.display_name,
+    )
 
 
 @step_task("inspect-source")

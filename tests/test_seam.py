@@ -64,6 +64,8 @@ TARGET_CAPABILITIES = (
     "keeps_row_provenance",
     "writes_points",
     "holds_ledger",
+    "time_range",
+    "display_name",
 )
 
 

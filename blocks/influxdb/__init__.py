@@ -7,12 +7,18 @@ so the config refuses at validation whatever the block would refuse.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from blocks.seam import LoadMode
 from blocks.settings import SystemSettings, load_saved_block, secret_from_env
+from blocks.timeunits import EPOCH_UTC, NS_PER_UNIT
+
+# The point times InfluxDB stores: signed 64-bit nanoseconds, less the two values it reserves.
+MIN_TIME_NS = -9223372036854775806
+MAX_TIME_NS = 9223372036854775806
 
 
 class InfluxTraits:
@@ -23,6 +29,12 @@ class InfluxTraits:
         "points with the same series and time overwrite, so append is already idempotent"
     )
     time_unit: ClassVar[str] = "ns"
+    # The first and last time a point can have, to the microsecond inside the nanosecond range.
+    time_range: ClassVar[tuple[datetime, datetime] | None] = (
+        EPOCH_UTC + timedelta(microseconds=-(-MIN_TIME_NS // NS_PER_UNIT["us"])),
+        EPOCH_UTC + timedelta(microseconds=MAX_TIME_NS // NS_PER_UNIT["us"]),
+    )
+    display_name: ClassVar[str] = "InfluxDB"
     keeps_row_provenance: ClassVar[bool] = False
     writes_points: ClassVar[bool] = True
     holds_ledger: ClassVar[bool] = False
@@ -89,6 +101,13 @@ class InfluxSettings(InfluxTraits, SystemSettings, InfluxConnection):
     def scope(self, lowercase_identifiers: bool) -> dict:
         """Where a job's points land, as the job's fingerprint records it."""
         return {"influxdb": self.container}
+
+    def plan_points(self, table, columns, default_measurement: str):
+        """The table's point mapping (`mapping.PointsPlan`), defaults filled in and checked
+        against the source columns; see `mapping.resolve_points` for what it refuses."""
+        from blocks.influxdb.mapping import resolve_points
+
+        return resolve_points(table, columns, default_measurement)
 
     def build(self, where: str):
         from blocks.influxdb.target import InfluxDBTarget

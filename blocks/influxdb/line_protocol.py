@@ -110,12 +110,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from blocks.influxdb import MAX_TIME_NS, MIN_TIME_NS
 from blocks.timeunits import NS_PER_SECOND, NS_PER_UNIT
 
 FieldKind = Literal["float", "integer", "unsigned", "string", "boolean"]
 
-MIN_TIME_NS = -9223372036854775806
-MAX_TIME_NS = 9223372036854775806
 MAX_STRING_BYTES = 65535
 # InfluxDB's limit on a stored key: series key + "#!~#" + field key, as written (models/points.go).
 MAX_KEY_BYTES = 65535

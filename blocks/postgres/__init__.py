@@ -60,6 +60,8 @@ class PostgresTraits:
 
     schema_can_drift: ClassVar[bool] = True
     time_unit: ClassVar[str] = "us"
+    time_range: ClassVar[tuple | None] = None  # wider than any time a source hands over
+    display_name: ClassVar[str] = "PostgreSQL"
     transactional_load: ClassVar[bool] = True
     load_modes: ClassVar[frozenset[LoadMode]] = frozenset(LoadMode)
     keeps_row_provenance: ClassVar[bool] = True
