@@ -385,10 +385,13 @@ def test_values_without_an_exact_arrow_form_are_refused(
 
 def test_check_names_the_problem_never_the_password(servers, source_db, source):
     source.check()
-    wrong = source.model_copy(update={"password": SecretStr("not-the-password-" + secrets.token_hex(4))})
+    login = source.credentials.model_copy(
+        update={"password": SecretStr("not-the-password-" + secrets.token_hex(4))}
+    )
+    wrong = source.model_copy(update={"credentials": login})
     with pytest.raises(ConnectionCheckError, match="password authentication failed") as info:
         wrong.check()
-    assert wrong.password.get_secret_value() not in str(info.value)
+    assert wrong.credentials.password.get_secret_value() not in str(info.value)
     assert os.environ["PGPASSWORD"] not in str(info.value)
     with pytest.raises(ConnectionCheckError, match=r"has no schema 'nope'"):
         source.model_copy(update={"schema_name": "nope"}).check()
