@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel
@@ -19,11 +20,21 @@ READ_BATCH_ROWS = 65_536
 
 
 class LoadedChunk(BaseModel):
+    """What one chunk's load into a row target committed (`PointsLoaded` for point targets;
+    both give `written`, `unit`, `rows_dropped` and `problems`)."""
+
     rows_loaded: int
     rows_before: int
     rows_after: int
     already_loaded: bool
     seconds: float
+    unit: ClassVar[str] = "rows"
+    rows_dropped: ClassVar[int] = 0  # a row target loads every staged row, or none
+    problems: ClassVar[list[str]] = []
+
+    @property
+    def written(self) -> int:
+        return self.rows_loaded
 
 
 def load_manifest(
@@ -95,6 +106,6 @@ def reconcile_step(
     loaded: LoadedChunk | PointsLoaded,
 ) -> int:
     """The target's count for the chunk's range agrees with the load; returns that count."""
-    if isinstance(loaded, PointsLoaded):
+    if plan.points is not None:
         return reconcile_points(spec, job_id, plan, chunk, manifest, loaded)
     return reconcile_loaded(spec, plan, chunk, manifest, loaded)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 from pydantic import BaseModel
 
@@ -36,6 +37,11 @@ class PointsLoaded(BaseModel):
     count_field: str | None = None  # a field every written point carries: counts with COUNT(field)
     target: str = ""  # the InfluxDB bucket or database written, as the ledger names it
     shared_with: list[str] = []  # other jobs that loaded points in this chunk's ranges (allowed rewrite)
+    unit: ClassVar[str] = "points"
+
+    @property
+    def written(self) -> int:
+        return self.points_written
 
 
 def time_ns(value: Bound) -> int | None:

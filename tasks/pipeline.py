@@ -22,7 +22,6 @@ from tasks.config import MigrationSpec
 from tasks.connections import build_ledger
 from tasks.export import export_chunk_to_staging
 from tasks.load import load_step, reconcile_step
-from tasks.load_points import PointsLoaded
 from tasks.plan import Chunk, TablePlan
 from tasks.policy import chunk_cache_key, run_step
 from tasks.progress import report_stage, report_validation_failed
@@ -186,10 +185,9 @@ def migrate_chunk(
     loaded = run_step(lambda: load_step(*args, manifest), spec.retries, f"load {label}")
     with validation_events(job_id, table, cid):
         run_step(lambda: reconcile_step(*args, manifest, loaded), spec.retries, f"reconcile {label}")
-    points = isinstance(loaded, PointsLoaded)
-    rows = loaded.points_written if points else loaded.rows_loaded
+    rows = loaded.written
     report_stage(job_id, table, cid, "migration", "finished", rows=rows)
-    if points and loaded.problems:
+    if loaded.problems:
         get_run_logger().warning("chunk %s/%s: %s", table, cid, "; ".join(loaded.problems))
     return ChunkReport(
         table=table,
@@ -203,8 +201,8 @@ def migrate_chunk(
         validate_seconds=manifest.validate_seconds,
         load_seconds=time.perf_counter() - started,
         already_loaded=loaded.already_loaded,
-        unit="points" if points else "rows",
+        unit=loaded.unit,
         pid=os.getpid(),
-        rows_dropped=loaded.rows_dropped if points else 0,
-        problems=loaded.problems if points else [],
+        rows_dropped=loaded.rows_dropped,
+        problems=loaded.problems,
     )
