@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class LogicalType(StrEnum):
@@ -42,3 +42,18 @@ class TableSchema(BaseModel, frozen=True):
             if col.name == name:
                 return col
         return None
+
+
+class TargetTable(BaseModel, frozen=True):
+    """Where one source table lands, in target names."""
+
+    schema_name: str
+    name: str
+    columns: tuple[Column, ...]
+    chunk_column: str
+    primary_key: tuple[str, ...] = ()
+    type_overrides: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema_name}.{self.name}"

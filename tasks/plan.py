@@ -17,9 +17,8 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from blocks.arrow_types import staged_schema
-from blocks.columns import Column, LogicalType, TableSchema
+from blocks.columns import Column, LogicalType, TableSchema, TargetTable
 from blocks.errors import ConfigError, SourceSchemaError
-from blocks.postgres.target import TargetTable
 from blocks.spec import TableSpec
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_source

@@ -17,7 +17,7 @@ from blocks.postgres import ledger_claims
 from blocks.postgres.csv_copy import batch_to_copy_csv
 from blocks.postgres.ledger_schema import lock
 from blocks.postgres.pg_binary import COPY_HEADER, COPY_TRAILER, BinaryCopyEncoder, target_typnames
-from blocks.postgres.tables import TargetTable
+from blocks.postgres.tables import TargetTable, ident
 
 
 def copy_batches(
@@ -35,7 +35,7 @@ def copy_batches(
         return 0
     names = [c.name for c in table.columns]
     encoder = BinaryCopyEncoder.for_columns(
-        first.schema.types, target_typnames(conn, table.ident().as_string(conn), names), names
+        first.schema.types, target_typnames(conn, ident.as_string(conn), names), names
     )
     encode = encoder.encode if encoder else batch_to_copy_csv
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(
@@ -81,7 +81,7 @@ def upsert_batches(
     staging = sql.Identifier(f"_migrate_stage_{table.name}"[:63])
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
-            staging, table.ident()
+            staging, ident(table)
         )
     )
     rows = copy_batches(conn, staging, table, batches)
@@ -93,7 +93,7 @@ def upsert_batches(
     overwritten = dict(
         conn.execute(
             sql.SQL("SELECT t.xmin::text, count(*) FROM {} t JOIN {} s USING ({}) GROUP BY 1").format(
-                table.ident(), staging, conflict
+                ident(table), staging, conflict
             )
         ).fetchall()
     )
@@ -125,7 +125,7 @@ def upsert_batches(
     cols = sql.SQL(", ").join(map(sql.Identifier, names))
     statement = (
         sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) ").format(
-            table.ident(), cols, cols, staging, conflict
+            ident(table), cols, cols, staging, conflict
         )
         + action
     )

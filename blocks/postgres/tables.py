@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from blocks.columns import Column, LogicalType
+from blocks.columns import Column, LogicalType, TargetTable
 from blocks.errors import TargetGuardError
 from blocks.job_status import UNFINISHED
 from blocks.postgres import ledger as pg_ledger
@@ -36,22 +36,9 @@ def pg_type(column: Column) -> str:
     return _PG_TYPE[column.logical]
 
 
-class TargetTable(BaseModel, frozen=True):
-    """Where one source table lands, in target names."""
-
-    schema_name: str
-    name: str
-    columns: tuple[Column, ...]
-    chunk_column: str
-    primary_key: tuple[str, ...] = ()
-    type_overrides: dict[str, str] = Field(default_factory=dict)
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema_name}.{self.name}"
-
-    def ident(self) -> sql.Composed:
-        return sql.Identifier(self.schema_name, self.name)
+def ident(table: TargetTable) -> sql.Composed:
+    """The table's schema-qualified identifier, quoted for SQL."""
+    return sql.Identifier(table.schema_name, table.name)
 
 
 class TableRollback(BaseModel):
@@ -79,7 +66,7 @@ class ChunkLoad(BaseModel):
 
 
 def table_exists(conn: psycopg.Connection, table: TargetTable) -> bool:
-    row = conn.execute("SELECT to_regclass(%s)", (table.ident().as_string(conn),)).fetchone()
+    row = conn.execute("SELECT to_regclass(%s)", (ident(table).as_string(conn),)).fetchone()
     return row[0] is not None
 
 
@@ -105,7 +92,7 @@ def create_table_sql(table: TargetTable) -> sql.Composed:
         cols.append(
             sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, table.primary_key)))
         )
-    return sql.SQL("CREATE TABLE {} ({})").format(table.ident(), sql.SQL(", ").join(cols))
+    return sql.SQL("CREATE TABLE {} ({})").format(ident(table), sql.SQL(", ").join(cols))
 
 
 def check_columns(conn: psycopg.Connection, table: TargetTable) -> None:
@@ -124,7 +111,7 @@ def check_unique_key(conn: psycopg.Connection, table: TargetTable) -> None:
         "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i "
         "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
         "WHERE i.indrelid = to_regclass(%s) AND i.indisunique GROUP BY i.indexrelid",
-        (table.ident().as_string(conn),),
+        (ident(table).as_string(conn),),
     ).fetchall()
     if sorted(table.primary_key) not in [r[0] for r in rows]:
         raise TargetGuardError(
@@ -162,7 +149,7 @@ def truncation_guard(
             break
     chunks = pg_ledger.loaded_chunks_for_target(conn, ours, table.qualified) if ours else []
     written = sum(c["rows_after"] - c["rows_before"] for c in chunks)
-    present = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table.ident())).fetchone()[0]
+    present = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ident(table))).fetchone()[0]
     if present > written:
         raise TargetGuardError(
             f"refusing to truncate {table.qualified}: it holds {present} rows but migration "

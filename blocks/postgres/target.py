@@ -33,6 +33,7 @@ from blocks.postgres.tables import (
     check_columns,
     check_unique_key,
     create_table_sql,
+    ident,
     table_exists,
     truncation_guard,
 )
@@ -149,9 +150,9 @@ class PostgresTarget(PostgresTraits, Block):
             rows_truncated = None
             if mode is LoadMode.REPLACE and not created:
                 truncation_guard(conn, job_id, migration, table, allow_foreign_rows, resumable_within)
-                count = sql.SQL("SELECT count(*) FROM {}").format(table.ident())
+                count = sql.SQL("SELECT count(*) FROM {}").format(ident(table))
                 rows_truncated = conn.execute(count).fetchone()[0]
-                conn.execute(sql.SQL("TRUNCATE {}").format(table.ident()))
+                conn.execute(sql.SQL("TRUNCATE {}").format(ident(table)))
                 truncated = True
                 # Jobs whose rows the truncation removed no longer hold them, and never load them again.
                 ledger_claims.mark_removed(
@@ -176,7 +177,7 @@ class PostgresTarget(PostgresTraits, Block):
 
     def count_range(self, conn: psycopg.Connection, table: TargetTable, lower: Any, upper: Any) -> int:
         where, params = self._range_clause(table, lower, upper)
-        query = sql.SQL("SELECT count(*) FROM {}").format(table.ident()) + where
+        query = sql.SQL("SELECT count(*) FROM {}").format(ident(table)) + where
         return conn.execute(query, params).fetchone()[0]
 
     @staticmethod
@@ -223,7 +224,7 @@ class PostgresTarget(PostgresTraits, Block):
                 # Another job's forced rollback took part of this chunk's rows: the rest go too,
                 # so the chunk loads whole again.
                 conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE xmin = %s::text::xid").format(table.ident()),
+                    sql.SQL("DELETE FROM {} WHERE xmin = %s::text::xid").format(ident(table)),
                     (str(prior["details"]["xid"]),),
                 )
             if prior["status"] == "loaded":
@@ -238,7 +239,7 @@ class PostgresTarget(PostgresTraits, Block):
             if mode is LoadMode.UPSERT:
                 copied, overwrote = upsert_batches(conn, table, batches, job_id, source_table, chunk_id)
             else:
-                copied = copy_batches(conn, table.ident(), table, batches)
+                copied = copy_batches(conn, ident(table), table, batches)
             if copied != staged_rows:
                 raise ValidationFailed(
                     f"chunk {chunk_id} of {source_table}: COPY sent {copied} rows, staged file holds {staged_rows}"
