@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 from psycopg import sql
 
+from blocks.arrow_types import ARROW_TYPES, arrow_type
 from blocks.columns import Column, LogicalType
 from blocks.errors import DataConversionError, SourceSchemaError
 
@@ -41,20 +42,10 @@ _LOGICAL_BY_PG_TYPE = {
     "bytea": LogicalType.BINARY,
 }
 
-# The Arrow type the CSV reader parses each logical type into (bytea arrives as hex text).
-_CSV_TYPE = {
-    LogicalType.INTEGER: pa.int64(),
-    LogicalType.FLOAT: pa.float64(),
-    LogicalType.STRING: pa.string(),
-    LogicalType.BOOLEAN: pa.bool_(),
-    LogicalType.DATE: pa.date32(),
-    LogicalType.TIME: pa.time64("us"),
-    LogicalType.TIMESTAMP: pa.timestamp("us"),
-    # With TimeZone = UTC the text always ends in "+00", which Arrow reads as a UTC offset.
-    LogicalType.TIMESTAMP_TZ: pa.timestamp("us", tz="UTC"),
-    LogicalType.JSON: pa.string(),
-    LogicalType.BINARY: pa.string(),
-}
+# The Arrow type the CSV reader parses each logical type into: the staged type, except bytea,
+# which arrives as hex text. With TimeZone = UTC a timestamptz's text always ends in "+00",
+# which Arrow reads as a UTC offset.
+_CSV_TYPE = {**ARROW_TYPES, LogicalType.BINARY: pa.string()}
 
 _MAX_DECIMAL_PRECISION = 38  # decimal128, which staged files use for DECIMAL columns
 _CSV_COLUMN = re.compile(r"In CSV column #(\d+): ")
@@ -163,7 +154,7 @@ class CsvBlockParser:
             true_values=["t"],
             false_values=["f"],
         )
-        self.schema = pa.schema([pa.field(c.name, _arrow_type(c)) for c in columns])
+        self.schema = pa.schema([pa.field(c.name, arrow_type(c)) for c in columns])
 
     def parse(self, block: bytes | bytearray) -> list[pa.RecordBatch]:
         # One Arrow block per COPY block, parsed on one thread: the caller overlaps the parse
@@ -199,12 +190,6 @@ def _csv_type(column: Column) -> pa.DataType:
     if column.logical is LogicalType.DECIMAL:
         return pa.decimal128(column.precision, column.scale)
     return _CSV_TYPE[column.logical]
-
-
-def _arrow_type(column: Column) -> pa.DataType:
-    if column.logical is LogicalType.BINARY:
-        return pa.binary()
-    return _csv_type(column)
 
 
 def _conversion_error(table: str, columns: list[Column], exc: pa.ArrowInvalid) -> DataConversionError:
