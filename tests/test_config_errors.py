@@ -113,3 +113,31 @@ def test_the_repository_file_still_loads():
     from tasks.config import DEFAULT_MIGRATIONS_FILE
 
     assert {"analytics", "conflict", "energy"} <= set(load_migrations(DEFAULT_MIGRATIONS_FILE).migrations)
+
+
+# --- what a block would refuse, the config refuses first ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "key", "problem"),
+    [
+        # SnowflakeCredentials refuses a login without a password (or key, token, SSO).
+        (
+            "{type: snowflake, account: a, user: u, database: d, schema: s}",
+            "migrations.m.source.snowflake",
+            "inline Snowflake settings need password_env (or set block)",
+        ),
+        # UNLOAD writes to S3; the block refuses any other location.
+        (
+            "{type: timestream, database: db, export_mode: unload, unload_location: bucket/prefix}",
+            "migrations.m.source.timestream.unload_location",
+            "must be an S3 URI, s3://bucket/prefix, got 'bucket/prefix'",
+        ),
+    ],
+)
+def test_a_source_the_block_would_refuse_fails_validation_naming_the_key(tmp_path, source, key, problem):
+    path = tmp_path / "migrations.yaml"
+    path.write_text(VALID.replace("{type: postgres, host: 127.0.0.1, password_env: SRC_PW}", source))
+    with pytest.raises(ConfigError) as raised:
+        load_migrations(path)
+    assert f"{key}: Value error, {problem}" in str(raised.value), str(raised.value)

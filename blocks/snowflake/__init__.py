@@ -36,7 +36,10 @@ class SnowflakeSettings(SnowflakeTraits, SystemSettings):
     @model_validator(mode="after")
     def _block_or_inline(self) -> SnowflakeSettings:
         if self.block is None:
-            missing = [k for k in ("account", "user", "database", "schema_name") if getattr(self, k) is None]
+            # password_env is the one way inline settings log in, and SnowflakeCredentials refuses
+            # a login without one; key pairs, SSO and OAuth go through a saved connector block.
+            needed = ("account", "user", "password_env", "database", "schema_name")
+            missing = [k for k in needed if getattr(self, k) is None]
             if missing:
                 names = ["schema" if m == "schema_name" else m for m in missing]
                 raise ValueError(f"inline Snowflake settings need {', '.join(names)} (or set block)")
