@@ -166,9 +166,9 @@ def test_snowflake_to_influxdb(tmp_path, servers, pg_database, influx_database, 
                 }
             ],
             source=snowflake_source(servers, database),
-            name="snow_points",
+            name="sf_points",
         )
-        report = migrate(source_name="snow_points", migrations_file=str(path), **window())
+        report = migrate(source_name="sf_points", migrations_file=str(path), **window())
         names, rows = source_rows(snowflake_kwargs, database, "PUBLIC", "READINGS", "READING_ID")
 
     assert_three_daily_chunks(report)
