@@ -7,6 +7,8 @@ so a caller reads a flag instead of probing a class:
 - `Source.schema_can_drift`: its tables can be altered under a running job, and describing
   one is cheap, so each chunk's read is followed by a check for drift.
 - `Source.time_unit` / `Target.time_unit`: the finest time unit the system keeps ("ns", "us").
+  Staged files carry times in the target's unit; a source time finer than that fails its
+  chunk, naming the column, rather than being rounded.
 - `Target.transactional_load`: a chunk's rows and its ledger row commit in one transaction.
 - `Target.load_modes`: the `LoadMode`s a table may ask for.
 - `Target.keeps_row_provenance`: the target can tell which job wrote each row, so a rollback

@@ -51,6 +51,7 @@ class TablePlan(BaseModel):
     # The times the target can store, and its name for messages (None: any time a source has).
     time_range: tuple[datetime, datetime] | None = None
     target_system: str = ""
+    time_unit: str = "us"  # the finest time the target keeps: staged files carry times in it
     chunks: list[Chunk] = []
 
     @property
@@ -67,8 +68,8 @@ class TablePlan(BaseModel):
         return self.points is None or mapping is None or mapping.tags is None or mapping.fields is None
 
     def staged_schema(self) -> pa.Schema:
-        """The Arrow schema of this table's staged files (nanosecond times for InfluxDB)."""
-        return staged_schema(self.target.columns, set(self.target.type_overrides), self.points is not None)
+        """The Arrow schema of this table's staged files, times in the target's `time_unit`."""
+        return staged_schema(self.target.columns, set(self.target.type_overrides), self.time_unit == "ns")
 
 
 def chunk_id(table: str, column: str, index: int, lower: Bound, upper: Bound) -> str:
@@ -309,6 +310,7 @@ def table_plan(spec: MigrationSpec, table: TableSpec, schema: TableSchema) -> Ta
         chunk_kind=chunk_col.logical,
         time_range=spec.target.time_range,
         target_system=spec.target.display_name,
+        time_unit=spec.target.time_unit,
     )
 
 
@@ -349,6 +351,7 @@ def _points_plan(
         points=points,
         time_range=spec.target.time_range,
         target_system=spec.target.display_name,
+        time_unit=spec.target.time_unit,
     )
 
 

@@ -409,7 +409,6 @@ def queue_timestream(
     from blocks.timestream import TimestreamSettings
     from blocks.timestream.source import TimestreamSource
 
-
     source: TimestreamSource = TimestreamSettings.model_validate(settings).build("source")
     windows = [(START + timedelta(days=d), START + timedelta(days=d + 1)) for d in range(days)]
     return queue_table(
