@@ -348,7 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         slack_url = os.environ.get(args.slack_webhook_url_env)
         if not slack_url:
             parser.error(f"--slack-webhook-url-env: ${args.slack_webhook_url_env} is not set")
-    credentials = AwsCredentials.load(args.aws_credentials_block) if args.aws_credentials_block else None
+    credentials = None
+    if args.aws_credentials_block:
+        try:
+            credentials = AwsCredentials.load(args.aws_credentials_block)
+        except ValueError:
+            parser.error(
+                f"--aws-credentials-block: no saved AwsCredentials block named {args.aws_credentials_block!r}"
+            )
     try:
         names = ensure_automations(
             webhook_url=args.webhook_url,

@@ -196,6 +196,20 @@ def test_bad_input_changes_nothing(prefix):
     assert _automations(prefix) == []
 
 
+def test_an_unknown_aws_credentials_block_is_a_usage_error(prefix, capsys):
+    from deployments.automations import main
+
+    topic = "arn:aws:sns:us-east-1:123456789012:migrations"
+    with pytest.raises(SystemExit) as exited:
+        main(["--sns-topic-arn", topic, "--aws-credentials-block", "no-such-block", "--name-prefix", prefix])
+    assert exited.value.code == 2
+    assert (
+        "--aws-credentials-block: no saved AwsCredentials block named 'no-such-block'"
+        in capsys.readouterr().err
+    )
+    assert _automations(prefix) == []
+
+
 def _failed_migrate_run(tmp_path, servers) -> uuid.UUID:
     """Run flow `migrate` for a migration its file does not define: it fails at once (ConfigError)."""
     from flows.migrate import migrate
