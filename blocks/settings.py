@@ -37,6 +37,11 @@ class SystemSettings(Strict):
         or a saved block cannot be loaded."""
         raise NotImplementedError
 
+    def build_source(self, tables: list) -> Any:
+        """The block as the migration's source; `tables` (its `TableSpec`s) for a source whose
+        tables name their own files (`reads_table_files`)."""
+        return self.build("source")
+
 
 def secret_from_env(variable: str | None, setting: str) -> str | None:
     """The secret held in `variable`; a named but unset variable raises ConfigError (value never shown)."""

@@ -15,8 +15,6 @@ from blocks import registry
 from blocks.seam import LoadMode
 from blocks.settings import Strict
 
-_Strict = Strict
-
 
 def _union(kind: dict[str, str]):
     models = registry.settings_models(kind)
@@ -29,19 +27,19 @@ LedgerSettings = _union(registry.LEDGERS)
 StagingSettings = _union(registry.STAGING)
 
 
-class RetryPolicy(_Strict, frozen=True):
+class RetryPolicy(Strict, frozen=True):
     attempts: int = Field(default=3, ge=0, le=20, description="Retries after the first try")
     delay_seconds: float = Field(default=2.0, ge=0, description="First backoff delay; doubles each retry")
     jitter: float = Field(default=0.5, ge=0, le=1, description="Random spread as a fraction of the delay")
 
 
-class FieldSettings(_Strict):
+class FieldSettings(Strict):
     column: str
     key: str | None = Field(default=None, description="Field key (default: the column name)")
     kind: Literal["float", "integer", "unsigned", "string", "boolean"] | None = None
 
 
-class MappingSettings(_Strict):
+class MappingSettings(Strict):
     """How a table's rows become InfluxDB points; unset parts take the defaults in the README."""
 
     measurement: str | None = Field(default=None, description="Constant measurement name")
@@ -78,7 +76,7 @@ _PG_TYPE_NAME_WORD = re.compile(
 )
 
 
-class TableSpec(_Strict):
+class TableSpec(Strict):
     name: str = Field(description="Source table, spelled as the source stores it")
     target: str | None = Field(default=None, description="Target table name (default: name, lowercased)")
     chunk_column: str = Field(description="Integer key or timestamp column that chunks split on")
@@ -148,7 +146,7 @@ def _types_without(capability: str) -> str:
     )
 
 
-class MigrationSpec(_Strict):
+class MigrationSpec(Strict):
     name: str = ""
     description: str = ""
     source: SourceSettings
@@ -212,5 +210,5 @@ class MigrationSpec(_Strict):
         return self.ledger or self.target
 
 
-class MigrationsFile(_Strict):
+class MigrationsFile(Strict):
     migrations: dict[str, MigrationSpec] = Field(min_length=1)

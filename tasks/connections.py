@@ -17,10 +17,7 @@ from tasks.config import MigrationSpec, RunWindow, load_migration, migrations_pa
 
 
 def build_source(spec: MigrationSpec) -> Source:
-    if spec.source.reads_table_files:
-        tables = {t.name: (t.path, t.manifest) for t in spec.tables}
-        return spec.source.build("source", tables)
-    return spec.source.build("source")
+    return spec.source.build_source(spec.tables)
 
 
 def build_target(spec: MigrationSpec) -> Target:

@@ -247,3 +247,17 @@ def postgres_target_migrations(
     spec["migrations"][name]["source"] = source
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def timestream_settings(servers, database: str, **extra) -> dict:
+    """The `source:` settings of a migration that reads Timestream `database` on the session's moto."""
+    return {
+        "type": "timestream",
+        "database": database,
+        "region": "us-east-1",
+        "endpoint_url": f"http://127.0.0.1:{servers['moto'].port}",
+        "access_key_id_env": "AWS_ACCESS_KEY_ID",
+        "secret_access_key_env": "AWS_SECRET_ACCESS_KEY",
+        "page_rows": 40,
+        **extra,
+    }

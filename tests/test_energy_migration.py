@@ -34,7 +34,7 @@ from tests.energy_support import (
     write_files,
 )
 from tests.influx_readback import select, write_lines
-from tests.support import staged_files
+from tests.support import staged_files, timestream_settings
 from tests.test_resume import task_states
 from tests.timestream_fake import queue_table
 
@@ -379,18 +379,6 @@ def test_influxdb_target_needs_a_ledger_and_no_replace(tmp_path, servers, pg_dat
 # --- Timestream's query API (moto) as the source --------------------------------------------
 
 
-def timestream_source(servers, database: str) -> dict:
-    return {
-        "type": "timestream",
-        "database": database,
-        "region": "us-east-1",
-        "endpoint_url": f"http://127.0.0.1:{servers['moto'].port}",
-        "access_key_id_env": "AWS_ACCESS_KEY_ID",
-        "secret_access_key_env": "AWS_SECRET_ACCESS_KEY",
-        "page_rows": 300,
-    }
-
-
 # Timestream's types and attribute roles of `single_measure_records`' columns.
 SINGLE_KINDS = {"region": "VARCHAR", "plant": "VARCHAR", "source": "VARCHAR", "measure_name": "VARCHAR"}
 SINGLE_KINDS |= {"time": "TIMESTAMP"} | {column: kind for kind, column in MEASURES.values()}
@@ -448,7 +436,7 @@ def test_timestream_single_measure_records_with_default_mapping(
 ):
 
     records = single_measure_records(3_000, days=2)
-    settings = timestream_source(servers, "ons_" + influx_database)
+    settings = timestream_settings(servers, "ons_" + influx_database, page_rows=300)
     kinds, roles = SINGLE_KINDS, SINGLE_ROLES
     windows = queue_timestream(servers, settings, "generation_data", records, kinds, roles, days=2)
     assert sum(w.num_rows for w in windows) == records.num_rows
@@ -473,7 +461,7 @@ def test_timestream_multi_measure_records(tmp_path, servers, pg_database, influx
             "online": pa.array(index % 5 != 0),
         }
     )
-    settings = timestream_source(servers, "ons_" + influx_database)
+    settings = timestream_settings(servers, "ons_" + influx_database, page_rows=300)
     kinds = {"plant": "VARCHAR", "measure_name": "VARCHAR", "time": "TIMESTAMP", "power": "DOUBLE"}
     kinds |= {"units": "BIGINT", "note": "VARCHAR", "online": "BOOLEAN"}
     roles = {"plant": "DIMENSION", "measure_name": "MEASURE_NAME", "time": "TIMESTAMP"}
@@ -543,7 +531,7 @@ def test_timestream_unload_mode_reads_each_chunk_back_through_its_manifest(
     from tests.test_timestream_source import put_unload, queue_unload
 
     records = single_measure_records(2_000, days=2)
-    settings = timestream_source(servers, "ons_" + influx_database)
+    settings = timestream_settings(servers, "ons_" + influx_database, page_rows=300)
     settings |= {
         "export_mode": "unload",
         "unload_location": f"s3://unload-{influx_database.replace('_', '-')}/x/",

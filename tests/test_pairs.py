@@ -30,6 +30,7 @@ from tests.support import (
     snowflake_source,
     source_rows,
     target_rows,
+    timestream_settings,
 )
 from tests.timestream_fake import queue_table
 
@@ -249,19 +250,6 @@ def timestream_records() -> pa.Table:
     records = records.set_column(1, "time", records.column("time").cast(pa.timestamp("ns", tz="UTC")))
     records = records.append_column("measure_name", pa.array([MEASUREMENT] * ROWS))
     return records.select(TIMESTREAM_NAMES)
-
-
-def timestream_settings(servers, database: str, **extra) -> dict:
-    return {
-        "type": "timestream",
-        "database": database,
-        "region": "us-east-1",
-        "endpoint_url": f"http://127.0.0.1:{servers['moto'].port}",
-        "access_key_id_env": "AWS_ACCESS_KEY_ID",
-        "secret_access_key_env": "AWS_SECRET_ACCESS_KEY",
-        "page_rows": 40,
-        **extra,
-    }
 
 
 def day_windows() -> list[tuple[datetime, datetime]]:

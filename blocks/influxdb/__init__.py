@@ -62,8 +62,10 @@ class InfluxConnection(BaseModel):
     gzip: bool = True
     timeout_seconds: float = Field(default=60.0, gt=0)
 
-    # The setting that holds (or names) the v2 token, as this model spells it.
+    # The setting that holds (or names) the v2 token, as this model spells it, and what to say
+    # when url is missing.
     token_key: ClassVar[str] = "token"
+    url_missing: ClassVar[str] = "needs url"
 
     def _needs_connection(self) -> bool:
         return True
@@ -73,7 +75,7 @@ class InfluxConnection(BaseModel):
         if not self._needs_connection():
             return self
         if not self.url:
-            raise ValueError("needs url (or set block)" if self.token_key != "token" else "needs url")
+            raise ValueError(self.url_missing)
         if self.api == "v2":
             missing = [name for name in (self.token_key, "org", "bucket") if not getattr(self, name)]
             if missing:
@@ -90,6 +92,7 @@ class InfluxSettings(InfluxTraits, SystemSettings, InfluxConnection):
     password_env: str | None = Field(default=None, description="Environment variable holding the v1 password")
 
     token_key: ClassVar[str] = "token_env"
+    url_missing: ClassVar[str] = "needs url (or set block)"
 
     def _needs_connection(self) -> bool:
         return self.block is None

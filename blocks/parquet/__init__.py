@@ -24,3 +24,6 @@ class ParquetSettings(ParquetTraits, AwsAccess, SystemSettings):
         from blocks.parquet.source import ParquetTables
 
         return ParquetTables(location=self.location, credentials=self.aws_credentials(where), tables=tables)
+
+    def build_source(self, tables: list):
+        return self.build("source", {t.name: (t.path, t.manifest) for t in tables})

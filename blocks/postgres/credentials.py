@@ -11,9 +11,9 @@ from typing import Any
 
 import psycopg
 from prefect.blocks.core import Block
-from pydantic import SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
-from blocks.postgres import PostgresConnection
+from blocks.postgres import PostgresConnection, nest_login
 from blocks.postgres import pool as pg_pool
 
 
@@ -50,3 +50,18 @@ class PostgresCredentials(Block, PostgresConnection):
     def pool_key(self, use: str) -> tuple:
         """What makes two connections of this login interchangeable for `use`."""
         return pg_pool.pool_key(use, self)
+
+
+class PostgresLogin(BaseModel):
+    """The login part every PostgreSQL I/O block shares: its `credentials`, given nested or, as
+    saved blocks from before `credentials` existed hold them, as flat fields."""
+
+    credentials: PostgresCredentials = Field(default_factory=PostgresCredentials)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_login(cls, data: Any) -> Any:
+        return nest_login(data)
+
+    def describe_target(self) -> str:
+        return self.credentials.describe_server()

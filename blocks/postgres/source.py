@@ -26,13 +26,13 @@ import psycopg
 import pyarrow as pa
 from prefect.blocks.core import Block
 from psycopg import sql
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from blocks.columns import TableSchema
 from blocks.errors import ConnectionCheckError, SourceSchemaError
-from blocks.postgres import PostgresTraits, nest_login
+from blocks.postgres import PostgresTraits
 from blocks.postgres import pool as pg_pool
-from blocks.postgres.credentials import PostgresCredentials
+from blocks.postgres.credentials import PostgresLogin
 from blocks.postgres.csv_export import CsvBlockParser, copy_blocks, pg_column, select_expression
 
 # The session settings whose text forms the CSV parse below relies on.
@@ -42,26 +42,16 @@ _SESSION = (
 )
 
 
-class PostgresSource(PostgresTraits, Block):
+class PostgresSource(PostgresTraits, Block, PostgresLogin):
     """Reads ranges of PostgreSQL tables (in one schema) as Arrow record batches."""
 
     _block_type_name = "Migration PostgreSQL Source"
     _block_type_slug = "migration-postgres-source"
 
-    credentials: PostgresCredentials = Field(default_factory=PostgresCredentials)
     schema_name: str = Field(default="public", description="Schema the source tables live in")
     copy_block_bytes: int = Field(
         default=8 << 20, ge=1 << 16, description="Bytes of COPY data parsed at a time (bounds memory)"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nest_login(cls, data: Any) -> Any:
-        """Saved blocks and callers from before `credentials` give the login as flat fields."""
-        return nest_login(data)
-
-    def describe_target(self) -> str:
-        return self.credentials.describe_server()
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel
 
 from blocks.columns import Column, LogicalType, TargetTable
 from blocks.errors import TargetGuardError
@@ -39,30 +38,6 @@ def pg_type(column: Column) -> str:
 def ident(table: TargetTable) -> sql.Composed:
     """The table's schema-qualified identifier, quoted for SQL."""
     return sql.Identifier(table.schema_name, table.name)
-
-
-class TableRollback(BaseModel):
-    """What a rollback did to one target table."""
-
-    table: str
-    rows_deleted: int
-    dropped: bool
-    rows_kept: int  # rows the job did not write, left in place
-
-
-class PreparedTable(BaseModel):
-    created: bool
-    truncated: bool
-    resumed: bool
-
-
-class ChunkLoad(BaseModel):
-    """What one chunk's load transaction did."""
-
-    rows_loaded: int
-    rows_before: int
-    rows_after: int
-    already_loaded: bool
 
 
 def table_exists(conn: psycopg.Connection, table: TargetTable) -> bool:

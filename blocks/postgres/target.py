@@ -17,14 +17,14 @@ import psycopg
 import pyarrow as pa
 from prefect.blocks.core import Block
 from psycopg import sql
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel
 
 from blocks.errors import ConnectionCheckError, TargetGuardError, ValidationFailed
 from blocks.job_status import RELOADABLE, SUPERSEDED
-from blocks.postgres import PostgresTraits, ledger_claims, nest_login
+from blocks.postgres import PostgresTraits, ledger_claims
 from blocks.postgres import ledger as pg_ledger
 from blocks.postgres.copy_in import copy_batches, upsert_batches
-from blocks.postgres.credentials import PostgresCredentials
+from blocks.postgres.credentials import PostgresLogin
 from blocks.postgres.ledger import refuse_final_chunk
 from blocks.postgres.ledger_schema import ensure_ledger, ledger_exists, lock, lock_job_loads
 from blocks.postgres.ledger_store import transaction
@@ -75,22 +75,11 @@ class ChunkLoad(BaseModel):
     already_loaded: bool
 
 
-class PostgresTarget(PostgresTraits, Block):
+class PostgresTarget(PostgresTraits, Block, PostgresLogin):
     """A PostgreSQL database that migrations load into."""
 
     _block_type_name = "Migration PostgreSQL Target"
     _block_type_slug = "migration-postgres-target"
-
-    credentials: PostgresCredentials = Field(default_factory=PostgresCredentials)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nest_login(cls, data: Any) -> Any:
-        """Saved blocks and callers from before `credentials` give the login as flat fields."""
-        return nest_login(data)
-
-    def describe_target(self) -> str:
-        return self.credentials.describe_server()
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
