@@ -56,6 +56,7 @@ def load_manifest(
             staged_uri=manifest.uri,
             lower=chunk.lower,
             upper=chunk.upper,
+            verify_from=path,
         )
     return LoadedChunk(**result.model_dump(), seconds=time.perf_counter() - started)
 

@@ -196,6 +196,7 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         staged_uri: str,
         lower: Any,
         upper: Any,
+        verify_from: Any = None,
     ) -> ChunkLoad:
         """Load one chunk exactly once: rows and ledger row commit together, or not at all.
 
@@ -234,6 +235,14 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
                     f"chunk {chunk_id} of {source_table}: COPY sent {copied} rows, staged file holds {staged_rows}"
                 )
             after = self.count_range(conn, table, lower, upper)
+            if verify_from is not None:  # WIP issue 13: content verification before commit
+                import pyarrow.parquet as pq
+
+                from blocks.postgres.verify import compare, read_back
+
+                staged = pq.read_table(verify_from)
+                written = read_back(conn, table, staged.schema, pg_ledger.current_xid(conn))
+                compare(staged, written, list(table.primary_key), f"{source_table} chunk {chunk_id}")
             pg_ledger.mark_chunk_loaded(
                 conn,
                 job_id,
