@@ -238,11 +238,10 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
             if verify_from is not None:  # WIP issue 13: content verification before commit
                 import pyarrow.parquet as pq
 
-                from blocks.postgres.verify import compare, read_back
+                from blocks.postgres.verify import verify_chunk
 
-                staged = pq.read_table(verify_from)
-                written = read_back(conn, table, staged.schema, pg_ledger.current_xid(conn))
-                compare(staged, written, list(table.primary_key), f"{source_table} chunk {chunk_id}")
+                where = f"{source_table} chunk {chunk_id}"
+                verify_chunk(conn, table, pq.read_table(verify_from), pg_ledger.current_xid(conn), where)
             pg_ledger.mark_chunk_loaded(
                 conn,
                 job_id,

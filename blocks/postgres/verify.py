@@ -17,7 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 from psycopg import sql
 
+from blocks.columns import LogicalType
 from blocks.errors import ValidationFailed
+from blocks.postgres.csv_copy import batch_to_copy_csv
 from blocks.postgres.tables import TargetTable, ident
 
 # The SQL cast that gives each staged Arrow type's canonical text (TimeZone is UTC meanwhile).
@@ -42,25 +44,53 @@ def _cast(arrow_type: pa.DataType) -> str | None:
     return None  # binary: not compared yet
 
 
+def _json_columns(table: TargetTable) -> set[str]:
+    return {c.name for c in table.columns if c.logical is LogicalType.JSON}
+
+
 def read_back(conn: psycopg.Connection, table: TargetTable, schema: pa.Schema, xid: int) -> pa.Table:
-    """The rows transaction `xid` wrote to `table`, typed as `schema` (the staged one)."""
+    """The rows transaction `xid` wrote to `table`, typed as `schema` (the staged one); JSON
+    columns as jsonb's canonical text (keys sorted, no insignificant space)."""
     conn.execute("SET LOCAL TimeZone = 'UTC'")
     fields = [f for f in schema if _cast(f.type) is not None]
+    json = _json_columns(table)
     select = sql.SQL(", ").join(
-        sql.SQL("{}::{}").format(sql.Identifier(f.name), sql.SQL(_cast(f.type))) for f in fields
+        sql.SQL("{}::{}").format(
+            sql.Identifier(f.name), sql.SQL("jsonb::text" if f.name in json else _cast(f.type))
+        )
+        for f in fields
     )
     query = sql.SQL("COPY (SELECT {} FROM {} WHERE xmin = %s::text::xid) TO STDOUT (FORMAT csv)").format(
         select, ident(table)
     )
+    return _copy_out(conn, query, (str(xid),), fields)
+
+
+def canonical_json(conn: psycopg.Connection, values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The staged JSON texts as jsonb's canonical text, in order, by one round trip through a
+    temporary table (no per-value Python)."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _verify_json (n bigint, j text) ON COMMIT DROP")
+    conn.execute("TRUNCATE _verify_json")
+    numbered = pa.table({"n": pa.array(range(len(values)), pa.int64()), "j": values})
+    with conn.cursor() as cur, cur.copy("COPY _verify_json (n, j) FROM STDIN (FORMAT csv)") as copy:
+        for batch in numbered.to_batches():
+            copy.write(batch_to_copy_csv(batch))
+    query = sql.SQL("COPY (SELECT j::jsonb::text FROM _verify_json ORDER BY n) TO STDOUT (FORMAT csv)")
+    return _copy_out(conn, query, (), [pa.field("j", pa.string())]).column(0)
+
+
+def _copy_out(conn: psycopg.Connection, query, params, fields: list[pa.Field]) -> pa.Table:
     buffer = io.BytesIO()
-    with conn.cursor() as cur, cur.copy(query, (str(xid),)) as copy:
+    with conn.cursor() as cur, cur.copy(query, params) as copy:
         for block in copy:
             buffer.write(block)
+    if not buffer.getbuffer().nbytes:
+        return pa.schema(fields).empty_table()
     names = [f"c{i}" for i in range(len(fields))]
     parsed = pcsv.read_csv(
         pa.BufferReader(buffer.getvalue()),
         read_options=pcsv.ReadOptions(column_names=names),
-        parse_options=pcsv.ParseOptions(newlines_in_values=True),
+        parse_options=pcsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False),
         convert_options=pcsv.ConvertOptions(
             column_types={n: f.type for n, f in zip(names, fields, strict=True)},
             null_values=[""],
@@ -71,6 +101,18 @@ def read_back(conn: psycopg.Connection, table: TargetTable, schema: pa.Schema, x
         ),
     )
     return pa.table(parsed.columns, schema=pa.schema(fields))
+
+
+def verify_chunk(
+    conn: psycopg.Connection, table: TargetTable, staged: pa.Table, xid: int, where: str
+) -> None:
+    """Compare what transaction `xid` wrote to `table` with the staged chunk; see `compare`."""
+    written = read_back(conn, table, staged.schema, xid)
+    for name in _json_columns(table) & set(written.column_names):
+        staged = staged.set_column(
+            staged.schema.get_field_index(name), name, canonical_json(conn, staged[name])
+        )
+    compare(staged, written, list(table.primary_key), where)
 
 
 def _comparable(arr: pa.ChunkedArray) -> pa.ChunkedArray:
