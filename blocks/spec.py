@@ -166,6 +166,11 @@ class MigrationSpec(Strict):
     )
     lowercase_identifiers: bool = Field(default=True, description="Lowercase target table and column names")
     keep_staged_files: bool = Field(default=True, description="Keep Parquet files after a job completes")
+    verify: Literal["content", "counts"] = Field(
+        default="content",
+        description="content: each chunk's written values are read back and compared with the staged "
+        "chunk before it counts as loaded; counts: row counts only",
+    )
 
     @model_validator(mode="after")
     def _unique_tables(self) -> MigrationSpec:

@@ -182,8 +182,8 @@ def migrate_chunk(
 
     report_stage(job_id, table, cid, "migration", "started")
     started = time.perf_counter()
-    loaded = run_step(lambda: load_step(*args, manifest), spec.retries, f"load {label}")
     with validation_events(job_id, table, cid):
+        loaded = run_step(lambda: load_step(*args, manifest), spec.retries, f"load {label}")
         run_step(lambda: reconcile_step(*args, manifest, loaded), spec.retries, f"reconcile {label}")
     rows = loaded.written
     report_stage(job_id, table, cid, "migration", "finished", rows=rows)
