@@ -56,7 +56,7 @@ def load_manifest(
             staged_uri=manifest.uri,
             lower=chunk.lower,
             upper=chunk.upper,
-            verify_from=path if spec.verify == "content" else None,
+            verify_against=path if spec.verify == "content" else None,
         )
     return LoadedChunk(**result.model_dump(), seconds=time.perf_counter() - started)
 

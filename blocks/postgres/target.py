@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect.blocks.core import Block
 from psycopg import sql
 from pydantic import BaseModel
@@ -37,6 +39,7 @@ from blocks.postgres.tables import (
     table_exists,
     truncation_guard,
 )
+from blocks.postgres.verify import read_rows, verify_chunk
 from blocks.seam import JobStart, LoadMode
 
 # JobStart, TargetTable and refuse_final_chunk are imported from here by older callers.
@@ -196,9 +199,13 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         staged_uri: str,
         lower: Any,
         upper: Any,
-        verify_from: Any = None,
+        verify_against: Path | None = None,
     ) -> ChunkLoad:
         """Load one chunk exactly once: rows and ledger row commit together, or not at all.
+
+        `verify_against`: the staged file; the rows this transaction wrote are read back and
+        compared with it value by value before commit (`blocks.postgres.verify`), so a value
+        the target changed or an encoder got wrong is never committed. Without it, counts only.
 
         If the ledger already shows this job's chunk as loaded (a crash after commit, before
         Prefect persisted the result), nothing is written and the recorded counts are returned.
@@ -235,13 +242,11 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
                     f"chunk {chunk_id} of {source_table}: COPY sent {copied} rows, staged file holds {staged_rows}"
                 )
             after = self.count_range(conn, table, lower, upper)
-            if verify_from is not None:  # WIP issue 13: content verification before commit
-                import pyarrow.parquet as pq
-
-                from blocks.postgres.verify import verify_chunk
-
-                where = f"{source_table} chunk {chunk_id}"
-                verify_chunk(conn, table, pq.read_table(verify_from), pg_ledger.current_xid(conn), where)
+            xid = pg_ledger.current_xid(conn)
+            if verify_against is not None:
+                where = f"{source_table} chunk {chunk_id} [{lower}, {upper}) into {table.qualified}"
+                verify_chunk(conn, table, pq.read_table(verify_against), xid, where)
+            details = {"verified": "content" if verify_against is not None else "counts"}
             pg_ledger.mark_chunk_loaded(
                 conn,
                 job_id,
@@ -251,10 +256,18 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
                 before,
                 after,
                 staged_uri,
-                pg_ledger.current_xid(conn),
-                {"overwrote": overwrote} if overwrote else None,
+                xid,
+                {**details, "overwrote": overwrote} if overwrote else details,
             )
             return ChunkLoad(rows_loaded=copied, rows_before=before, rows_after=after, already_loaded=False)
+
+    def read_range(self, table: TargetTable, schema: pa.Schema, lower: Any, upper: Any) -> pa.Table:
+        """The rows of `table` in a chunk's range, in the canonical form content verification
+        compares (`blocks.postgres.verify.read_rows`), read in one transaction that writes nothing."""
+        where, params = self._range_clause(table, lower, upper)
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            return read_rows(conn, table, schema, where, params)
 
     def rollback_job(self, job_id: str) -> list[TableRollback]:
         """Remove exactly the rows the job's chunks wrote, in one transaction with the ledger.

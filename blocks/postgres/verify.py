@@ -1,8 +1,16 @@
-"""Content verification of a chunk inside its load transaction (WIP, issue 13).
+"""Read PostgreSQL rows back in canonical form, and verify a chunk inside its load transaction.
 
-The rows the transaction wrote (their `xmin` is its id) are read back through COPY text, a
-path independent of the load's binary encoder, each column cast to the canonical form of its
-staged Arrow type, and compared with the staged chunk value by value. A mismatch raises
+The rows the load transaction wrote (their `xmin` is its id) are read back through COPY CSV,
+a path independent of the load's binary encoder, each column cast to the canonical form of
+its staged Arrow type under `TimeZone = UTC`:
+
+- float/double as `float8`, compared by bits (so an existing `real` column, NaN and -0.0 show);
+- integers as `bigint`, numeric by value at the staged scale, boolean, date, time;
+- a tz-aware staged timestamp as a `timestamptz` instant; a naive one as `timestamp`;
+- JSON as jsonb's canonical text on both sides (the staged text goes through a temp table);
+- text as text. Binary columns are not compared (counted only).
+
+and compared with the staged chunk value by value (`blocks.diff`). A mismatch raises
 `ValidationFailed` naming the column, one key and both values; the caller's transaction then
 rolls back, so no wrong value is committed.
 """
@@ -10,6 +18,8 @@ rolls back, so no wrong value is committed.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -18,6 +28,7 @@ import pyarrow.csv as pcsv
 from psycopg import sql
 
 from blocks.columns import LogicalType
+from blocks.diff import comparable, diff_tables
 from blocks.errors import ValidationFailed
 from blocks.postgres.csv_copy import batch_to_copy_csv
 from blocks.postgres.tables import TargetTable, ident
@@ -48,9 +59,15 @@ def _json_columns(table: TargetTable) -> set[str]:
     return {c.name for c in table.columns if c.logical is LogicalType.JSON}
 
 
-def read_back(conn: psycopg.Connection, table: TargetTable, schema: pa.Schema, xid: int) -> pa.Table:
-    """The rows transaction `xid` wrote to `table`, typed as `schema` (the staged one); JSON
-    columns as jsonb's canonical text (keys sorted, no insignificant space)."""
+def read_rows(
+    conn: psycopg.Connection,
+    table: TargetTable,
+    schema: pa.Schema,
+    where: sql.Composable,
+    params: Sequence[Any] = (),
+) -> pa.Table:
+    """The rows of `table` that `where` selects, typed as `schema` (the staged one), each column
+    in its canonical form (see the module docstring). Sets TimeZone = UTC for the transaction."""
     conn.execute("SET LOCAL TimeZone = 'UTC'")
     fields = [f for f in schema if _cast(f.type) is not None]
     json = _json_columns(table)
@@ -60,10 +77,22 @@ def read_back(conn: psycopg.Connection, table: TargetTable, schema: pa.Schema, x
         )
         for f in fields
     )
-    query = sql.SQL("COPY (SELECT {} FROM {} WHERE xmin = %s::text::xid) TO STDOUT (FORMAT csv)").format(
-        select, ident(table)
-    )
-    return _copy_out(conn, query, (str(xid),), fields)
+    query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT (FORMAT csv)").format(select, ident(table), where)
+    return _copy_out(conn, query, tuple(params), fields)
+
+
+def written_by(conn: psycopg.Connection, table: TargetTable, schema: pa.Schema, xid: int) -> pa.Table:
+    """The rows transaction `xid` wrote to `table`, in canonical form."""
+    return read_rows(conn, table, schema, sql.SQL(" WHERE xmin = %s::text::xid"), (str(xid),))
+
+
+def canonical_staged(conn: psycopg.Connection, table: TargetTable, staged: pa.Table) -> pa.Table:
+    """The staged chunk in the same canonical form as `read_rows` gives (JSON as jsonb text)."""
+    for name in _json_columns(table) & set(staged.column_names):
+        staged = staged.set_column(
+            staged.schema.get_field_index(name), name, canonical_json(conn, staged[name])
+        )
+    return staged
 
 
 def canonical_json(conn: psycopg.Connection, values: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -106,37 +135,27 @@ def _copy_out(conn: psycopg.Connection, query, params, fields: list[pa.Field]) -
 def verify_chunk(
     conn: psycopg.Connection, table: TargetTable, staged: pa.Table, xid: int, where: str
 ) -> None:
-    """Compare what transaction `xid` wrote to `table` with the staged chunk; see `compare`."""
-    written = read_back(conn, table, staged.schema, xid)
-    for name in _json_columns(table) & set(written.column_names):
-        staged = staged.set_column(
-            staged.schema.get_field_index(name), name, canonical_json(conn, staged[name])
-        )
-    compare(staged, written, list(table.primary_key), where)
+    """Compare what transaction `xid` wrote to `table` with the staged chunk; raise
+    `ValidationFailed` naming the first differing column, a key and both values."""
+    written = written_by(conn, table, staged.schema, xid)
+    staged = canonical_staged(conn, table, staged).select(written.column_names)
+    if _same_in_order(staged, written):
+        return
+    diff = diff_tables(staged, written, list(table.primary_key))
+    if diff.same:
+        return  # the same rows, read back in another order
+    raise ValidationFailed(diff.describe(where))
 
 
-def _comparable(arr: pa.ChunkedArray) -> pa.ChunkedArray:
-    # Floats by their bits: NaN equals NaN, and -0.0 differs from 0.0, as stored.
-    if pa.types.is_float64(arr.type):
-        return pa.chunked_array([c.view(pa.int64()) for c in arr.chunks], pa.int64())
-    return arr
-
-
-def compare(staged: pa.Table, written: pa.Table, key: list[str], where: str) -> None:
-    """Raise `ValidationFailed` at the first column whose values differ, naming a key and both values."""
+def _same_in_order(staged: pa.Table, written: pa.Table) -> bool:
+    """The common case, checked first: the rows read back in the order COPY wrote them.
+    A vectorised pass over each column; only a difference pays for the keyed diff."""
     if staged.num_rows != written.num_rows:
-        raise ValidationFailed(f"{where}: wrote {written.num_rows} rows, staged {staged.num_rows}")
-    staged = staged.select(written.column_names)
-    order = [(k, "ascending") for k in (key or written.column_names)]
-    staged, written = staged.sort_by(order), written.sort_by(order)
+        return False
     for name in written.column_names:
-        a, b = _comparable(staged[name]), _comparable(written[name])
-        same = pc.or_kleene(pc.equal(a, b), pc.and_(pc.is_null(a), pc.is_null(b)))
-        differs = pc.invert(pc.fill_null(same, False))
-        if pc.any(differs).as_py():
-            i = pc.index(differs, True).as_py()
-            row = {k: staged[k][i].as_py() for k in (key or [])}
-            raise ValidationFailed(
-                f"{where}: column {name} holds {written[name][i].as_py()!r} where the source has "
-                f"{staged[name][i].as_py()!r}" + (f" (key {row})" if row else f" (row {i} in sort order)")
-            )
+        a, b = comparable(staged[name]), comparable(written[name])
+        if not a.is_null().equals(b.is_null()):
+            return False
+        if not pc.all(pc.fill_null(pc.equal(a, b), True)).as_py():
+            return False
+    return True
