@@ -44,7 +44,9 @@ def test_a_trigger_that_changes_a_value_is_refused(tmp_path, servers, pg_databas
         migrate_readings_into_postgres(tmp_path, servers, pg_database, source, "taken_at", **window())
     assert "column note holds 'changed'" in str(failure.value), str(failure.value)
     with pg_connect() as conn:
-        assert conn.execute("SELECT count(*) FROM analytics.readings WHERE note = 'changed'").fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT count(*) FROM analytics.readings WHERE note = 'changed'").fetchone()[0] == 0
+        )
 
 
 def test_an_encoder_fault_in_binary_copy_is_refused(tmp_path, servers, pg_database, pg_connect, monkeypatch):
@@ -70,3 +72,41 @@ def test_an_encoder_fault_in_binary_copy_is_refused(tmp_path, servers, pg_databa
         exists = conn.execute("SELECT to_regclass('analytics.readings')").fetchone()[0]
         if exists:
             assert conn.execute("SELECT count(*) FROM analytics.readings").fetchone()[0] == 0
+
+
+def test_a_naive_timestamp_column_under_a_non_utc_session_zone_is_refused(
+    tmp_path, servers, pg_database, pg_connect
+):
+    # The target's sessions default to New York time: an instant stored as its UTC wall time in
+    # a `timestamp without time zone` column reads back five hours off.
+    with pg_connect() as conn:
+        conn.execute(f"ALTER DATABASE \"{pg_database}\" SET TimeZone = 'America/New_York'")
+        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
+        conn.execute(
+            "CREATE TABLE analytics.readings (reading_id bigint, taken_at timestamp, site text, "
+            "power double precision, units bigint, note text, ok boolean)"
+        )
+    write_files(tmp_path / "files" / "readings", READINGS)
+    source = {"type": "parquet", "location": str(tmp_path / "files")}
+    with pytest.raises(MigrationFailed) as failure:
+        migrate_readings_into_postgres(tmp_path, servers, pg_database, source, "taken_at", **window())
+    assert "column taken_at holds" in str(failure.value), str(failure.value)
+    with pg_connect() as conn:
+        assert conn.execute("SELECT count(*) FROM analytics.readings").fetchone()[0] == 0
+
+
+def test_a_naive_timestamp_column_under_utc_holds_the_instants_and_passes(
+    tmp_path, servers, pg_database, pg_connect
+):
+    with pg_connect() as conn:
+        conn.execute(f"ALTER DATABASE \"{pg_database}\" SET TimeZone = 'UTC'")
+        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
+        conn.execute(
+            "CREATE TABLE analytics.readings (reading_id bigint, taken_at timestamp, site text, "
+            "power double precision, units bigint, note text, ok boolean)"
+        )
+    write_files(tmp_path / "files" / "readings", READINGS)
+    source = {"type": "parquet", "location": str(tmp_path / "files")}
+    migrate_readings_into_postgres(tmp_path, servers, pg_database, source, "taken_at", **window())
+    with pg_connect() as conn:
+        assert conn.execute("SELECT count(*) FROM analytics.readings").fetchone()[0] == READINGS.num_rows

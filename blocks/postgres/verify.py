@@ -6,7 +6,9 @@ its staged Arrow type under `TimeZone = UTC`:
 
 - float/double as `float8`, compared by bits (so an existing `real` column, NaN and -0.0 show);
 - integers as `bigint`, numeric by value at the staged scale, boolean, date, time;
-- a tz-aware staged timestamp as a `timestamptz` instant; a naive one as `timestamp`;
+- a tz-aware staged timestamp as a `timestamptz` instant; a `timestamp without time zone`
+  column holding one is taken in the target's default TimeZone (what its readers see), so an
+  instant shifted by a session time zone shows; a naive staged timestamp as `timestamp`;
 - JSON as jsonb's canonical text on both sides (the staged text goes through a temp table);
 - text as text. Binary columns are not compared (counted only).
 
@@ -68,17 +70,38 @@ def read_rows(
 ) -> pa.Table:
     """The rows of `table` that `where` selects, typed as `schema` (the staged one), each column
     in its canonical form (see the module docstring). Sets TimeZone = UTC for the transaction."""
+    naive, zone = _naive_columns(conn, table), _default_zone(conn)
     conn.execute("SET LOCAL TimeZone = 'UTC'")
     fields = [f for f in schema if _cast(f.type) is not None]
     json = _json_columns(table)
-    select = sql.SQL(", ").join(
-        sql.SQL("{}::{}").format(
-            sql.Identifier(f.name), sql.SQL("jsonb::text" if f.name in json else _cast(f.type))
-        )
-        for f in fields
-    )
+    select = sql.SQL(", ").join(_canonical(f, json, naive, zone) for f in fields)
     query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT (FORMAT csv)").format(select, ident(table), where)
     return _copy_out(conn, query, tuple(params), fields)
+
+
+def _canonical(field: pa.Field, json: set[str], naive: set[str], zone: str) -> sql.Composable:
+    column = sql.Identifier(field.name)
+    if field.name in json:
+        return sql.SQL("{}::jsonb::text").format(column)
+    if pa.types.is_timestamp(field.type) and field.type.tz and field.name in naive:
+        # A `timestamp without time zone` column holding an instant: the instant it denotes is
+        # its wall time in the zone the target's own sessions default to.
+        return sql.SQL("({} AT TIME ZONE {})").format(column, sql.Literal(zone))
+    return sql.SQL("{}::{}").format(column, sql.SQL(_cast(field.type)))
+
+
+def _naive_columns(conn: psycopg.Connection, table: TargetTable) -> set[str]:
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+        "AND NOT attisdropped AND atttypid = 'timestamp'::regtype",
+        (ident(table).as_string(conn),),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _default_zone(conn: psycopg.Connection) -> str:
+    """The TimeZone a new session of the target gets (server, database or role default)."""
+    return conn.execute("SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'").fetchone()[0]
 
 
 def written_by(conn: psycopg.Connection, table: TargetTable, schema: pa.Schema, xid: int) -> pa.Table:
