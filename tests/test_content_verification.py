@@ -6,6 +6,7 @@ import pytest
 
 from blocks.errors import MigrationFailed
 from tests.test_pairs import READINGS, migrate_readings_into_postgres, window, write_files
+from tests.test_postgres_source import source_db, write_pg_migration  # noqa: F401 (a fixture)
 
 
 def test_a_real_column_for_a_double_source_is_refused(tmp_path, servers, pg_database, pg_connect):
@@ -110,3 +111,35 @@ def test_a_naive_timestamp_column_under_utc_holds_the_instants_and_passes(
     migrate_readings_into_postgres(tmp_path, servers, pg_database, source, "taken_at", **window())
     with pg_connect() as conn:
         assert conn.execute("SELECT count(*) FROM analytics.readings").fetchone()[0] == READINGS.num_rows
+
+
+def test_a_changed_bytea_value_is_refused(tmp_path, servers, source_db, pg_database, pg_connect):  # noqa: F811
+    from flows.migrate import migrate
+
+    with pg_connect() as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
+        conn.execute("CREATE TABLE analytics.one_blob (id bigint PRIMARY KEY, blob bytea)")
+        conn.execute(
+            "CREATE FUNCTION analytics.flip() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.id = 2 THEN NEW.blob := '\\x00ff'::bytea; END IF; RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER flip BEFORE INSERT ON analytics.one_blob FOR EACH ROW EXECUTE FUNCTION analytics.flip()"
+        )
+    with servers["pg"].connect(source_db) as conn:
+        conn.execute("CREATE TABLE src.one_blob (id bigint PRIMARY KEY, blob bytea)")
+        conn.execute("INSERT INTO src.one_blob VALUES (1, '\\x00'), (2, '\\x0001'), (3, NULL), (4, '')")
+    path = write_pg_migration(
+        tmp_path / "migrations.yaml",
+        servers,
+        source_db,
+        pg_database,
+        [{"name": "one_blob", "chunk_column": "id", "primary_key": ["id"]}],
+    )
+    with pytest.raises(MigrationFailed) as failure:
+        migrate(source_name="pg_copy", migrations_file=path)
+    assert "column blob holds b'\\x00\\xff' where the source has b'\\x00\\x01' (key {'id': 2})" in str(
+        failure.value
+    ), str(failure.value)
+    with pg_connect() as conn:
+        assert conn.execute("SELECT count(*) FROM analytics.one_blob").fetchone()[0] == 0

@@ -10,7 +10,7 @@ its staged Arrow type under `TimeZone = UTC`:
   column holding one is taken in the target's default TimeZone (what its readers see), so an
   instant shifted by a session time zone shows; a naive staged timestamp as `timestamp`;
 - JSON as jsonb's canonical text on both sides (the staged text goes through a temp table);
-- text as text. Binary columns are not compared (counted only).
+- text as text; bytea as its bytes.
 
 and compared with the staged chunk value by value (`blocks.diff`). A mismatch raises
 `ValidationFailed` naming the column, one key and both values; the caller's transaction then
@@ -33,6 +33,7 @@ from blocks.columns import LogicalType
 from blocks.diff import comparable, diff_tables
 from blocks.errors import ValidationFailed
 from blocks.postgres.csv_copy import batch_to_copy_csv
+from blocks.postgres.csv_export import hex_to_binary
 from blocks.postgres.tables import TargetTable, ident
 
 # The SQL cast that gives each staged Arrow type's canonical text (TimeZone is UTC meanwhile).
@@ -54,7 +55,9 @@ def _cast(arrow_type: pa.DataType) -> str | None:
             return cast
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         return "text"
-    return None  # binary: not compared yet
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return "bytea"
+    return None
 
 
 def _json_columns(table: TargetTable) -> set[str]:
@@ -76,7 +79,13 @@ def read_rows(
     json = _json_columns(table)
     select = sql.SQL(", ").join(_canonical(f, json, naive, zone) for f in fields)
     query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT (FORMAT csv)").format(select, ident(table), where)
-    return _copy_out(conn, query, tuple(params), fields)
+    wire = [pa.field(f.name, pa.string()) if _cast(f.type) == "bytea" else f for f in fields]
+    rows = _copy_out(conn, query, tuple(params), wire)
+    for i, f in enumerate(fields):
+        if _cast(f.type) == "bytea":
+            decoded = pa.chunked_array([hex_to_binary(c) for c in rows.column(i).chunks], pa.binary())
+            rows = rows.set_column(i, f.name, decoded.cast(f.type))
+    return rows
 
 
 def _canonical(field: pa.Field, json: set[str], naive: set[str], zone: str) -> sql.Composable:
@@ -87,6 +96,8 @@ def _canonical(field: pa.Field, json: set[str], naive: set[str], zone: str) -> s
         # A `timestamp without time zone` column holding an instant: the instant it denotes is
         # its wall time in the zone the target's own sessions default to.
         return sql.SQL("({} AT TIME ZONE {})").format(column, sql.Literal(zone))
+    if _cast(field.type) == "bytea":
+        return sql.SQL("encode({}::bytea, 'hex')").format(column)  # CSV cannot carry raw bytes
     return sql.SQL("{}::{}").format(column, sql.SQL(_cast(field.type)))
 
 
