@@ -135,6 +135,13 @@ class RowTarget(Target, Protocol):
 
     def count_range(self, conn: Any, table: Any, lower: Any, upper: Any) -> int: ...
 
+    def read_range(self, table: Any, schema: pa.Schema, lower: Any, upper: Any) -> pa.Table:
+        """The table's rows with `lower <= chunk column < upper` (an open end where a bound is
+        None), typed as `schema` (the staged one) in canonical form; writes nothing."""
+
+    def canonical(self, table: Any, rows: pa.Table) -> pa.Table:
+        """Staged-form `rows` in the canonical form `read_range` gives, so the two compare."""
+
     def rollback_job(self, job_id: str) -> list[Any]:
         """Remove the job's rows (by provenance) and mark the job rolled back, in one transaction."""
 

@@ -39,7 +39,7 @@ from blocks.postgres.tables import (
     table_exists,
     truncation_guard,
 )
-from blocks.postgres.verify import read_rows, verify_chunk
+from blocks.postgres.verify import canonical_staged, read_rows, verify_chunk
 from blocks.seam import JobStart, LoadMode
 
 # JobStart, TargetTable and refuse_final_chunk are imported from here by older callers.
@@ -268,6 +268,14 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         with self.connect() as conn, conn.transaction():
             conn.execute("SET TRANSACTION READ ONLY")
             return read_rows(conn, table, schema, where, params)
+
+    def canonical(self, table: TargetTable, rows: pa.Table) -> pa.Table:
+        """`rows` (a chunk in its staged form, e.g. read from the source) in the canonical form
+        `read_range` gives, so the two compare value by value: JSON as jsonb's canonical text,
+        by a round trip through a temporary table that goes with the transaction. Writes
+        nothing else."""
+        with self.connect() as conn:
+            return canonical_staged(conn, table, rows)
 
     def rollback_job(self, job_id: str) -> list[TableRollback]:
         """Remove exactly the rows the job's chunks wrote, in one transaction with the ledger.

@@ -1,0 +1,167 @@
+"""The `verify` flow: after a completed job, the source changes (a row updated, one deleted,
+one inserted inside the job's range, one beyond it); verify finds each by key, publishes
+them, fails, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+
+from blocks.errors import ConfigError, ValidationFailed
+from tests.support import postgres_target_migrations, quoted
+
+# Even ids 2..600, so a row can be inserted inside the job's range; three chunks of 200 keys.
+CUSTOMERS = """
+CREATE TABLE src.customers (id bigint PRIMARY KEY, name text, balance numeric(12,2), doc jsonb,
+                            updated_at timestamptz);
+INSERT INTO src.customers SELECT 2 * i, 'name ' || 2 * i, i / 4.0, jsonb_build_object('n', i, 'a', 'x,y'),
+    '2024-03-01 00:00:00+00'::timestamptz + i * interval '1 minute 0.000001 second'
+FROM generate_series(1, 300) i;
+"""
+# No primary key: compared as multisets of whole rows; a repeated row counts twice.
+EVENTS = """
+CREATE TABLE src.events (event_id bigint NOT NULL, kind text, amount double precision);
+INSERT INTO src.events SELECT i, 'kind ' || (i % 3), i / 3.0 FROM generate_series(1, 200) i;
+INSERT INTO src.events VALUES (7, 'kind 1', 7 / 3.0);
+"""
+TABLES = [
+    {"name": "customers", "chunk_column": "id", "chunk_size": 200, "primary_key": ["id"]},
+    {"name": "events", "chunk_column": "event_id", "chunk_size": 100},
+]
+
+
+@pytest.fixture
+def source_db(servers):
+    """A PostgreSQL database of its own, schema `src`, holding customers and events."""
+    name = "s_" + secrets.token_hex(5)
+    with servers["pg"].connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    with servers["pg"].connect(name) as conn:
+        conn.execute("CREATE SCHEMA src")
+        conn.execute(CUSTOMERS)
+        conn.execute(EVENTS)
+    yield name
+    with servers["pg"].connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrated(tmp_path, servers, pg_database, source_db):
+    """A completed job of migration `pg_verify` from `source_db` into `pg_database`:
+    (job_id, migrations file, a function running SQL in the source)."""
+    from flows.migrate import migrate
+
+    source = {
+        "type": "postgres",
+        "host": "127.0.0.1",
+        "port": servers["pg"].port,
+        "dbname": source_db,
+        "user": "postgres",
+        "password_env": "PGPASSWORD",
+        "schema": "src",
+    }
+    path = postgres_target_migrations(
+        tmp_path / "m.yaml", servers, pg_database, TABLES, source=source, name="pg_verify"
+    )
+    report = migrate(source_name="pg_verify", migrations_file=str(path))
+    assert report.status == "completed" and report.rows == 300 + 201
+
+    def in_source(statement: str) -> None:
+        with servers["pg"].connect(source_db) as conn:
+            conn.execute(statement)
+
+    return report.job_id, str(path), in_source
+
+
+def snapshot(connect, staging: Path) -> tuple[dict, list[str]]:
+    """Every row of the target's tables and of the ledger, as text with its `xmin` (a row
+    rewritten, even to the same values, shows), and the files under staging."""
+    with connect() as conn:
+        names = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema IN ('analytics', 'migration_status') ORDER BY 1, 2"
+        ).fetchall()
+        rows = {
+            (schema, name): sorted(
+                conn.execute(f"SELECT xmin::text, t::text FROM {quoted(schema)}.{quoted(name)} t").fetchall()
+            )
+            for schema, name in names
+        }
+    return rows, sorted(str(p) for p in staging.rglob("*"))
+
+
+def artifact_rows(job_id: str) -> dict[str, dict]:
+    from prefect.artifacts import Artifact
+
+    from tasks.progress import artifact_slug
+
+    artifact = Artifact.get(f"verify-{artifact_slug(job_id)}")
+    assert artifact is not None
+    data = artifact.data if isinstance(artifact.data, list) else json.loads(artifact.data)
+    return {row["table"]: row for row in data}
+
+
+def test_verify_finds_a_changed_a_deleted_and_an_inserted_row_by_key(tmp_path, pg_connect, migrated):
+    from flows.verify import verify
+
+    job_id, path, in_source = migrated
+    clean = verify(job_id=job_id, migrations_file=path)
+    assert clean.same
+    by_table = {t.table: t for t in clean.tables}
+    assert by_table["customers"].chunks_checked == 3 and by_table["customers"].source_rows == 300
+    assert by_table["events"].key == [] and by_table["events"].target_rows == 201
+    assert artifact_rows(job_id)["customers"]["missing_in_target"] == 0
+
+    in_source("UPDATE src.customers SET name = 'renamed' WHERE id = 100")
+    in_source("DELETE FROM src.customers WHERE id = 300")
+    in_source("INSERT INTO src.customers VALUES (451, 'new inside', 1.5, '{\"n\": 0}', now())")
+    in_source("INSERT INTO src.customers VALUES (9001, 'new beyond the job', 2.5, NULL, now())")
+    in_source("UPDATE src.events SET kind = 'changed' WHERE event_id = 150")
+    in_source(
+        "UPDATE src.events SET amount = 'NaN' WHERE event_id = 7 AND kind = 'kind 1' AND ctid IN "
+        "(SELECT min(ctid) FROM src.events WHERE event_id = 7)"
+    )
+    before = snapshot(pg_connect, tmp_path / "staging")
+
+    with pytest.raises(ValidationFailed) as failure:
+        verify(job_id=job_id, source_name="pg_verify", migrations_file=path)
+
+    message = str(failure.value)
+    assert f"verify job {job_id} (pg_verify): the target differs from the source in 2 table(s)" in message
+    assert "customers: 2 missing in the target (e.g. id=451)" in message
+    assert "1 extra in the target (e.g. id=300)" in message
+    assert (
+        "1 changed in ['name'] (e.g. id=100 name: 'renamed' in the source, 'name 100' in the target)"
+        in message
+    )
+    rows = artifact_rows(job_id)
+    customers, events = rows["customers"], rows["events"]
+    assert (customers["missing_in_target"], customers["extra_in_target"], customers["changed"]) == (2, 1, 1)
+    assert customers["sample_missing"] == "id=451; id=9001"
+    assert customers["sample_extra"] == "id=300"
+    assert customers["sample_changed"] == "id=100: name 'renamed' → 'name 100'"
+    assert customers["changed_columns"] == "name: 1"
+    assert customers["chunks_checked"] == 3 and customers["rows_beyond_job"] == 1
+    assert customers["source_rows"] == 301 and customers["target_rows"] == 300
+    # Without a key a changed row is one missing and one extra; the repeated row 7 counts twice.
+    assert events["key"] == "(none: compared as multisets)"
+    assert (events["missing_in_target"], events["extra_in_target"], events["changed"]) == (2, 2, 0)
+    assert "event_id=150, kind=changed" in events["sample_missing"]
+    assert "event_id=150, kind=kind 0" in events["sample_extra"]
+    assert "event_id=7, kind=kind 1, amount=nan" in events["sample_missing"]
+    assert snapshot(pg_connect, tmp_path / "staging") == before  # nothing written, nothing staged
+
+
+def test_verify_refuses_an_unknown_and_a_rolled_back_job(migrated):
+    from flows.rollback import rollback
+    from flows.verify import verify
+
+    job_id, path, _ = migrated
+    with pytest.raises(ConfigError, match="job pg_verify-nope is not in the ledger of migration 'pg_verify'"):
+        verify(job_id="pg_verify-nope", migrations_file=path)
+    rollback(job_id=job_id, migrations_file=path)
+    with pytest.raises(ConfigError, match="was rolled back"):
+        verify(job_id=job_id, migrations_file=path)
