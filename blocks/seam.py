@@ -243,6 +243,10 @@ class Ledger(Protocol):
 
     def loaded_chunks(self, job_id: str, with_removed: bool = False) -> list[dict]: ...
 
+    def verification_counts(self, job_ids: list[str]) -> dict[str, dict[str, int]]:
+        """job id -> {"content": n, "counts": m}: how its loaded chunks were verified."""
+        ...
+
     def point_claims(
         self, job_id: str, target: str, measurements: list[str] | None, ranges: list[tuple]
     ) -> list[dict]:

@@ -22,6 +22,8 @@ class LedgerView(BaseModel):
     chunks_total: int | None = None
     rows_total: int | None = None
     error: str | None = None
+    verified: dict[str, int] = {}
+    """How the job's loaded chunks were verified: {"content": n, "counts": m}."""
     unread: str | None = None
     """Why the ledger was not read (no config for the migration, a secret not set, unreachable)."""
 
@@ -44,7 +46,8 @@ def ledger_views(jobs: dict[str, list[str]], migrations_file: str | None = None)
             from tasks.connections import build_ledger
 
             spec = load_migration(migration, migrations_path(migrations_file))
-            runs = build_ledger(spec).job_runs(job_ids)
+            ledger = build_ledger(spec)
+            runs, verified = ledger.job_runs(job_ids), ledger.verification_counts(job_ids)
         except Exception as exc:  # the ledger is extra here: say why it was not read, and go on
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             views.update({job: LedgerView(unread=reason) for job in job_ids})
@@ -60,6 +63,7 @@ def ledger_views(jobs: dict[str, list[str]], migrations_file: str | None = None)
                     chunks_total=run["chunks_total"],
                     rows_total=run["rows_total"],
                     error=run["error"],
+                    verified=verified.get(job, {}),
                 )
             )
     return views
@@ -82,4 +86,10 @@ def render_ledger(view: LedgerView) -> str:
     if view.unread:
         return f"not read ({view.unread})"
     text = f"{view.status}, {view.chunks_done}/{view.chunks_total} chunks, {view.rows_total:,} rows"
+    text += f"; {render_verified(view.verified)}" if view.verified else ""
     return text + (f": {view.error}" if view.error and view.status != "completed" else "")
+
+
+def render_verified(verified: dict[str, int]) -> str:
+    """{"content": 3} -> "verified: content (3 chunks)"; several kinds -> each with its count."""
+    return "verified: " + ", ".join(f"{kind} ({n} chunks)" for kind, n in sorted(verified.items()))

@@ -28,6 +28,7 @@ class LoadedChunk(BaseModel):
     rows_after: int
     already_loaded: bool
     seconds: float
+    verified: str = "counts"  # how the load checked the chunk: "content" or "counts"
     unit: ClassVar[str] = "rows"
     rows_dropped: ClassVar[int] = 0  # a row target loads every staged row, or none
     problems: ClassVar[list[str]] = []

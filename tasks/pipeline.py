@@ -44,6 +44,7 @@ class ChunkReport(BaseModel):
     pid: int = 0  # the process that ran the chunk (Dask spreads chunks over worker processes)
     rows_dropped: int = 0  # InfluxDB: rows the encoder left out, with the reasons in `problems`
     problems: list[str] = []
+    verified: str = "counts"  # "content": values read back and compared; "counts": row counts only
 
 
 def report_from_ledger(plan: TablePlan, chunk: Chunk, row: dict) -> ChunkReport:
@@ -66,6 +67,7 @@ def report_from_ledger(plan: TablePlan, chunk: Chunk, row: dict) -> ChunkReport:
         pid=os.getpid(),
         rows_dropped=details.get("rows_dropped", 0) if points else 0,
         problems=details.get("problems", []) if points else [],
+        verified=details.get("verified", "counts"),
     )
 
 
@@ -205,4 +207,5 @@ def migrate_chunk(
         pid=os.getpid(),
         rows_dropped=loaded.rows_dropped,
         problems=loaded.problems,
+        verified=getattr(loaded, "verified", "counts"),
     )

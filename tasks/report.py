@@ -17,6 +17,15 @@ class TableTotals(BaseModel):
     bytes: int
     unit: str = "rows"
     rows_dropped: int = 0
+    verified: str = "counts"
+
+
+def verification(chunks: list[ChunkReport]) -> str:
+    """How a set of chunks was verified: "content", "counts", or e.g. "mixed (3 content, 1 counts)"."""
+    kinds = sorted({c.verified for c in chunks})
+    if len(kinds) <= 1:
+        return kinds[0] if kinds else "counts"
+    return "mixed (" + ", ".join(f"{sum(c.verified == k for c in chunks)} {k}" for k in kinds) + ")"
 
 
 # The summary lists every chunk up to this many; the artifact always does.
@@ -39,6 +48,9 @@ class MigrationReport(BaseModel):
     chunks_loaded_now: int = 0
     already_complete: bool = False
     """The job had completed before this run, which found every chunk loaded and loaded nothing."""
+    verified: str = "counts"
+    """How the job's chunks were verified: "content" (every value read back and compared with
+    the staged chunk), "counts" (row counts only), or "mixed (…)" when its runs differed."""
 
     def summary(self) -> str:
         unit = self.tables[0].unit if self.tables else "rows"
@@ -57,13 +69,18 @@ class MigrationReport(BaseModel):
                 f"{' (resumed)' if self.resumed else ''}, {self.rows:,} {unit}{split}, "
                 f"{self.bytes:,} staged bytes, {self.seconds:.1f} s"
             )
-        lines = [head]
+        lines = [head, f"  verified: {self.verified}"]
         for t in self.tables:
             dropped = f", {t.rows_dropped:,} rows left out (see problems)" if t.rows_dropped else ""
-            lines.append(f"  {t.table} -> {t.target}: {t.rows:,} {t.unit} in {t.chunks} chunks{dropped}")
+            lines.append(
+                f"  {t.table} -> {t.target}: {t.rows:,} {t.unit} in {t.chunks} chunks{dropped}, "
+                f"verified: {t.verified}"
+            )
         if len(self.chunks) <= SUMMARY_CHUNK_LINES:
             for c in self.chunks:
-                lines.append(f"    {c.table} {c.chunk_id} [{c.lower}, {c.upper}): {c.rows:,} {c.unit}")
+                lines.append(
+                    f"    {c.table} {c.chunk_id} [{c.lower}, {c.upper}): {c.rows:,} {c.unit}, verified: {c.verified}"
+                )
                 lines.extend(f"      problem: {p}" for p in c.problems)
         if self.error:
             lines.append(f"  error: {self.error}")
@@ -93,6 +110,8 @@ def build_report(
         t.rows_dropped += c.rows_dropped
         t.rows += c.rows
         t.bytes += c.bytes
+    for t in totals.values():
+        t.verified = verification([c for c in chunks if c.table == t.table])
     return MigrationReport(
         job_id=job_id,
         migration=migration,
@@ -107,6 +126,7 @@ def build_report(
         rows_loaded_now=sum(c.rows for c in now),
         chunks_loaded_now=len(now),
         already_complete=already_complete,
+        verified=verification(chunks),
     )
 
 
@@ -125,6 +145,7 @@ def publish_report(
             "validate_s": round(c.validate_seconds, 3),
             "load_s": round(c.load_seconds, 3),
             "skipped_reload": c.already_loaded,
+            "verified": c.verified,
             "loaded_by": "earlier run"
             if c.already_loaded or (c.table, c.chunk_id) in loaded_before
             else "this run",

@@ -1,10 +1,12 @@
-"""WIP issue 13: a value counts cannot see is refused before commit, naming the column."""
+"""Content verification: a value counts cannot see is refused before commit, naming the column."""
 
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from blocks.errors import MigrationFailed
+from tests.support import postgres_target_migrations
 from tests.test_pairs import READINGS, migrate_readings_into_postgres, window, write_files
 from tests.test_postgres_source import source_db, write_pg_migration  # noqa: F401 (a fixture)
 
@@ -143,3 +145,98 @@ def test_a_changed_bytea_value_is_refused(tmp_path, servers, source_db, pg_datab
     ), str(failure.value)
     with pg_connect() as conn:
         assert conn.execute("SELECT count(*) FROM analytics.one_blob").fetchone()[0] == 0
+
+
+def real_power_table(pg_connect) -> None:
+    with pg_connect() as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
+        conn.execute(
+            "CREATE TABLE analytics.readings (reading_id bigint, taken_at timestamptz, site text, "
+            "power real, units bigint, note text, ok boolean)"
+        )
+
+
+def readings_migration(tmp_path, servers, pg_database, **settings) -> str:
+    """A migration `series_rows` of the readings files into `pg_database`, with `settings` added."""
+    write_files(tmp_path / "files" / "readings", READINGS)
+    path = postgres_target_migrations(
+        tmp_path / "m.yaml",
+        servers,
+        pg_database,
+        [{"name": "readings", "chunk_column": "taken_at", "chunk_interval": "1d"}],
+        source={"type": "parquet", "location": str(tmp_path / "files")},
+        name="series_rows",
+    )
+    spec = yaml.safe_load(path.read_text())
+    spec["migrations"]["series_rows"].update(settings)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+def test_a_mismatch_emits_validation_failed_once_per_chunk_and_is_not_retried(
+    tmp_path, servers, pg_database, pg_connect, monkeypatch
+):
+    from blocks.postgres import target as pg_target
+    from tests.test_status import status_when
+
+    attempts: list[str] = []
+    real_verify = pg_target.verify_chunk
+
+    def counted(conn, table, staged, xid, where):
+        attempts.append(where)
+        return real_verify(conn, table, staged, xid, where)
+
+    monkeypatch.setattr(pg_target, "verify_chunk", counted)
+    from flows.migrate import migrate
+
+    real_power_table(pg_connect)
+    retried = {"attempts": 3, "delay_seconds": 0.1, "jitter": 0.1}
+    path = readings_migration(tmp_path, servers, pg_database, retries=retried)
+    job_id = "verify-event-" + pg_database
+    with pytest.raises(MigrationFailed):
+        migrate(source_name="series_rows", migrations_file=path, job_id=job_id, **window())
+    assert attempts and len(attempts) == len(set(attempts)), attempts  # each chunk checked once: no retry
+    status = status_when(job_id, lambda s: s.state == "failed" and len(s.errors) > 1)
+    events = [e for e in status.errors if e.startswith("validation failed, readings chunk")]
+    assert events and "column power holds" in events[0], status.errors
+
+
+def test_verify_counts_does_not_read_back_and_says_so(tmp_path, servers, pg_database, pg_connect):
+    from flows.migrate import migrate
+
+    real_power_table(pg_connect)
+    path = readings_migration(tmp_path, servers, pg_database, verify="counts")
+
+    # Counts cannot see the rounding: the chunks load, and the report says how they were checked.
+    report = migrate(source_name="series_rows", migrations_file=path, **window())
+    assert report.status == "completed" and report.verified == "counts"
+    assert {c.verified for c in report.chunks} == {"counts"}
+    assert "verified: counts" in report.summary()
+    with pg_connect() as conn:
+        rounded = conn.execute(
+            "SELECT count(*) FROM analytics.readings WHERE power::float8 <> round(power::numeric, 6)::float8"
+        ).fetchone()[0]
+        kinds = conn.execute(
+            "SELECT DISTINCT details->>'verified' FROM migration_status.migration_chunk_status "
+            "WHERE job_id = %s AND status = 'loaded'",
+            (report.job_id,),
+        ).fetchall()
+    assert rounded > 0 and kinds == [("counts",)]
+
+
+def test_content_verification_is_reported_for_each_chunk_the_job_and_in_status(
+    tmp_path, servers, pg_database, pg_connect
+):
+    from flows.migrate import migrate
+    from flows.status import render, with_ledger
+    from tests.test_status import status_when
+
+    path = readings_migration(tmp_path, servers, pg_database)
+    report = migrate(source_name="series_rows", migrations_file=path, **window())
+    assert report.status == "completed" and report.verified == "content"
+    assert len(report.chunks) == 3 and {c.verified for c in report.chunks} == {"content"}
+    assert {t.verified for t in report.tables} == {"content"}
+    assert "verified: content" in report.summary()
+    status = with_ledger(status_when(report.job_id, lambda s: s.state == "completed"), path)
+    assert status.ledger is not None and status.ledger.verified == {"content": 3}, status.ledger
+    assert "verified: content (3 chunks)" in render(status)

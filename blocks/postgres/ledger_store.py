@@ -231,6 +231,22 @@ class PostgresLedger(BaseModel):
         with self.connect() as conn:
             return pg_ledger.job_chunks(conn, job_id, ("loaded", RELOADABLE) if with_removed else "loaded")
 
+    def verification_counts(self, job_ids: list[str]) -> dict[str, dict[str, int]]:
+        """job id -> {"content": n, "counts": m}: how its loaded chunks were verified (one query)."""
+        with self.connect() as conn:
+            if not ledger_exists(conn):
+                return {}
+            rows = conn.execute(
+                "SELECT job_id, coalesce(details->>'verified', 'counts'), count(*) "
+                "FROM migration_status.migration_chunk_status WHERE job_id = ANY(%s) AND status = 'loaded' "
+                "GROUP BY 1, 2",
+                (job_ids,),
+            ).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for job, kind, n in rows:
+            counts.setdefault(job, {})[kind] = n
+        return counts
+
     # What other jobs claim, and rollbacks --------------------------------------------------
 
     def point_claims(

@@ -76,6 +76,7 @@ class ChunkLoad(BaseModel):
     rows_before: int
     rows_after: int
     already_loaded: bool
+    verified: str = "counts"  # "content": its rows were read back and compared before commit
 
 
 class PostgresTarget(PostgresTraits, Block, PostgresLogin):
@@ -230,6 +231,7 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
                     rows_before=prior["rows_before"],
                     rows_after=prior["rows_after"],
                     already_loaded=True,
+                    verified=(prior["details"] or {}).get("verified", "counts"),
                 )
             before = self.count_range(conn, table, lower, upper)
             overwrote: list[dict[str, Any]] = []
@@ -259,7 +261,13 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
                 xid,
                 {**details, "overwrote": overwrote} if overwrote else details,
             )
-            return ChunkLoad(rows_loaded=copied, rows_before=before, rows_after=after, already_loaded=False)
+            return ChunkLoad(
+                rows_loaded=copied,
+                rows_before=before,
+                rows_after=after,
+                already_loaded=False,
+                verified=details["verified"],
+            )
 
     def read_range(self, table: TargetTable, schema: pa.Schema, lower: Any, upper: Any) -> pa.Table:
         """The rows of `table` in a chunk's range, in the canonical form content verification
