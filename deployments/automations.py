@@ -14,7 +14,7 @@ there is always exactly one of each. The automations:
 - `migration-auto-resume`: a `migrate` flow run of a deployment crashed; runs the same deployment
   again with the same parameters, `job_id` taken from the run's `job:<id>` tag when it had none,
   and `resume_attempt` one higher (the flow gives up past `resume_attempt_count`).
-- `migration-zombie-runs`: a `migrate` or `rollback` flow run sent a heartbeat, then neither
+- `migration-zombie-runs`: a `migrate`, `rollback` or `verify` flow run sent a heartbeat, then neither
   another one nor a final state within `--zombie-after` (default 4 minutes): its process is gone
   (kill -9, a lost machine or worker), so the run is marked Crashed. A deployment run of
   `migrate` marked so is then resumed by `migration-auto-resume`, once.
@@ -72,7 +72,7 @@ HEARTBEAT_SECONDS = 30
 # dead. A live run marked Crashed would break: the server refuses to start task runs (chunks) of a
 # flow run that is not Running.
 ZOMBIE_AFTER = timedelta(minutes=4)
-ZOMBIE_FLOWS = ("migrate", "rollback")
+ZOMBIE_FLOWS = ("migrate", "rollback", "verify")
 
 _NAME_PREFIX = re.compile(r"[a-z0-9-]*")
 _TOPIC_ARN = re.compile(r"arn:[\w-]+:sns:(?P<region>[\w-]+):\d+:(?P<topic>[\w-]+(\.fifo)?)")
@@ -158,13 +158,13 @@ def auto_resume_automation(name: str, enabled: bool = True) -> AutomationCore:
 def zombie_runs_automation(
     name: str, zombie_after: timedelta = ZOMBIE_AFTER, enabled: bool = True
 ) -> AutomationCore:
-    """Mark a `migrate` or `rollback` flow run Crashed when, after a heartbeat, neither another
+    """Mark a `migrate`, `rollback` or `verify` flow run Crashed when, after a heartbeat, neither another
     heartbeat nor a final state arrives within `zombie_after` (Prefect's "detect zombie flows")."""
     seconds = int(zombie_after.total_seconds())
     return AutomationCore(
         name=name,
         description=(
-            f"Mark a migrate or rollback flow run Crashed when it sends no heartbeat for {seconds} s "
+            f"Mark a migrate, rollback or verify flow run Crashed when it sends no heartbeat for {seconds} s "
             "(its process was killed or its machine lost)"
         ),
         enabled=enabled,

@@ -30,7 +30,8 @@ VALIDATION_FAILED_SUBJECT = (
     "{{ event.resource['migration.table'] }} chunk {{ event.resource['migration.chunk'] }}"
 )
 VALIDATION_FAILED_BODY = (
-    "A validation check failed; the chunk was not loaded.\n"
+    "{% if event.payload.check == 'verify' %}The verify flow found the target no longer matches the "
+    "source (it changed nothing).\n{% else %}A validation check failed; the chunk was not loaded.\n{% endif %}"
     "Job: {{ event.resource.id[14:] }}\n"
     "Table: {{ event.resource['migration.table'] }}\n"
     "Chunk: {{ event.resource['migration.chunk'] }}\n"

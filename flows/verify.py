@@ -16,10 +16,9 @@ from flows.rollback import migration_of
 from tasks.config import load_migration, migrations_path
 from tasks.jobs import load_recorded_plan
 from tasks.plan import inspect_source
-from tasks.progress import report_validation_failed
 from tasks.storage_keys import check_job_id
 from tasks.verify import check_job, plan_verify, verify_ranges
-from tasks.verify_report import TableVerification, VerifyReport, publish_verification
+from tasks.verify_report import VerifyReport, announce_differences, publish_verification
 
 
 def run_name() -> str:
@@ -64,48 +63,20 @@ def verify(
     work = plan_verify(spec, job_id, run, plans)
     logger.info("verifying job %s: %d range(s) of %d table(s)", job_id, len(work.ranges), len(plans))
 
-    tables = {
-        p.spec.name: TableVerification(
-            table=p.spec.name,
-            target=p.target.qualified,
-            key=list(p.target.primary_key),
-            chunks_not_loaded=work.not_loaded[p.spec.name],
-        )
-        for p in plans
-    }
-    errors: list[str] = []
-    first_difference: dict[str, str] = {}
-    for future in verify_ranges(spec, work.ranges, sample):
-        try:
-            diff = future.result()
-        except Exception as exc:
-            errors.append(str(exc))
-            continue
-        tables[diff.table].key = diff.key
-        tables[diff.table].add(diff, sample)
-        if not diff.same:
-            first_difference.setdefault(diff.table, diff.chunk_id)
-
-    report = VerifyReport(
-        job_id=job_id,
-        migration=spec.name,
-        job_status=run["status"],
-        tables=list(tables.values()),
-        seconds=time.perf_counter() - started,
-        errors=errors,
-    )
+    report = VerifyReport.start(job_id, spec.name, run, work)
+    for index, finished in verify_ranges(spec, work.ranges, sample):
+        report.record(index, finished)
+    report.tally(sample)
+    report.seconds = time.perf_counter() - started
     publish_verification(report)
     logger.info(report.summary())
-    if errors:
+    announce_differences(report)
+    if report.errors:
         raise MigrationFailed(
-            f"verify job {job_id} ({spec.name}): {len(errors)} range(s) could not be read; first error: {errors[0]}"
+            f"verify job {job_id} ({spec.name}): {len(report.errors)} range(s) could not be read; "
+            f"first error: {report.errors[0]}"
         )
     if not report.same:
-        for table in report.tables:
-            if not table.same:
-                report_validation_failed(
-                    job_id, table.table, first_difference[table.table], f"verify: {table.describe()}"
-                )
         raise report.error()
     return report
 

@@ -137,8 +137,11 @@ def plan_verify(spec: MigrationSpec, job_id: str, run: dict[str, Any], plans: li
         loaded = [c for c in plan.chunks if states.get((plan.spec.name, c.chunk_id)) == "loaded"]
         not_loaded[plan.spec.name] = len(plan.chunks) - len(loaded)
         bare = plan.model_copy(update={"chunks": []})
+        beyond = [VerifyRange(plan=bare, chunk=c, beyond=True) for c in beyond_chunks(source, plan, window)]
+        # In key order: the pieces before the job's first chunk, its chunks, the pieces after.
+        ranges += [r for r in beyond if r.chunk.index < 0]
         ranges += [VerifyRange(plan=bare, chunk=c) for c in loaded]
-        ranges += [VerifyRange(plan=bare, chunk=c, beyond=True) for c in beyond_chunks(source, plan, window)]
+        ranges += [r for r in beyond if r.chunk.index >= 0]
     return VerifyPlan(run=run, ranges=ranges, not_loaded=not_loaded, tables=plans)
 
 
@@ -159,16 +162,27 @@ def beyond_chunks(source: Any, plan: TablePlan, window: RunWindow) -> list[Chunk
     if data_min is None:
         return []
     first, last = chunks[0].lower, chunks[-1].upper
-    ranges: list[tuple[Any, Any]] = []
+    before: list[tuple[Any, Any]] = []
+    after: list[tuple[Any, Any]] = []
     if open_before and data_min < first:
         pieces = _pieces(source, plan, window, data_min, first)
-        ranges += [(None, pieces[0][1]), *pieces[1:]]
+        before = [(None, pieces[0][1]), *pieces[1:]]
     if open_after and data_max >= last:
         pieces = _pieces(source, plan, window, last, data_max + _ONE[integer])
-        ranges += [*pieces[:-1], (pieces[-1][0], None)]
+        after = [*pieces[:-1], (pieces[-1][0], None)]
+    # Indexes: negative before the job's chunks, from 0 after them.
     return [
-        Chunk(table=plan.spec.name, chunk_id=f"{BEYOND}-{i:05d}", index=-1 - i, lower=lo, upper=hi)
-        for i, (lo, hi) in enumerate(ranges)
+        Chunk(
+            table=plan.spec.name,
+            chunk_id=f"{BEYOND}-before-{i:05d}",
+            index=i - len(before),
+            lower=lo,
+            upper=hi,
+        )
+        for i, (lo, hi) in enumerate(before)
+    ] + [
+        Chunk(table=plan.spec.name, chunk_id=f"{BEYOND}-after-{i:05d}", index=i, lower=lo, upper=hi)
+        for i, (lo, hi) in enumerate(after)
     ]
 
 
@@ -268,17 +282,17 @@ def verify_chunk(spec: MigrationSpec, plan: TablePlan, chunk: Chunk, beyond: boo
 
 def verify_ranges(
     spec: MigrationSpec, ranges: list[VerifyRange], samples: int
-) -> Iterator[PrefectFuture[ChunkDiff]]:
+) -> Iterator[tuple[int, PrefectFuture[ChunkDiff]]]:
     """Submit `verify_chunk` for each range, at most `spec.concurrency` at once (each holds a
-    chunk's rows in memory), and yield each future as it finishes."""
-    pending, futures = list(ranges), []
+    chunk's rows in memory), and yield (the range's index in `ranges`, its future) as each
+    finishes."""
+    pending, futures = list(enumerate(ranges)), {}
     while pending or futures:
         while pending and len(futures) < spec.concurrency:
-            r = pending.pop(0)
-            futures.append(verify_chunk.submit(spec, r.plan, r.chunk, r.beyond, samples))
-        done = next(as_completed(futures))
-        futures.remove(done)
-        yield done
+            i, r = pending.pop(0)
+            futures[verify_chunk.submit(spec, r.plan, r.chunk, r.beyond, samples)] = i
+        done = next(as_completed(list(futures)))
+        yield futures.pop(done), done
 
 
 def plain(value: Any) -> Any:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel
+from prefect.events import emit_event
+from prefect.futures import PrefectFuture
+from pydantic import BaseModel, PrivateAttr
 
 from blocks.errors import ValidationFailed
 from tasks.progress import artifact_slug
-from tasks.verify import ChangedValue, ChunkDiff
+from tasks.verify import ChangedValue, ChunkDiff, VerifyPlan
 
 
 class TableVerification(BaseModel):
@@ -31,6 +33,8 @@ class TableVerification(BaseModel):
     sample_missing: list[dict[str, Any]] = []
     sample_extra: list[dict[str, Any]] = []
     sample_changed: list[ChangedValue] = []
+    first_difference: str | None = None
+    """The chunk id of the first range found to differ."""
 
     @property
     def same(self) -> bool:
@@ -51,6 +55,8 @@ class TableVerification(BaseModel):
         self.sample_missing = (self.sample_missing + diff.sample_missing)[:samples]
         self.sample_extra = (self.sample_extra + diff.sample_extra)[:samples]
         self.sample_changed = (self.sample_changed + diff.sample_changed)[:samples]
+        if not diff.same and self.first_difference is None:
+            self.first_difference = diff.chunk_id
 
     def describe(self) -> str:
         """One line: the counts, and a sample key of each kind of difference."""
@@ -80,6 +86,37 @@ class VerifyReport(BaseModel):
     seconds: float = 0.0
     errors: list[str] = []
     """Ranges that could not be read (their error); such a run fails whatever the rest found."""
+    _diffs: list[tuple[int, ChunkDiff]] = PrivateAttr(default_factory=list)
+
+    @classmethod
+    def start(cls, job_id: str, migration: str, run: dict[str, Any], work: VerifyPlan) -> VerifyReport:
+        """An empty report for each table of `work`, keyed as planned until a range says otherwise."""
+        tables = [
+            TableVerification(
+                table=p.spec.name,
+                target=p.target.qualified,
+                key=list(p.target.primary_key),
+                chunks_not_loaded=work.not_loaded[p.spec.name],
+            )
+            for p in work.tables
+        ]
+        return cls(job_id=job_id, migration=migration, job_status=run["status"], tables=tables)
+
+    def record(self, index: int, future: PrefectFuture[ChunkDiff]) -> None:
+        """Keep one finished range's diff (`index`: its place in the plan), or its error in `errors`."""
+        try:
+            self._diffs.append((index, future.result()))
+        except Exception as exc:  # the other ranges are still checked; the run fails at the end
+            self.errors.append(str(exc))
+
+    def tally(self, samples: int) -> None:
+        """Sum the recorded diffs into their tables, in the plan's order (so samples come in
+        key order, whichever range finished first)."""
+        by_name = {t.table: t for t in self.tables}
+        for _, diff in sorted(self._diffs, key=lambda d: d[0]):
+            by_name[diff.table].key = diff.key
+            by_name[diff.table].add(diff, samples)
+        self._diffs = []
 
     @property
     def same(self) -> bool:
@@ -143,6 +180,7 @@ def publish_verification(report: VerifyReport) -> None:
             "sample_missing": keys(t.sample_missing),
             "sample_extra": keys(t.sample_extra),
             "sample_changed": changes(t.sample_changed),
+            "first_difference_in": t.first_difference or "",
         }
         for t in report.tables
     ]
@@ -151,3 +189,20 @@ def publish_verification(report: VerifyReport) -> None:
         key=f"verify-{artifact_slug(report.job_id)}",
         description=f"```\n{report.summary()}\n```",
     )
+
+
+def announce_differences(report: VerifyReport) -> None:
+    """Emit `migration.validation.failed` (payload `check: verify`) for each table that differs,
+    naming the first range that did, so the `migration-validation-failed` automation notifies."""
+    for table in report.tables:
+        if table.same:
+            continue
+        emit_event(
+            event="migration.validation.failed",
+            resource={
+                "prefect.resource.id": f"migration.job.{report.job_id}",
+                "migration.table": table.table,
+                "migration.chunk": table.first_difference or "",
+            },
+            payload={"error": f"verify: {table.describe()}", "check": "verify"},
+        )

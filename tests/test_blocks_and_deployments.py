@@ -82,3 +82,5 @@ def test_prefect_yaml_deploys(servers):
     assert schedule["schedule"]["cron"] == "0 2 * * *" and not schedule["active"]
     by_job = httpx.get(f"{api}/deployments/name/rollback/by-job").json()
     assert by_job["entrypoint"] == "flows/rollback.py:rollback" and by_job["work_pool_name"] == "migrations"
+    verify = httpx.get(f"{api}/deployments/name/verify/by-job").json()
+    assert verify["entrypoint"] == "flows/verify.py:verify" and verify["work_pool_name"] == "migrations"

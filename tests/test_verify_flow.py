@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,27 @@ def artifact_rows(job_id: str) -> dict[str, dict]:
     return {row["table"]: row for row in data}
 
 
+def validation_failed_events(job_id: str, count: int) -> list:
+    """The `migration.validation.failed` events of the job, once `count` of them have arrived."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    events = []
+    for _ in range(40):
+        with get_client(sync_client=True) as client:
+            events = client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=["migration.validation.failed"]),
+                    resource=EventResourceFilter(id=[f"migration.job.{job_id}"]),
+                ),
+                limit=50,
+            ).events
+        if len(events) >= count:
+            return events
+        time.sleep(0.25)
+    raise AssertionError(f"{len(events)} validation.failed events for job {job_id}, expected {count}")
+
+
 def test_verify_finds_a_changed_a_deleted_and_an_inserted_row_by_key(tmp_path, pg_connect, migrated):
     from flows.verify import verify
 
@@ -153,6 +175,10 @@ def test_verify_finds_a_changed_a_deleted_and_an_inserted_row_by_key(tmp_path, p
     assert "event_id=150, kind=kind 0" in events["sample_extra"]
     assert "event_id=7, kind=kind 1, amount=nan" in events["sample_missing"]
     assert snapshot(pg_connect, tmp_path / "staging") == before  # nothing written, nothing staged
+    announced = validation_failed_events(job_id, 2)
+    assert {e.resource["migration.table"] for e in announced} == {"customers", "events"}
+    assert all(e.payload["check"] == "verify" for e in announced)
+    assert any(e.payload["error"].startswith("verify: customers: 2 missing") for e in announced)
 
 
 def test_verify_refuses_an_unknown_and_a_rolled_back_job(migrated):
