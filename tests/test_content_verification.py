@@ -1,5 +1,7 @@
 """Content verification: a value counts cannot see is refused before commit, naming the column."""
 
+# ruff: noqa: F811 (`source_db` is a fixture imported from test_postgres_source)
+
 from __future__ import annotations
 
 import pytest
@@ -115,7 +117,7 @@ def test_a_naive_timestamp_column_under_utc_holds_the_instants_and_passes(
         assert conn.execute("SELECT count(*) FROM analytics.readings").fetchone()[0] == READINGS.num_rows
 
 
-def test_a_changed_bytea_value_is_refused(tmp_path, servers, source_db, pg_database, pg_connect):  # noqa: F811
+def test_a_changed_bytea_value_is_refused(tmp_path, servers, source_db, pg_database, pg_connect):
     from flows.migrate import migrate
 
     with pg_connect() as conn:
@@ -240,3 +242,37 @@ def test_content_verification_is_reported_for_each_chunk_the_job_and_in_status(
     status = with_ledger(status_when(report.job_id, lambda s: s.state == "completed"), path)
     assert status.ledger is not None and status.ledger.verified == {"content": 3}, status.ledger
     assert "verified: content (3 chunks)" in render(status)
+
+
+def test_a_numeric_value_beyond_the_staged_scale_is_refused(
+    tmp_path, servers, source_db, pg_database, pg_connect
+):
+    from flows.migrate import migrate
+
+    with pg_connect() as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
+        conn.execute("CREATE TABLE analytics.amounts (id bigint, amount numeric)")
+        conn.execute(
+            "CREATE FUNCTION analytics.nudge() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.id = 2 THEN NEW.amount := NEW.amount + 0.00001; END IF; RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER nudge BEFORE INSERT ON analytics.amounts FOR EACH ROW EXECUTE FUNCTION analytics.nudge()"
+        )
+    with servers["pg"].connect(source_db) as conn:
+        conn.execute("CREATE TABLE src.amounts (id bigint, amount numeric(12,2))")
+        conn.execute("INSERT INTO src.amounts VALUES (1, 1.10), (2, 2.25), (3, NULL)")
+    path = write_pg_migration(
+        tmp_path / "migrations.yaml",
+        servers,
+        source_db,
+        pg_database,
+        [{"name": "amounts", "chunk_column": "id"}],
+    )
+    with pytest.raises(MigrationFailed) as failure:
+        migrate(source_name="pg_copy", migrations_file=path)
+    assert "amounts chunk" in str(failure.value) and "column amount holds a value" in str(failure.value), str(
+        failure.value
+    )
+    with pg_connect() as conn:
+        assert conn.execute("SELECT count(*) FROM analytics.amounts").fetchone()[0] == 0

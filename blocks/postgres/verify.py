@@ -20,6 +20,7 @@ rolls back, so no wrong value is committed.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,19 +151,25 @@ def _copy_out(conn: psycopg.Connection, query, params, fields: list[pa.Field]) -
     if not buffer.getbuffer().nbytes:
         return pa.schema(fields).empty_table()
     names = [f"c{i}" for i in range(len(fields))]
-    parsed = pcsv.read_csv(
-        pa.BufferReader(buffer.getvalue()),
-        read_options=pcsv.ReadOptions(column_names=names),
-        parse_options=pcsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False),
-        convert_options=pcsv.ConvertOptions(
-            column_types={n: f.type for n, f in zip(names, fields, strict=True)},
-            null_values=[""],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            true_values=["t"],
-            false_values=["f"],
-        ),
-    )
+    try:
+        parsed = pcsv.read_csv(
+            pa.BufferReader(buffer.getvalue()),
+            read_options=pcsv.ReadOptions(column_names=names),
+            parse_options=pcsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types={n: f.type for n, f in zip(names, fields, strict=True)},
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                true_values=["t"],
+                false_values=["f"],
+            ),
+        )
+    except pa.ArrowInvalid as exc:  # e.g. a numeric with more digits than the staged scale
+        at = re.search(r"CSV column #(\d+)", str(exc))
+        field = fields[int(at.group(1))] if at else None
+        named = f"column {field.name} holds a value its staged type {field.type}" if field else "a value"
+        raise ValidationFailed(f"{named} cannot hold exactly, so it differs from the source: {exc}") from exc
     return pa.table(parsed.columns, schema=pa.schema(fields))
 
 
@@ -171,7 +178,10 @@ def verify_chunk(
 ) -> None:
     """Compare what transaction `xid` wrote to `table` with the staged chunk; raise
     `ValidationFailed` naming the first differing column, a key and both values."""
-    written = written_by(conn, table, staged.schema, xid)
+    try:
+        written = written_by(conn, table, staged.schema, xid)
+    except ValidationFailed as exc:
+        raise ValidationFailed(f"{where}: {exc}") from exc
     staged = canonical_staged(conn, table, staged).select(written.column_names)
     if _same_in_order(staged, written):
         return
