@@ -175,6 +175,30 @@ class PointTarget(Target, Protocol):
     def delete(self, measurement: str, start_ns: int | None, stop_ns: int | None) -> None:
         """Delete the measurement's points in ``[start_ns, stop_ns)`` (for a rollback)."""
 
+    def verify_chunk_points(
+        self,
+        path: Path,
+        points: Any,
+        chunk: str,
+        start_ns: int | None,
+        stop_ns: int | None,
+        measurements: list[str],
+    ) -> None:
+        """Read back the measurements' points in ``[start_ns, stop_ns)`` and compare them with
+        the points the staged file maps to (tags, field keys, field types, values, time);
+        raises `ValidationFailed` naming the chunk, the field or tag, one point and both values."""
+
+    def expected_points(self, table: pa.Table, points: Any) -> pa.Table:
+        """The points `table`'s rows map to, in the target's canonical form (one row a point),
+        leaving out the rows the write leaves out."""
+
+    def read_points(self, measurements: list[str], start_ns: int | None, stop_ns: int | None) -> pa.Table:
+        """The measurements' points in ``[start_ns, stop_ns)``, in the same canonical form."""
+
+    def compare_points(self, expected: pa.Table, actual: pa.Table, where: str) -> str | None:
+        """None when two canonical point tables hold the same points, else one sentence
+        starting with `where` that names the field or tag, a point and both values."""
+
 
 class JobStart(StrEnum):
     """How a run took up its job (`Ledger.start_job`): a new one, an unfinished one resumed, or

@@ -3,7 +3,8 @@
 A point target has no transactions, so exactly-once rests on idempotence instead: a point with
 the same measurement, tag set and time overwrites, so writing a chunk again (after a crash in
 the middle of a write, say) leaves the same points. The ledger marks a chunk loaded only once
-the target's count for the chunk's range matches what was written; a rerun skips a chunk
+the target's count for the chunk's range matches what was written and (with `verify: content`,
+the default) the points read back match the staged chunk value for value; a rerun skips a chunk
 marked loaded. Everything the target does goes through `blocks.seam.PointTarget`.
 """
 
@@ -127,18 +128,26 @@ def reconcile_points(
     loaded: PointsLoaded,
 ) -> int:
     """The target holds exactly the points written for the chunk's range, and the staged rows
-    are all accounted for (written, or left out and reported). Then the ledger marks the chunk
-    loaded. Returns the target's count."""
+    are all accounted for (written, or left out and reported). With `verify: content` the
+    target then reads the range back and compares every point with what the staged file maps
+    to. Only then does the ledger mark the chunk loaded (recording how it was verified). A
+    chunk loaded before is counted, not verified again. Returns the target's count."""
     if loaded.points_written + loaded.rows_dropped != manifest.rows:
         raise ValidationFailed(
             f"chunk {_label(plan, chunk)} [{chunk.lower}, {chunk.upper}): {loaded.points_written} points "
             f"written and {loaded.rows_dropped} rows left out, but the staged file holds {manifest.rows} rows"
         )
     start_ns, stop_ns = time_ns(chunk.lower), time_ns(chunk.upper)
-    counted = build_target(spec).reconcile_points(
+    target = build_target(spec)
+    counted = target.reconcile_points(
         _label(plan, chunk), start_ns, stop_ns, loaded.measurements, loaded.points_written, loaded.count_field
     )
     if not loaded.already_loaded:
+        if spec.verify == "content":
+            with build_staging(spec).local_copy(manifest.key) as path:
+                target.verify_chunk_points(
+                    path, plan.points, _label(plan, chunk), start_ns, stop_ns, loaded.measurements
+                )
         details = {
             "measurements": loaded.measurements,
             "rows_dropped": loaded.rows_dropped,
@@ -147,6 +156,7 @@ def reconcile_points(
             "stop_ns": stop_ns,
             "count_field": loaded.count_field,
             "target": loaded.target,
+            "verified": spec.verify,
             **({"shared_with": loaded.shared_with} if loaded.shared_with else {}),
         }
         build_ledger(spec).mark_chunk_written(

@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 import urllib3
 from influxdb_client import InfluxDBClient, WriteService
@@ -56,6 +56,22 @@ def _no_answer_reason(exc: BaseException) -> str:
     text = re.sub(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*", "", text)
     text = re.sub(r"^\w*HTTPS?Connection(Pool)?\([^)]*\):\s*", "", text)
     return text[:1].lower() + text[1:]
+
+
+# A JSON number -0 (InfluxDB writes the float -0.0 so), which json.loads would read as the int 0.
+_MINUS_ZERO = re.compile(rb"[\[,:]\s*-0\s*[,\]}]")
+
+
+def _int_or_minus_zero(text: str) -> int | float:
+    return -0.0 if text == "-0" else int(text)
+
+
+def _json_answer(line: bytes) -> Any:
+    """One line of an InfluxQL answer; the number -0 is read as the float -0.0, so a float
+    field's sign survives (a line without it takes the plain, faster path)."""
+    if _MINUS_ZERO.search(line):
+        return json.loads(line, parse_int=_int_or_minus_zero)
+    return json.loads(line)
 
 
 @dataclass
@@ -239,7 +255,7 @@ class InfluxAccess:
             for line in io.BufferedReader(response, 1 << 16):
                 if not line.strip():
                     continue
-                payload = json.loads(line)
+                payload = _json_answer(line)
                 if "error" in payload:
                     raise self._refusal(400, payload["error"], doing)
                 for result in payload.get("results", []):

@@ -1,5 +1,6 @@
 """One chunk's points, as the tasks ask for them through `blocks.seam.PointTarget`: the
-measurements a staged file writes, its write, and the count that reconciles it.
+measurements a staged file writes, its write, the count that reconciles it, and the read-back
+that verifies its content (`verify`).
 
 The tasks pass plain values (the staged Parquet file, the table's `PointsPlan`, a chunk label
 such as "table/chunk-id", time bounds in nanoseconds), so nothing here knows the task models.
@@ -10,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from blocks.errors import ValidationFailed
 from blocks.influxdb.influxql import rfc3339_ns
+from blocks.influxdb.verify import compare_points, concat_points, expected_points
 from blocks.influxdb.writes import InfluxLoad
 
 if TYPE_CHECKING:  # the mapping module reads the config's models, which name this package
@@ -103,3 +106,37 @@ class ChunkPoints:
             f"points in {self.container()} ({', '.join(measurements) or 'no measurement'}), "
             f"{points_written} were written; {why}"
         )
+
+    def expected_points(self, table: pa.Table, points: PointsPlan) -> pa.Table:
+        """The canonical points (`verify`) that `table`'s rows map to under `points`, the rows
+        the encoder leaves out left out."""
+        return expected_points(table, points)
+
+    def compare_points(self, expected: pa.Table, actual: pa.Table, where: str) -> str | None:
+        """None when two canonical point tables hold the same points value for value, else a
+        sentence starting with `where` naming the field or tag, a point and both values."""
+        return compare_points(expected, actual, where)
+
+    def verify_chunk_points(
+        self,
+        path: Path,
+        points: PointsPlan,
+        chunk: str,
+        start_ns: int | None,
+        stop_ns: int | None,
+        measurements: list[str],
+    ) -> None:
+        """InfluxDB holds, in ``[start_ns, stop_ns)`` of `measurements`, exactly the points the
+        staged file maps to: the same tag sets, times, field keys, field types and values
+        (floats by their bits). Raises `ValidationFailed` naming the chunk, the field or tag,
+        one point and both values. Memory: the chunk's points twice, in canonical form."""
+        batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS)
+        expected = concat_points([expected_points(batch, points) for batch in batches])
+        actual = self.read_points(measurements, start_ns, stop_ns)
+        where = (
+            f"chunk {chunk} [{_time_text(start_ns)}, {_time_text(stop_ns)}) in {self.container()} "
+            "(content verification)"
+        )
+        problem = compare_points(expected, actual, where)
+        if problem is not None:
+            raise ValidationFailed(problem)

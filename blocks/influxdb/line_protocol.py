@@ -125,8 +125,8 @@ _INT64_MAX = 2**63 - 1
 # RFC3339 has four-digit years: 0000-01-01T00:00:00Z .. 9999-12-31T23:59:59Z, in seconds.
 _RFC3339_MIN_S = -62167219200
 _RFC3339_MAX_S = 253402300799
-_RFC3339_MIN_DAY = _RFC3339_MIN_S // 86400
-_RFC3339_MAX_DAY = _RFC3339_MAX_S // 86400
+RFC3339_MIN_DAY = _RFC3339_MIN_S // 86400
+RFC3339_MAX_DAY = _RFC3339_MAX_S // 86400
 _RESERVED_KEYS = frozenset({"time", "_field", "_measurement"})
 # At the start of a line InfluxDB reads "#" as a comment and skips tabs and NULs.
 _LINE_START_SKIPPED = "#\t\x00"
@@ -377,6 +377,25 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> tup
     time column must be a timestamp; tags must be strings, integers or booleans; binary,
     nested and duration fields are refused).
     """
+    lines, dropped, report = _encode(batch, mapping, text=True)
+    if dropped.any():
+        lines = lines.filter(pa.array(~dropped))
+    report.lines_out = len(lines)
+    return _concatenated(lines), report
+
+
+def rows_written(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> np.ndarray:
+    """Which rows of the batch `encode_batch` writes as points (True) and which it leaves out
+    (False), decided by the same code but without building the lines (but for the rare rows
+    whose line end it replays). Raises as `encode_batch` does."""
+    return ~_encode(batch, mapping, text=False)[1]
+
+
+def _encode(
+    batch: pa.RecordBatch | pa.Table, mapping: PointMapping, *, text: bool
+) -> tuple[pa.Array | None, np.ndarray, EncodeReport]:
+    """Each row's line (large_string, one per row; None unless `text`), the mask of rows left
+    out, and the report but for `lines_out`."""
     if isinstance(batch, pa.Table):
         batch = batch.combine_chunks()
     missing = [
@@ -394,7 +413,7 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> tup
     n = batch.num_rows
     report = EncodeReport(rows_in=n)
     if n == 0:
-        return b"", report
+        return pa.array([], _LS), np.zeros(0, dtype=bool), report
 
     def column(name: str) -> pa.Array:
         col = batch.column(name)
@@ -472,27 +491,44 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, mapping: PointMapping) -> tup
     report.rows_with_oversized_key = drop(oversized_key)
     report.rows_without_fields = drop(present == 0)
     no_fields_guard = pc.if_else(pa.array(present == 0), _EMPTY, _NULL_TEXT)
-    fields_joined = pc.binary_join_element_wise(
-        *field_pieces, no_fields_guard, _lit(","), null_handling="skip"
-    )
-    lines = pc.binary_join_element_wise(
-        measurement, tags_joined, _lit(" "), fields_joined, _lit(" "), time_text, _lit("\n"), _EMPTY
-    )
-    joined = [lines, fields_joined] + ([tags_joined] if tag_pieces else [])
-    if any(len(array) != n for array in joined):
+
+    def joined_lines(rows: np.ndarray | None) -> pa.Array:
+        """The lines of `rows` (a mask; None: every row), in row order."""
+
+        def pick(values: pa.Array | pa.Scalar) -> pa.Array | pa.Scalar:
+            return values if rows is None or isinstance(values, pa.Scalar) else values.filter(pa.array(rows))
+
+        fields_joined = pc.binary_join_element_wise(
+            *map(pick, field_pieces), pick(no_fields_guard), _lit(","), null_handling="skip"
+        )
+        lines = pc.binary_join_element_wise(
+            pick(measurement),
+            pick(tags_joined),
+            _lit(" "),
+            fields_joined,
+            _lit(" "),
+            pick(time_text),
+            _lit("\n"),
+            _EMPTY,
+        )
+        m = n if rows is None else int(rows.sum())
+        if len(lines) != m or len(fields_joined) != m:
+            raise RuntimeError("pyarrow's binary_join_element_wise changed the number of rows")
+        return lines
+
+    if tag_pieces and len(tags_joined) != n:
         raise RuntimeError("pyarrow's binary_join_element_wise changed the number of rows")
+    lines = joined_lines(None) if text else None
     # Only lines with an unpaired space and an unpaired separator in their series key can be
     # split wrongly (module docstring, "The line splitter"); they are rare, so each is
     # replayed in Python, here and nowhere else.
     replay = unpaired_space & unpaired_separator & ~dropped
     if replay.any():
+        replayed = lines.filter(pa.array(replay)) if lines is not None else joined_lines(replay)
         misread = np.zeros(n, dtype=bool)
-        misread[replay] = [_splitter_misreads(line) for line in lines.filter(pa.array(replay)).to_pylist()]
+        misread[replay] = [_splitter_misreads(line) for line in replayed.to_pylist()]
         report.rows_with_misread_line_end = drop(misread)
-    if dropped.any():
-        lines = lines.filter(pa.array(~dropped))
-    report.lines_out = len(lines)
-    return _concatenated(lines), report
+    return lines, dropped, report
 
 
 def _series_key_bytes(
@@ -526,11 +562,11 @@ def _time_column(arr: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     if not pa.types.is_timestamp(arr.type):
         raise TypeError(f"the time column must be an Arrow timestamp, not {arr.type}")
     null = ~np.asarray(arr.is_valid())
-    ns, out = _to_nanoseconds(arr, MIN_TIME_NS, MAX_TIME_NS)
+    ns, out = to_nanoseconds(arr, MIN_TIME_NS, MAX_TIME_NS)
     return pc.cast(pa.array(ns), _LS), null, out & ~null
 
 
-def _to_nanoseconds(arr: pa.Array, lowest: int, highest: int) -> tuple[np.ndarray, np.ndarray]:
+def to_nanoseconds(arr: pa.Array, lowest: int, highest: int) -> tuple[np.ndarray, np.ndarray]:
     """Nanoseconds since the epoch (0 where NULL or out of range) and the out-of-range mask.
 
     The range is checked in the column's own unit, before scaling, so scaling cannot overflow.
@@ -636,7 +672,9 @@ def _splitter_misreads(line: str) -> bool:
     return True
 
 
-def _infer_kind(arr_type: pa.DataType, timestamp_fields: str) -> FieldKind:
+def field_kind(arr_type: pa.DataType, timestamp_fields: str) -> FieldKind:
+    """The field type a column of `arr_type` is written as when its `FieldSpec` names no kind
+    (the table in the module docstring); TypeError for a type line protocol cannot carry."""
     if pa.types.is_floating(arr_type) or pa.types.is_decimal(arr_type):
         return "float"
     if pa.types.is_uint64(arr_type):
@@ -664,7 +702,7 @@ def _field_piece(arr: pa.Array, spec: FieldSpec, timestamp_fields: str, report: 
     key = spec.field_key
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
-    kind = spec.kind or _infer_kind(arr.type, timestamp_fields)
+    kind = spec.kind or field_kind(arr.type, timestamp_fields)
     prefix = _lit(_escape_field_key(key) + "=")
     t = arr.type
     if pa.types.is_null(t):
@@ -703,7 +741,7 @@ def _field_piece(arr: pa.Array, spec: FieldSpec, timestamp_fields: str, report: 
         if pa.types.is_timestamp(t):
             if kind == "unsigned":
                 refuse()
-            ns, out = _to_nanoseconds(arr, _INT64_MIN, _INT64_MAX)
+            ns, out = to_nanoseconds(arr, _INT64_MIN, _INT64_MAX)
             count(report.out_of_range_values, out)
             text = pc.cast(pa.array(ns, mask=out | ~np.asarray(arr.is_valid())), _LS)
         elif pa.types.is_integer(t):
@@ -719,10 +757,10 @@ def _field_piece(arr: pa.Array, spec: FieldSpec, timestamp_fields: str, report: 
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         text = arr.cast(_LS)
     elif pa.types.is_timestamp(t):
-        text = _rfc3339(arr, key, report)
+        text = rfc3339_texts(arr, key, report)
     elif pa.types.is_date(t):
         days = np.asarray(arr.cast(pa.date32()).cast(pa.int32()).fill_null(0))
-        out = ((days < _RFC3339_MIN_DAY) | (days > _RFC3339_MAX_DAY)) & np.asarray(arr.is_valid())
+        out = ((days < RFC3339_MIN_DAY) | (days > RFC3339_MAX_DAY)) & np.asarray(arr.is_valid())
         count(report.out_of_range_values, out)
         text = pc.cast(pc.if_else(pa.array(out), pa.scalar(None, t), arr), _LS)
     elif (
@@ -743,7 +781,7 @@ def _field_piece(arr: pa.Array, spec: FieldSpec, timestamp_fields: str, report: 
     return pc.binary_join_element_wise(prefix, _lit('"'), text, _lit('"'), _EMPTY)
 
 
-def _rfc3339(arr: pa.Array, key: str, report: EncodeReport) -> pa.Array:
+def rfc3339_texts(arr: pa.Array, key: str, report: EncodeReport) -> pa.Array:
     """RFC3339 UTC text (``2024-01-31T12:00:00.123456Z``, as many fraction digits as the unit),
     NULL for years outside 0000..9999, which RFC3339 cannot write."""
     per_unit = NS_PER_UNIT[arr.type.unit]

@@ -1,6 +1,6 @@
-"""Counting and deleting points by measurement and time range.
+"""Counting, reading back and deleting points by measurement and time range.
 
-Counting (and, on v1, deleting) uses InfluxQL on ``/query`` with the block's URL and
+Counting, reading back (and, on v1, deleting) use InfluxQL on ``/query`` with the block's URL and
 credentials. On 2.x that endpoint answers through DBRP mappings: every bucket has a virtual
 mapping whose database is the bucket name (``db/rp`` buckets map to database ``db``,
 retention policy ``rp``) since 2.2; on older servers create one with ``influx v1 dbrp
@@ -10,6 +10,7 @@ influxdb-client's `DeleteApi`; InfluxDB 3 has no point delete.
 
 from __future__ import annotations
 
+import pyarrow as pa
 from influxdb_client.rest import ApiException
 
 from blocks.influxdb.access import InfluxServerError
@@ -21,8 +22,9 @@ from blocks.influxdb.influxql import (
     v2_delete_stop_is_inclusive,
 )
 from blocks.influxdb.line_protocol import MAX_TIME_NS, MIN_TIME_NS
+from blocks.influxdb.verify import concat_points, field_kinds, points_from_results
 
-# Rows per response chunk when `count` lists points.
+# Rows per response chunk when `count` or `read_points` lists points.
 _SCAN_CHUNK_ROWS = 10_000
 
 
@@ -70,6 +72,29 @@ class PointQueries:
                 for result in self._influxql(wire, statement, f"counting {measurement}", _SCAN_CHUNK_ROWS)
                 for series in result.get("series", [])
             )
+
+    def read_points(
+        self, measurements: list[str], start_ns: int | None = None, stop_ns: int | None = None
+    ) -> pa.Table:
+        """The points of `measurements` with ``start_ns <= time < stop_ns`` (None: unbounded) as
+        a canonical point table (`verify`: measurement, a column per tag key, time in ns, a
+        column per field key holding the value as typed text). Field types come from
+        ``SHOW FIELD KEYS``; the points from ``SELECT *::field ... GROUP BY *`` over the range
+        only, read in response chunks of 10,000 rows, each turned into Arrow before the next is
+        parsed. A measurement that does not exist has no points."""
+        tables = []
+        where = time_condition(start_ns, stop_ns)
+        with self._wire() as wire:
+            for measurement in measurements:
+                source = influxql_ident(measurement)
+                doing = f"reading back {measurement}"
+                kinds = field_kinds(self._influxql(wire, f"SHOW FIELD KEYS FROM {source}", doing))
+                if not kinds:
+                    continue
+                statement = f"SELECT *::field FROM {source} WHERE {where} GROUP BY *"
+                results = self._influxql(wire, statement, doing, _SCAN_CHUNK_ROWS)
+                tables.append(points_from_results(measurement, results, kinds, self.describe_target()))
+        return concat_points(tables)
 
     def delete(self, measurement: str, start_ns: int | None = None, stop_ns: int | None = None) -> None:
         """Delete the points of `measurement` with ``start_ns <= time < stop_ns`` (None: unbounded).
