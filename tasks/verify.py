@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
@@ -93,6 +94,8 @@ class VerifyRange(BaseModel):
     plan: TablePlan
     chunk: Chunk
     beyond: bool = False
+    measurements: list[str] = []
+    """Point targets: the measurements the job's chunks of the table wrote (the ledger's)."""
 
 
 class VerifyPlan(BaseModel):
@@ -128,7 +131,11 @@ def plan_verify(spec: MigrationSpec, job_id: str, run: dict[str, Any], plans: li
     """The ranges to check: each chunk the ledger marks loaded, then the rows the source holds
     beyond the job's chunks where its scope was open (see the module docstring), cut into
     pieces no wider than the table's chunks."""
-    states = build_ledger(spec).chunk_states(job_id)
+    ledger = build_ledger(spec)
+    states = ledger.chunk_states(job_id)
+    written: dict[str, set[str]] = {}
+    for row in ledger.loaded_chunks(job_id):
+        written.setdefault(row["table_name"], set()).update((row["details"] or {}).get("measurements", []))
     window = RunWindow.model_validate((run.get("parameters") or {}).get("window") or {})
     source = build_source(spec)
     ranges: list[VerifyRange] = []
@@ -137,10 +144,14 @@ def plan_verify(spec: MigrationSpec, job_id: str, run: dict[str, Any], plans: li
         loaded = [c for c in plan.chunks if states.get((plan.spec.name, c.chunk_id)) == "loaded"]
         not_loaded[plan.spec.name] = len(plan.chunks) - len(loaded)
         bare = plan.model_copy(update={"chunks": []})
-        beyond = [VerifyRange(plan=bare, chunk=c, beyond=True) for c in beyond_chunks(source, plan, window)]
+        measurements = sorted(written.get(plan.spec.name, ()))
+        beyond = [
+            VerifyRange(plan=bare, chunk=c, beyond=True, measurements=measurements)
+            for c in beyond_chunks(source, plan, window)
+        ]
         # In key order: the pieces before the job's first chunk, its chunks, the pieces after.
         ranges += [r for r in beyond if r.chunk.index < 0]
-        ranges += [VerifyRange(plan=bare, chunk=c) for c in loaded]
+        ranges += [VerifyRange(plan=bare, chunk=c, measurements=measurements) for c in loaded]
         ranges += [r for r in beyond if r.chunk.index >= 0]
     return VerifyPlan(run=run, ranges=ranges, not_loaded=not_loaded, tables=plans)
 
@@ -205,28 +216,55 @@ def read_source(spec: MigrationSpec, plan: TablePlan, chunk: Chunk) -> pa.Table:
     batches = build_source(spec).read_chunk(
         plan.spec.name, plan.source_names, plan.spec.chunk_column, chunk.lower, chunk.upper
     )
-    return pa.Table.from_batches(
-        [conform(b, schema, plan.source_names, plan.spec.name) for b in batches], schema
-    )
+    conformed = [conform(b, schema, plan.source_names, plan.spec.name) for b in batches]
+    # An empty range as one empty chunk per column, as every reader of the table expects.
+    return pa.Table.from_batches(conformed, schema) if conformed else schema.empty_table()
 
 
-def both_sides(spec: MigrationSpec, plan: TablePlan, chunk: Chunk) -> tuple[pa.Table, pa.Table, list[str]]:
+def both_sides(
+    spec: MigrationSpec, plan: TablePlan, chunk: Chunk, measurements: list[str]
+) -> tuple[pa.Table, pa.Table, list[str]]:
     """(the source's rows, the target's, the key to diff by) for one range, each side in the
     target's canonical form. Rows: by the table's primary key. Points: by measurement, tag set
-    and time, as the target tells (`PointTarget.point_key`)."""
+    and time; `measurements` are those the job's chunks of the table wrote (the ledger's), read
+    together with those the source rows map to, so points of a measurement the source no longer
+    has show as extra."""
     staged = read_source(spec, plan, chunk)
     target = build_target(spec)
     if target.writes_points:
-        expected = target.expected_points(plan.points, staged)
-        actual = target.read_points(
-            plan.points,
-            target.chunk_point_measurements(plan.points, expected),
-            time_ns(chunk.lower),
-            time_ns(chunk.upper),
-        )
-        return expected, actual, target.point_key(expected)
+        expected = target.expected_points(staged, plan.points)
+        names = set(measurements)
+        if plan.points.measurement is not None:
+            names.add(plan.points.measurement)
+        else:
+            names |= {m for m in pc.unique(staged[plan.points.measurement_column]).to_pylist() if m}
+        actual = target.read_points(sorted(names), time_ns(chunk.lower), time_ns(chunk.upper))
+        expected, actual = aligned(expected, actual)
+        return expected, actual, point_key(expected)
     actual = target.read_range(plan.target, plan.staged_schema(), chunk.lower, chunk.upper)
     return target.canonical(plan.target, staged), actual, list(plan.target.primary_key)
+
+
+def aligned(expected: pa.Table, actual: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Both tables with the same columns: one only a side has (a tag no point of the range
+    carries, a field no point has) is NULL on the other, so every column is compared."""
+    fields = {f.name: f for t in (expected, actual) for f in t.schema}
+    schema = pa.schema(list(fields.values()))
+
+    def widened(table: pa.Table) -> pa.Table:
+        columns = [
+            table[n] if n in table.column_names else pa.nulls(table.num_rows, f.type)
+            for n, f in fields.items()
+        ]
+        return pa.table(columns, schema=schema)
+
+    return widened(expected), widened(actual)
+
+
+def point_key(points: pa.Table) -> list[str]:
+    """What identifies a point in the canonical point table (`PointTarget.expected_points`): every
+    column whose role (Arrow field metadata `point`) is not a field: measurement, tags, time."""
+    return [f.name for f in points.schema if (f.metadata or {}).get(b"point", b"field") != b"field"]
 
 
 @task(
@@ -235,12 +273,16 @@ def both_sides(spec: MigrationSpec, plan: TablePlan, chunk: Chunk) -> tuple[pa.T
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def verify_chunk(spec: MigrationSpec, plan: TablePlan, chunk: Chunk, beyond: bool, samples: int) -> ChunkDiff:
+def verify_chunk(
+    spec: MigrationSpec, plan: TablePlan, chunk: Chunk, beyond: bool, measurements: list[str], samples: int
+) -> ChunkDiff:
     """Diff one range of the target with the source; retried on transient errors by the
     migration's `retries` policy. Writes nothing."""
     started = time.perf_counter()
     label = f"{plan.spec.name}/{chunk.chunk_id}"
-    expected, actual, key = run_step(lambda: both_sides(spec, plan, chunk), spec.retries, f"verify {label}")
+    expected, actual, key = run_step(
+        lambda: both_sides(spec, plan, chunk, measurements), spec.retries, f"verify {label}"
+    )
     diff = diff_tables(expected, actual, key, samples)
     result = ChunkDiff(
         table=plan.spec.name,
@@ -290,7 +332,7 @@ def verify_ranges(
     while pending or futures:
         while pending and len(futures) < spec.concurrency:
             i, r = pending.pop(0)
-            futures[verify_chunk.submit(spec, r.plan, r.chunk, r.beyond, samples)] = i
+            futures[verify_chunk.submit(spec, r.plan, r.chunk, r.beyond, r.measurements, samples)] = i
         done = next(as_completed(list(futures)))
         yield futures.pop(done), done
 

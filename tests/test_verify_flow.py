@@ -1,6 +1,7 @@
 """The `verify` flow: after a completed job, the source changes (a row updated, one deleted,
 one inserted inside the job's range, one beyond it); verify finds each by key, publishes
-them, fails, and writes nothing."""
+them, fails, and writes nothing. Into PostgreSQL (by primary key, and as multisets without
+one) and into InfluxDB (by measurement, tag set and time)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from blocks.errors import ConfigError, ValidationFailed
+from tests.energy_support import influx_migrations
 from tests.support import postgres_target_migrations, quoted
+from tests.test_pairs import READINGS, START, nanoseconds, points_mapping
+from tests.test_pairs import pg_source_db as readings_source_db  # noqa: F401 (a fixture)
 
 # Even ids 2..600, so a row can be inserted inside the job's range; three chunks of 200 keys.
 CUSTOMERS = """
@@ -191,3 +195,96 @@ def test_verify_refuses_an_unknown_and_a_rolled_back_job(migrated):
     rollback(job_id=job_id, migrations_file=path)
     with pytest.raises(ConfigError, match="was rolled back"):
         verify(job_id=job_id, migrations_file=path)
+
+
+def influx_points(servers, database: str) -> list:
+    """Every point of the database as InfluxDB returns it (series, tags, values)."""
+    from devstack.servers import influxql
+
+    results = influxql(servers["influx"], "SELECT * FROM /.*/ GROUP BY *", database)
+    return sorted(
+        (s["name"], sorted((s.get("tags") or {}).items()), s["values"])
+        for r in results
+        for s in r.get("series", [])
+    )
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_verify_finds_changed_deleted_and_inserted_points_by_key(
+    tmp_path,
+    servers,
+    pg_database,
+    pg_connect,
+    influx_database,
+    readings_source_db,  # noqa: F811 (the fixture imported above)
+    api,
+):
+    """PostgreSQL readings into InfluxDB with no time window, so rows past the job's last chunk
+    are checked too; a point's key is its measurement, tag set and time."""
+    from flows.migrate import migrate
+    from flows.verify import verify
+
+    source = {
+        "type": "postgres",
+        "host": "127.0.0.1",
+        "port": servers["pg"].port,
+        "dbname": readings_source_db,
+        "user": "postgres",
+        "password_env": "PGPASSWORD",
+        "schema": "src",
+    }
+    table = {
+        "name": "readings",
+        "chunk_column": "taken_at",
+        "chunk_interval": "1d",
+        "mapping": points_mapping(),
+    }
+    path = str(
+        influx_migrations(
+            tmp_path / "m.yaml",
+            servers,
+            pg_database,
+            influx_database,
+            [table],
+            source=source,
+            api=api,
+            name="pg_points",
+        )
+    )
+    report = migrate(source_name="pg_points", migrations_file=path)
+    assert report.status == "completed" and report.rows == READINGS.num_rows
+    clean = verify(job_id=report.job_id, migrations_file=path)
+    assert clean.same and clean.tables[0].source_rows == READINGS.num_rows
+    assert clean.tables[0].key == ["_measurement", "site", "time"]
+
+    rows = {r["reading_id"]: r for r in READINGS.to_pylist()}
+    changed, deleted = rows[12], rows[20]
+    inside = START.replace(hour=5, minute=1, second=2, microsecond=3)
+    beyond = START.replace(day=START.day + 5)
+    with servers["pg"].connect(readings_source_db) as conn:
+        conn.execute("UPDATE src.readings SET power = 12345.5 WHERE reading_id = 12")
+        conn.execute("DELETE FROM src.readings WHERE reading_id = 20")
+        conn.execute(
+            "INSERT INTO src.readings VALUES (1001, %s, 'plant 9', 1.5, 7, 'new', true), "
+            "(1002, %s, 'plant 9', 2.5, 8, 'later', false)",
+            (inside, beyond),
+        )
+    before = influx_points(servers, influx_database), snapshot(pg_connect, tmp_path / "staging")
+
+    with pytest.raises(ValidationFailed) as failure:
+        verify(job_id=report.job_id, source_name="pg_points", migrations_file=path)
+
+    def key(site: str, at) -> str:
+        return f"_measurement=readings, site={site}, time={nanoseconds(at)}"
+
+    assert f"readings: 2 missing in the target (e.g. {key('plant 9', inside)})" in str(failure.value)
+    row = artifact_rows(report.job_id)["readings"]
+    assert (row["missing_in_target"], row["extra_in_target"], row["changed"]) == (2, 1, 1)
+    assert row["sample_missing"] == f"{key('plant 9', inside)}; {key('plant 9', beyond)}"
+    assert row["sample_extra"] == key(deleted["site"], deleted["taken_at"])
+    # Field values in the target's canonical form: the float's shortest text.
+    assert row["sample_changed"] == (
+        f"{key(changed['site'], changed['taken_at'])}: power '12345.5' → '{changed['power']!r}'"
+    )
+    assert row["changed_columns"] == "power: 1" and row["rows_beyond_job"] == 1
+    assert (influx_points(servers, influx_database), snapshot(pg_connect, tmp_path / "staging")) == before
