@@ -38,6 +38,7 @@ class PointsLoaded(BaseModel):
     count_field: str | None = None  # a field every written point carries: counts with COUNT(field)
     target: str = ""  # the InfluxDB bucket or database written, as the ledger names it
     shared_with: list[str] = []  # other jobs that loaded points in this chunk's ranges (allowed rewrite)
+    verified: str = "counts"  # "content": read back and compared before the ledger marked it loaded
     unit: ClassVar[str] = "points"
 
     @property
@@ -80,6 +81,7 @@ def write_points(
             count_field=details.get("count_field"),
             target=details.get("target", ""),
             shared_with=details.get("shared_with", []),
+            verified=details.get("verified", "counts"),
         )
     target = build_target(spec)
     where = target.describe_target()
@@ -102,6 +104,7 @@ def write_points(
         count_field=load.count_field,
         target=where,
         shared_with=shared,
+        verified=spec.verify,
     )
 
 

@@ -207,5 +207,5 @@ def migrate_chunk(
         pid=os.getpid(),
         rows_dropped=loaded.rows_dropped,
         problems=loaded.problems,
-        verified=getattr(loaded, "verified", "counts"),
+        verified=loaded.verified,
     )
