@@ -288,3 +288,23 @@ def test_verify_finds_changed_deleted_and_inserted_points_by_key(
     )
     assert row["changed_columns"] == "power: 1" and row["rows_beyond_job"] == 1
     assert (influx_points(servers, influx_database), snapshot(pg_connect, tmp_path / "staging")) == before
+
+
+def test_the_validation_failed_notification_says_when_verify_found_it():
+    """The `migration-validation-failed` body, rendered as the server renders it, for a verify
+    event and for a chunk's failed check."""
+    from prefect.server.utilities.user_templates import render_user_template_sync
+
+    from deployments.templates import VALIDATION_FAILED_BODY
+
+    def body(payload: dict) -> str:
+        resource = {"id": "migration.job.j-1", "migration.table": "customers", "migration.chunk": "00001-ab"}
+        event = {"resource": resource, "payload": payload}
+        return render_user_template_sync(VALIDATION_FAILED_BODY, {"event": event, "flow_run": None})
+
+    found = body({"error": "verify: customers: 1 extra", "check": "verify"})
+    assert found.startswith(
+        "The verify flow found the target no longer matches the source (it changed nothing)."
+    )
+    assert "Job: j-1\nTable: customers\nChunk: 00001-ab\nError: verify: customers: 1 extra" in found
+    assert body({"error": "column x"}).startswith("A validation check failed; the chunk was not loaded.")
