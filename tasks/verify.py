@@ -7,9 +7,12 @@ the source gained beyond the job's first and last chunk since it was planned: th
 missing in the target unless something else loaded them. Each range is read whole from both
 sides, so memory holds one chunk's worth (twice, plus the diff's join), never a table.
 
-Nothing is written: no ledger row, no staged file, no target row (the target's reads run in
-read-only transactions; JSON is made canonical through a temporary table that goes with its
-transaction).
+Both sides are compared in the target's canonical form: rows as `RowTarget.read_range` reads
+them (PostgreSQL: read-only transactions; JSON made canonical through a temporary table that
+goes with its transaction), keyed by the table's primary key or compared as multisets; points
+as `PointTarget.expected_points` maps the source rows and `read_points` reads them back, keyed
+by measurement, tag set and time. Nothing is written: no ledger row, no staged file, no
+target row.
 """
 
 from __future__ import annotations
