@@ -69,7 +69,7 @@ def _int_or_minus_zero(text: str) -> int | float:
 def _json_answer(line: bytes) -> Any:
     """One line of an InfluxQL answer; the number -0 is read as the float -0.0, so a float
     field's sign survives (a line without it takes the plain, faster path)."""
-    if _MINUS_ZERO.search(line):
+    if b"-0" in line and _MINUS_ZERO.search(line):
         return json.loads(line, parse_int=_int_or_minus_zero)
     return json.loads(line)
 

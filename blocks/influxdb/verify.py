@@ -59,6 +59,8 @@ _NULL = pa.scalar(None, _TEXT)
 _NOTHING = pa.scalar("", _TEXT)
 _QUOTE = pa.scalar('"', _TEXT)
 _TRUE, _FALSE = pa.scalar("true", _TEXT), pa.scalar("false", _TEXT)
+# Rows read back gathered as Python values before they become Arrow.
+_ARROW_ROWS = 65_536
 _SUFFIX = {"integer": pa.scalar("i", _TEXT), "unsigned": pa.scalar("u", _TEXT)}
 
 
@@ -233,13 +235,14 @@ def points_from_results(
     ``SELECT *::field FROM "m" WHERE <time range> GROUP BY *`` (one result per response chunk,
     a series possibly split across chunks), field values typed by `kinds` (`field_kinds`).
 
-    One Arrow table per response chunk, so the Python objects alive at a time are one chunk's.
-    Raises `ValidationFailed` when a key is both a tag and a field of the measurement."""
+    Rows are gathered as Python values and turned into Arrow every `_ARROW_ROWS` rows (InfluxDB
+    1.x sends each series in a chunk of its own, so chunks can be tiny). Raises
+    `ValidationFailed` when a key is both a tag and a field of the measurement."""
     parts = []
+    roles: dict[str, str] = {MEASUREMENT: "measurement", TIME: "time"}
+    columns: dict[str, list[Any]] = {TIME: []}
+    rows = 0
     for result in results:
-        columns: dict[str, list[Any]] = {TIME: []}
-        roles: dict[str, str] = {TIME: "time"}
-        rows = 0
         for series in result.get("series", []):
             values = series.get("values") or []
             n = len(values)
@@ -259,25 +262,35 @@ def points_from_results(
             for name in names:
                 roles.setdefault(name, "field")
             for name, values_here in here.items():
-                column = columns.setdefault(name, [None] * rows)
-                column.extend(values_here)
+                if name not in columns:
+                    columns[name] = [None] * rows
+                columns[name].extend(values_here)
             rows += n
             for column in columns.values():
                 if len(column) < rows:
                     column.extend([None] * (rows - len(column)))
-        if not rows:
-            continue
-        arrays: dict[str, pa.Array] = {
-            MEASUREMENT: pa.nulls(rows, _TEXT).fill_null(pa.scalar(measurement, _TEXT)),
-            TIME: pa.array(columns[TIME], pa.int64()),
-        }
-        for name, values in columns.items():
-            if roles[name] == "tag":
-                arrays[name] = pa.array(values, _TEXT)
-            elif roles[name] == "field":
-                arrays[name] = stored_texts(values, kinds.get(name, set()))
-        parts.append(_table(arrays, {**roles, MEASUREMENT: "measurement"}))
+            if rows >= _ARROW_ROWS:
+                parts.append(_stored_points(measurement, columns, roles, kinds))
+                columns, rows = {name: [] for name in columns}, 0
+    if rows:
+        parts.append(_stored_points(measurement, columns, roles, kinds))
     return concat_points(parts)
+
+
+def _stored_points(
+    measurement: str, columns: dict[str, list[Any]], roles: dict[str, str], kinds: dict[str, set[str]]
+) -> pa.Table:
+    rows = len(columns[TIME])
+    arrays: dict[str, pa.Array] = {
+        MEASUREMENT: pa.nulls(rows, _TEXT).fill_null(pa.scalar(measurement, _TEXT)),
+        TIME: pa.array(columns[TIME], pa.int64()),
+    }
+    for name, values in columns.items():
+        if roles[name] == "tag":
+            arrays[name] = pa.array(values, _TEXT)
+        elif roles[name] == "field":
+            arrays[name] = stored_texts(values, kinds.get(name, set()))
+    return _table(arrays, {name: roles[name] for name in arrays})
 
 
 def concat_points(tables: list[pa.Table]) -> pa.Table:
