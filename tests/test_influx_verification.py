@@ -18,6 +18,7 @@ from blocks.errors import MigrationFailed
 from blocks.influxdb import writes
 from blocks.influxdb.line_protocol import FieldSpec, PointMapping, encode_batch, rows_written
 from blocks.influxdb.mapping import FieldPlan, PointsPlan
+from blocks.influxdb.verify import expected_points as target_free_expected
 from blocks.influxdb.verify import kind_of
 from tests.energy_support import influx_migrations, write_files
 from tests.influx_readback import field_types
@@ -233,3 +234,6 @@ def test_rows_written_is_the_encoders_own_decision():
     again, report_kept = encode_batch(table.filter(pa.array(kept)), mapping)
     assert report.rows_dropped > 0 and int(kept.sum()) == report.lines_out
     assert again == data and report_kept.rows_dropped == 0
+    # expected_points leaves out the same rows, even all of them.
+    assert target_free_expected(table, PLAN).num_rows == report.lines_out
+    assert target_free_expected(table.filter(pa.array(~kept)), PLAN).num_rows == 0

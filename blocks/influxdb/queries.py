@@ -22,7 +22,8 @@ from blocks.influxdb.influxql import (
     v2_delete_stop_is_inclusive,
 )
 from blocks.influxdb.line_protocol import MAX_TIME_NS, MIN_TIME_NS
-from blocks.influxdb.verify import concat_points, field_kinds, points_from_results
+from blocks.influxdb.readback import field_kinds, points_from_results
+from blocks.influxdb.verify import concat_points
 
 # Rows per response chunk when `count` or `read_points` lists points.
 _SCAN_CHUNK_ROWS = 10_000

@@ -17,15 +17,14 @@ its role in the metadata key ``point``):
 `expected_points` maps staged rows the way the encoder (`line_protocol`) does: the same
 `PointMapping`, field kinds (`field_kind`) and rows left out (`rows_written`, the encoder's own
 decision), but each value is computed from its column directly, never from line-protocol text,
-so a fault in the encoder's text shows. `points_from_results` builds the same table from the
-answers of ``SELECT *::field ... GROUP BY *``, typed by ``SHOW FIELD KEYS``. `compare_points`
+so a fault in the encoder's text shows. `readback.points_from_results` builds the same table from the
+answers of ``SELECT *::field ... GROUP BY *``, typed by ``SHOW FIELD KEYS`` (`readback`). `compare_points`
 diffs two such tables keyed by measurement, tag set and time, and names the first difference:
 the field or tag, one point, and both values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,19 +52,25 @@ if TYPE_CHECKING:  # the mapping module reads the config's models, which name th
 MEASUREMENT = "_measurement"
 TIME = "time"
 ROLE = b"point"  # the field metadata key holding a column's role
-_TEXT = pa.large_string()
+TEXT = pa.large_string()
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_NULL = pa.scalar(None, _TEXT)
-_NOTHING = pa.scalar("", _TEXT)
-_QUOTE = pa.scalar('"', _TEXT)
-_TRUE, _FALSE = pa.scalar("true", _TEXT), pa.scalar("false", _TEXT)
-# Rows read back gathered as Python values before they become Arrow.
-_ARROW_ROWS = 65_536
-_SUFFIX = {"integer": pa.scalar("i", _TEXT), "unsigned": pa.scalar("u", _TEXT)}
+_NULL = pa.scalar(None, TEXT)
+_NOTHING = pa.scalar("", TEXT)
+_QUOTE = pa.scalar('"', TEXT)
+_TRUE, _FALSE = pa.scalar("true", TEXT), pa.scalar("false", TEXT)
+# The Arrow type of each field kind's values, before they become canonical texts.
+VALUE_TYPES = {
+    "float": pa.float64(),
+    "integer": pa.int64(),
+    "unsigned": pa.uint64(),
+    "boolean": pa.bool_(),
+    "string": pa.large_string(),
+}
+_SUFFIX = {"integer": pa.scalar("i", TEXT), "unsigned": pa.scalar("u", TEXT)}
 
 
 def _field(name: str, role: str) -> pa.Field:
-    return pa.field(name, pa.int64() if role == "time" else _TEXT, metadata={ROLE: role.encode()})
+    return pa.field(name, pa.int64() if role == "time" else TEXT, metadata={ROLE: role.encode()})
 
 
 def role(field: pa.Field) -> str:
@@ -73,7 +78,7 @@ def role(field: pa.Field) -> str:
     return (field.metadata or {}).get(ROLE, b"field").decode()
 
 
-def _table(columns: dict[str, pa.Array | pa.ChunkedArray], roles: dict[str, str]) -> pa.Table:
+def canonical_table(columns: dict[str, pa.Array | pa.ChunkedArray], roles: dict[str, str]) -> pa.Table:
     """The canonical table of `columns`, in canonical column order (see `_ordered`)."""
     names = _ordered(roles)
     return pa.table([columns[n] for n in names], schema=pa.schema([_field(n, roles[n]) for n in names]))
@@ -86,8 +91,8 @@ def _ordered(roles: dict[str, str]) -> list[str]:
 
 
 def empty_points() -> pa.Table:
-    return _table(
-        {MEASUREMENT: pa.array([], _TEXT), TIME: pa.array([], pa.int64())},
+    return canonical_table(
+        {MEASUREMENT: pa.array([], TEXT), TIME: pa.array([], pa.int64())},
         {MEASUREMENT: "measurement", TIME: "time"},
     )
 
@@ -108,18 +113,17 @@ def expected_points(table: pa.Table | pa.RecordBatch, points: PointsPlan) -> pa.
     n = table.num_rows
 
     def column(name: str) -> pa.Array:
-        values = table.column(name)
-        values = values.chunk(0) if values.num_chunks == 1 else pa.concat_arrays(values.chunks)
+        values = table.column(name).combine_chunks()
         return values.dictionary_decode() if pa.types.is_dictionary(values.type) else values
 
     columns: dict[str, pa.Array] = {}
     roles: dict[str, str] = {MEASUREMENT: "measurement", TIME: "time"}
     if mapping.measurement is not None:
-        columns[MEASUREMENT] = pa.nulls(n, _TEXT).fill_null(pa.scalar(mapping.measurement, _TEXT))
+        columns[MEASUREMENT] = pa.nulls(n, TEXT).fill_null(pa.scalar(mapping.measurement, TEXT))
     else:
-        columns[MEASUREMENT] = pc.cast(column(mapping.measurement_column), _TEXT)
+        columns[MEASUREMENT] = pc.cast(column(mapping.measurement_column), TEXT)
     for tag in mapping.tags:
-        text = pc.cast(column(tag), _TEXT)
+        text = pc.cast(column(tag), TEXT)
         columns[tag] = pc.if_else(pc.equal(pc.binary_length(text), 0), _NULL, text)
         roles[tag] = "tag"
     time = column(mapping.time_column)
@@ -130,167 +134,54 @@ def expected_points(table: pa.Table | pa.RecordBatch, points: PointsPlan) -> pa.
         kind = spec.kind or field_kind(values.type, mapping.timestamp_fields)
         columns[spec.field_key] = field_texts(values, kind)
         roles[spec.field_key] = "field"
-    return _table(columns, roles)
+    return canonical_table(columns, roles)
 
 
 def field_texts(values: pa.Array, kind: str) -> pa.Array:
-    """Each value as the canonical text of a field of `kind` (see the module docstring), NULL
-    where the encoder leaves the value out."""
+    """Each staged value as the canonical text of a field of `kind` (see the module docstring),
+    NULL where the encoder leaves the value out."""
     t = values.type
     valid = np.asarray(values.is_valid())
     if pa.types.is_null(t):
-        return pa.nulls(len(values), _TEXT)
+        return pa.nulls(len(values), TEXT)
     if kind == "float":
         if pa.types.is_decimal(t):  # the double nearest the exact decimal
-            doubles = pc.cast(pc.cast(values, _TEXT), pa.float64())
+            doubles = pc.cast(pc.cast(values, TEXT), pa.float64())
         elif pa.types.is_float64(t):
             doubles = values
         elif pa.types.is_floating(t):  # the double InfluxDB reads from the float32's shortest text
-            doubles = pc.cast(pc.cast(values.cast(pa.float32()), _TEXT), pa.float64())
+            doubles = pc.cast(pc.cast(values.cast(pa.float32()), TEXT), pa.float64())
         else:  # an integer, correctly rounded as InfluxDB's parser rounds it
             doubles = pc.cast(values, pa.float64(), safe=False)
-        finite = pc.is_finite(doubles)
-        return pc.if_else(finite, pc.cast(doubles, _TEXT), _NULL)
+        return typed_texts(pc.if_else(pc.is_finite(doubles), doubles, pa.scalar(None, pa.float64())), kind)
     if kind in ("integer", "unsigned"):
         if pa.types.is_timestamp(t):
             ns, out = to_nanoseconds(values, _INT64_MIN, _INT64_MAX)
-            numbers = pa.array(ns, mask=out | ~valid)
-        else:
-            numbers = pc.cast(values, pa.int64() if kind == "integer" else pa.uint64())
-        return pc.binary_join_element_wise(pc.cast(numbers, _TEXT), _SUFFIX[kind], _NOTHING)
+            return typed_texts(pa.array(ns, mask=out | ~valid), kind)
+        return typed_texts(pc.cast(values, VALUE_TYPES[kind]), kind)
     if kind == "boolean":
-        return pc.if_else(values, _TRUE, _FALSE)
+        return typed_texts(values, kind)
     if pa.types.is_timestamp(t):
         text = rfc3339_texts(values, "", EncodeReport())
     elif pa.types.is_date(t):
         days = np.asarray(values.cast(pa.date32()).cast(pa.int32()).fill_null(0))
         out = (days < RFC3339_MIN_DAY) | (days > RFC3339_MAX_DAY)
-        text = pc.if_else(pa.array(out), _NULL, pc.cast(values, _TEXT))
+        text = pc.if_else(pa.array(out), _NULL, pc.cast(values, TEXT))
     else:
-        text = pc.cast(values, _TEXT)
-    text = pc.if_else(pc.greater(pc.binary_length(text), MAX_STRING_BYTES), _NULL, text)
-    return pc.binary_join_element_wise(_QUOTE, text, _QUOTE, _NOTHING)
+        text = pc.cast(values, TEXT)
+    return typed_texts(pc.if_else(pc.greater(pc.binary_length(text), MAX_STRING_BYTES), _NULL, text), kind)
 
 
-# --- the InfluxDB side ----------------------------------------------------------------------
-
-
-def field_kinds(results: Iterable[dict]) -> dict[str, set[str]]:
-    """Field key -> the types ``SHOW FIELD KEYS FROM "m"`` lists for it (1.x keeps a field's type
-    per shard, so a key can have more than one)."""
-    kinds: dict[str, set[str]] = {}
-    for result in results:
-        for series in result.get("series", []):
-            for key, kind in series.get("values") or []:
-                kinds.setdefault(key, set()).add(kind)
-    return kinds
-
-
-def _stored_texts(values: list[Any], kind: str) -> pa.Array:
-    """Canonical texts of one field's JSON values (None: no value) stored as `kind`."""
+def typed_texts(values: pa.Array, kind: str) -> pa.Array:
+    """Values of a field of `kind`, typed as `VALUE_TYPES[kind]` says, as canonical texts:
+    ``1.5`` (Arrow's shortest round-trip text), ``12i``, ``12u``, ``true``, ``"text"``."""
     if kind == "float":
-        try:
-            doubles = pa.array(values, pa.float64())
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # whole numbers beyond 2**53 arrive as ints
-            doubles = pa.array([None if v is None else float(v) for v in values], pa.float64())
-        return pc.cast(doubles, _TEXT)
+        return pc.cast(values, TEXT)
     if kind in ("integer", "unsigned"):
-        numbers = pa.array(values, pa.int64() if kind == "integer" else pa.uint64())
-        return pc.binary_join_element_wise(pc.cast(numbers, _TEXT), _SUFFIX[kind], _NOTHING)
+        return pc.binary_join_element_wise(pc.cast(values, TEXT), _SUFFIX[kind], _NOTHING)
     if kind == "boolean":
-        return pc.if_else(pa.array(values, pa.bool_()), _TRUE, _FALSE)
-    return pc.binary_join_element_wise(_QUOTE, pa.array(values, _TEXT), _QUOTE, _NOTHING)
-
-
-_JSON_KINDS = ((bool, "boolean"), (str, "string"), (int, "integer"), (float, "float"))
-
-
-def stored_texts(values: list[Any], kinds: set[str]) -> pa.Array:
-    """Canonical texts of one field's JSON values, given the types InfluxDB lists for the field.
-
-    With one type, every value is read as that type. Values that do not fit it, or a field
-    listed with several types, are read by their JSON type (a number with no fraction as an
-    integer when the field has an integer type, else as a float), so no value is lost."""
-    if len(kinds) == 1:
-        try:
-            return _stored_texts(values, next(iter(kinds)))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-            pass
-    out = pa.nulls(len(values), _TEXT)
-    for python_type, kind in _JSON_KINDS:
-        picked = [v if type(v) is python_type else None for v in values]
-        if python_type is int and "integer" not in kinds and "unsigned" not in kinds:
-            kind = "float"
-        elif python_type is int and "integer" not in kinds:
-            kind = "unsigned"
-        if any(v is not None for v in picked):
-            out = pc.coalesce(out, _stored_texts(picked, kind))
-    return out
-
-
-def points_from_results(
-    measurement: str, results: Iterable[dict], kinds: dict[str, set[str]], where: str
-) -> pa.Table:
-    """The canonical points of one measurement from the statement results of
-    ``SELECT *::field FROM "m" WHERE <time range> GROUP BY *`` (one result per response chunk,
-    a series possibly split across chunks), field values typed by `kinds` (`field_kinds`).
-
-    Rows are gathered as Python values and turned into Arrow every `_ARROW_ROWS` rows (InfluxDB
-    1.x sends each series in a chunk of its own, so chunks can be tiny). Raises
-    `ValidationFailed` when a key is both a tag and a field of the measurement."""
-    parts = []
-    roles: dict[str, str] = {MEASUREMENT: "measurement", TIME: "time"}
-    columns: dict[str, list[Any]] = {TIME: []}
-    rows = 0
-    for result in results:
-        for series in result.get("series", []):
-            values = series.get("values") or []
-            n = len(values)
-            if not n:
-                continue
-            names = series["columns"]
-            transposed = list(zip(*values, strict=True))
-            here = {name: transposed[i] for i, name in enumerate(names)}
-            for key, value in (series.get("tags") or {}).items():
-                if key in here:
-                    raise ValidationFailed(
-                        f"{where}: {key!r} is both a tag and a field of measurement {measurement!r} in "
-                        "InfluxDB, so its points cannot be compared with the staged chunk"
-                    )
-                here[key] = (value or None,) * n
-                roles[key] = "tag"
-            for name in names:
-                roles.setdefault(name, "field")
-            for name, values_here in here.items():
-                if name not in columns:
-                    columns[name] = [None] * rows
-                columns[name].extend(values_here)
-            rows += n
-            for column in columns.values():
-                if len(column) < rows:
-                    column.extend([None] * (rows - len(column)))
-            if rows >= _ARROW_ROWS:
-                parts.append(_stored_points(measurement, columns, roles, kinds))
-                columns, rows = {name: [] for name in columns}, 0
-    if rows:
-        parts.append(_stored_points(measurement, columns, roles, kinds))
-    return concat_points(parts)
-
-
-def _stored_points(
-    measurement: str, columns: dict[str, list[Any]], roles: dict[str, str], kinds: dict[str, set[str]]
-) -> pa.Table:
-    rows = len(columns[TIME])
-    arrays: dict[str, pa.Array] = {
-        MEASUREMENT: pa.nulls(rows, _TEXT).fill_null(pa.scalar(measurement, _TEXT)),
-        TIME: pa.array(columns[TIME], pa.int64()),
-    }
-    for name, values in columns.items():
-        if roles[name] == "tag":
-            arrays[name] = pa.array(values, _TEXT)
-        elif roles[name] == "field":
-            arrays[name] = stored_texts(values, kinds.get(name, set()))
-    return _table(arrays, {name: roles[name] for name in arrays})
+        return pc.if_else(values, _TRUE, _FALSE)
+    return pc.binary_join_element_wise(_QUOTE, values, _QUOTE, _NOTHING)
 
 
 def concat_points(tables: list[pa.Table]) -> pa.Table:
@@ -304,7 +195,7 @@ def concat_points(tables: list[pa.Table]) -> pa.Table:
                 f"{f.name!r} is a tag of one measurement and a field of another in InfluxDB, so their "
                 "points cannot be compared in one table"
             )
-    return _table(
+    return canonical_table(
         {name: pa.chunked_array([_column(t, name, roles[name]) for t in tables]) for name in roles}, roles
     )
 
@@ -312,7 +203,7 @@ def concat_points(tables: list[pa.Table]) -> pa.Table:
 def _column(table: pa.Table, name: str, column_role: str) -> pa.ChunkedArray:
     if name in table.column_names:
         return table[name].combine_chunks()
-    return pa.nulls(table.num_rows, pa.int64() if column_role == "time" else _TEXT)
+    return pa.nulls(table.num_rows, pa.int64() if column_role == "time" else TEXT)
 
 
 # --- the comparison -------------------------------------------------------------------------
@@ -324,7 +215,7 @@ def aligned(expected: pa.Table, actual: pa.Table) -> tuple[pa.Table, pa.Table]:
     roles = {f.name: role(f) for t in (expected, actual) for f in t.schema}
 
     def widened(table: pa.Table) -> pa.Table:
-        return _table({n: _column(table, n, roles[n]) for n in roles}, roles)
+        return canonical_table({n: _column(table, n, roles[n]) for n in roles}, roles)
 
     return widened(expected), widened(actual)
 
