@@ -235,6 +235,9 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
                 )
             before = self.count_range(conn, table, lower, upper)
             overwrote: list[dict[str, Any]] = []
+            sent: list[pa.RecordBatch] = []
+            if verify_against is not None:
+                batches = _keeping(batches, sent)  # compared after the COPY, without reading the file again
             if mode is LoadMode.UPSERT:
                 copied, overwrote = upsert_batches(conn, table, batches, job_id, source_table, chunk_id)
             else:
@@ -247,7 +250,8 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
             xid = pg_ledger.current_xid(conn)
             if verify_against is not None:
                 where = f"{source_table} chunk {chunk_id} [{lower}, {upper}) into {table.qualified}"
-                verify_chunk(conn, table, pq.read_table(verify_against), xid, where)
+                staged = pa.Table.from_batches(sent) if sent else pq.read_table(verify_against)
+                verify_chunk(conn, table, staged, xid, where)
             details = {"verified": "content" if verify_against is not None else "counts"}
             pg_ledger.mark_chunk_loaded(
                 conn,
@@ -335,3 +339,9 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         if dropped:
             conn.execute(sql.SQL("DROP TABLE {}").format(ident))
         return TableRollback(table=name, rows_deleted=deleted, dropped=dropped, rows_kept=kept)
+
+
+def _keeping(batches: Iterable[pa.RecordBatch], kept: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        kept.append(batch)
+        yield batch
