@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -90,7 +91,9 @@ def _zero(arrow_type: pa.DataType) -> pa.Scalar:
     if pa.types.is_time(arrow_type):
         return pa.scalar(0, pa.int64() if arrow_type.bit_width == 64 else pa.int32()).cast(arrow_type)
     if pa.types.is_decimal(arrow_type):
-        return pa.scalar(0, pa.int8()).cast(arrow_type)
+        return pa.scalar(
+            Decimal(0), arrow_type
+        )  # a cast from an integer overflows a scale near the precision
     if pa.types.is_date32(arrow_type):
         return pa.scalar(0, pa.int32()).cast(arrow_type)
     return pa.scalar(0, pa.int64()).cast(arrow_type)

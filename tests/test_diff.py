@@ -62,3 +62,18 @@ def test_a_missing_row_is_a_difference():
     fewer = table().slice(0, 4)
     assert not same_rows(table(), fewer, ["id"])
     assert diff_tables(table(), fewer, ["id"]).missing == 1
+
+
+def test_decimals_of_any_scale_and_nulls_compare_by_key_and_as_multisets():
+    from decimal import Decimal
+
+    wide = pa.decimal128(38, 37)
+    expected = pa.table({"id": [1, 2, 3], "d": pa.array([Decimal("0.1"), None, Decimal("-0.5")], wide)})
+    same = expected.take([2, 0, 1])
+    changed = expected.set_column(1, "d", pa.array([Decimal("0.1"), Decimal("0"), Decimal("-0.5")], wide))
+    assert diff_tables(expected, same, ["id"]).same and diff_tables(expected, same).same
+    by_key = diff_tables(expected, changed, ["id"])
+    assert (by_key.changed, by_key.changed_columns) == (1, {"d": 1})
+    assert (by_key.sample_changed[0].expected, by_key.sample_changed[0].actual) == (None, Decimal("0"))
+    as_multisets = diff_tables(expected, changed)
+    assert (as_multisets.missing, as_multisets.extra) == (1, 1)
