@@ -195,6 +195,10 @@ class PointTarget(Target, Protocol):
     def read_points(self, measurements: list[str], start_ns: int | None, stop_ns: int | None) -> pa.Table:
         """The measurements' points in ``[start_ns, stop_ns)``, in the same canonical form."""
 
+    def align_points(self, expected: pa.Table, actual: pa.Table) -> tuple[pa.Table, pa.Table, list[str]]:
+        """Two canonical point tables with the same columns, and the columns keying a point
+        (measurement, tag set, time), ready for `blocks.diff.diff_tables`."""
+
     def compare_points(self, expected: pa.Table, actual: pa.Table, where: str) -> str | None:
         """None when two canonical point tables hold the same points, else one sentence
         starting with `where` that names the field or tag, a point and both values."""

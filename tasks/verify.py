@@ -242,32 +242,9 @@ def both_sides(
         else:
             names |= {m for m in pc.unique(staged[plan.points.measurement_column]).to_pylist() if m}
         actual = target.read_points(sorted(names), time_ns(chunk.lower), time_ns(chunk.upper))
-        expected, actual = aligned(expected, actual)
-        return expected, actual, point_key(expected)
+        return target.align_points(expected, actual)
     actual = target.read_range(plan.target, plan.staged_schema(), chunk.lower, chunk.upper)
     return target.canonical(plan.target, staged), actual, list(plan.target.primary_key)
-
-
-def aligned(expected: pa.Table, actual: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """Both tables with the same columns: one only a side has (a tag no point of the range
-    carries, a field no point has) is NULL on the other, so every column is compared."""
-    fields = {f.name: f for t in (expected, actual) for f in t.schema}
-    schema = pa.schema(list(fields.values()))
-
-    def widened(table: pa.Table) -> pa.Table:
-        columns = [
-            table[n] if n in table.column_names else pa.nulls(table.num_rows, f.type)
-            for n, f in fields.items()
-        ]
-        return pa.table(columns, schema=schema)
-
-    return widened(expected), widened(actual)
-
-
-def point_key(points: pa.Table) -> list[str]:
-    """What identifies a point in the canonical point table (`PointTarget.expected_points`): every
-    column whose role (Arrow field metadata `point`) is not a field: measurement, tags, time."""
-    return [f.name for f in points.schema if (f.metadata or {}).get(b"point", b"field") != b"field"]
 
 
 @task(

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from blocks.errors import ValidationFailed
 from blocks.influxdb.influxql import rfc3339_ns
-from blocks.influxdb.verify import compare_points, concat_points, expected_points
+from blocks.influxdb.verify import aligned, compare_points, concat_points, expected_points, point_key
 from blocks.influxdb.writes import InfluxLoad
 
 if TYPE_CHECKING:  # the mapping module reads the config's models, which name this package
@@ -111,6 +111,12 @@ class ChunkPoints:
         """The canonical points (`verify`) that `table`'s rows map to under `points`, the rows
         the encoder leaves out left out."""
         return expected_points(table, points)
+
+    def align_points(self, expected: pa.Table, actual: pa.Table) -> tuple[pa.Table, pa.Table, list[str]]:
+        """Two canonical point tables with the same columns (a tag or field only one side has
+        is NULL on the other), and the columns that key a point (measurement, tags, time)."""
+        expected, actual = aligned(expected, actual)
+        return expected, actual, point_key(expected)
 
     def compare_points(self, expected: pa.Table, actual: pa.Table, where: str) -> str | None:
         """None when two canonical point tables hold the same points value for value, else a
