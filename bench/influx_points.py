@@ -4,7 +4,9 @@ protocol (encoded beforehand with blocks/line_protocol.py) in 10k-line batches, 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -77,33 +79,30 @@ def stored_points(stack: Stack, database: str) -> int:
     return result[0]["series"][0]["values"][0][1] if result[0].get("series") else 0
 
 
-def measure(stack: Stack, n: int) -> list[Row]:
-    points = points_table(n)
-    location = stage_files(stack, points)
-    mapping = PointMapping(
-        measurement=MEASUREMENT,
-        tags=tuple(TAGS),
-        fields=tuple(FieldSpec(f) for f in FIELDS),
-        time_column="time",
-    )
-    bodies = [encode_batch(points.slice(i, BATCH_LINES), mapping)[0] for i in range(0, n, BATCH_LINES)]
-
-    influxql(stack.influx, 'CREATE DATABASE "raw_points"')
-    raw = post_lines(stack, "raw_points", bodies)
-    print(f"  raw line-protocol POSTs: {raw:.1f} s")
-
-    influxql(stack.influx, 'CREATE DATABASE "mig_points"')
+def migrate_points(
+    stack: Stack,
+    location: str,
+    database: str,
+    job_id: str,
+    verify: str | None = None,
+    servers_cpu: Callable[[], float] | None = None,
+) -> dict:
+    """Run `migrate` for the staged points into a new InfluxDB `database` (`verify`: the
+    migration's setting, its default when None); the database must then hold every point of
+    the source files, or AssertionError. `servers_cpu`: see `run_migrate`."""
+    influxql(stack.influx, f'CREATE DATABASE "{database}"')
     extra = stack.influx.extra
+    name = f"bench_{database}"
     path = write_migration(
         stack,
-        "bench_points",
+        name,
         {
             "source": {"type": "parquet", "location": location},
             "target": {
                 "type": "influxdb",
                 "api": "v1",
                 "url": extra["url"],
-                "database": "mig_points",
+                "database": database,
                 "username": extra["user"],
                 "password_env": "INFLUX_PASSWORD",
                 # Loopback: the raw writer sends plain text too, so gzip would only add CPU here.
@@ -121,14 +120,35 @@ def measure(stack: Stack, n: int) -> list[Row]:
                     "mapping": {"measurement": MEASUREMENT, "tags": TAGS, "fields": FIELDS},
                 }
             ],
-        },
+        }
+        | ({"verify": verify} if verify else {}),
     )
-    result = run_migrate(path, "bench_points", f"bench-b-{n}")
+    result = run_migrate(path, name, job_id, servers_cpu) | {"job_id": job_id}
+    want = sum(pq.ParquetFile(f).metadata.num_rows for f in Path(location, MEASUREMENT).glob("*.parquet"))
+    if (stored := stored_points(stack, database)) != want:
+        raise AssertionError(f"InfluxDB database {database} holds {stored} points, expected {want}")
+    return result
+
+
+def measure(stack: Stack, n: int) -> list[Row]:
+    points = points_table(n)
+    location = stage_files(stack, points)
+    mapping = PointMapping(
+        measurement=MEASUREMENT,
+        tags=tuple(TAGS),
+        fields=tuple(FieldSpec(f) for f in FIELDS),
+        time_column="time",
+    )
+    bodies = [encode_batch(points.slice(i, BATCH_LINES), mapping)[0] for i in range(0, n, BATCH_LINES)]
+
+    influxql(stack.influx, 'CREATE DATABASE "raw_points"')
+    raw = post_lines(stack, "raw_points", bodies)
+    print(f"  raw line-protocol POSTs: {raw:.1f} s")
+
+    result = migrate_points(stack, location, "mig_points", f"bench-b-{n}")
     flow = result["seconds"]
-    for database in ("raw_points", "mig_points"):
-        stored = stored_points(stack, database)
-        if stored != n:
-            raise AssertionError(f"InfluxDB database {database} holds {stored} points, expected {n}")
+    if (stored := stored_points(stack, "raw_points")) != n:
+        raise AssertionError(f"InfluxDB database raw_points holds {stored} points, expected {n}")
     print(
         f"  migrate: {flow:.1f} s in {result['chunks']} chunks (export {result['export_seconds']:.1f} s, "
         f"validate {result['validate_seconds']:.1f} s, load+reconcile {result['load_seconds']:.1f} s "

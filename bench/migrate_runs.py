@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -37,8 +38,10 @@ def write_migration(stack: Stack, name: str, spec: dict) -> Path:
     return path
 
 
-def run_migrate(path: Path, name: str, job_id: str) -> dict:
+def run_migrate(path: Path, name: str, job_id: str, servers_cpu: Callable[[], float] | None = None) -> dict:
     """Run the flow in a child process; returns its BENCH_RESULT (seconds, max_rss_mb, rows, ...).
+    With `servers_cpu` (CPU seconds the servers have used so far, see bench.cpu), also
+    `servers_cpu_seconds`: what they used while the flow ran.
     Raises RuntimeError with the child's output tail when the flow fails."""
     cmd = [sys.executable, "-m", "bench.flow_child", str(path), name, job_id]
     if PROFILE_DIR:
@@ -58,11 +61,16 @@ def run_migrate(path: Path, name: str, job_id: str) -> dict:
             "--",
             *cmd,
         ]
+    servers_before = servers_cpu() if servers_cpu else 0.0
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if servers_cpu:
+        time.sleep(0.5)  # the flow's backends exit once its connections close, then count
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             result = json.loads(line.removeprefix("BENCH_RESULT "))
             if result["status"] == "completed":
+                if servers_cpu:
+                    result["servers_cpu_seconds"] = servers_cpu() - servers_before
                 return result
     tail = (proc.stdout + proc.stderr)[-4000:]
     raise RuntimeError(f"migrate {name} job {job_id} failed (exit {proc.returncode}):\n{tail}")

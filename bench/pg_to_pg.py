@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from bench.migrate_runs import REPO, pg_settings, run_migrate, write_migration
 from bench.pg_data import SOURCE_SCHEMA, checksum, source_table
@@ -24,10 +25,18 @@ def chunk_size_for(rows: int) -> int:
 
 
 def migrate_table(
-    stack: Stack, table: str, target_schema: str, chunk_size: int, concurrency: int, job_id: str
+    stack: Stack,
+    table: str,
+    target_schema: str,
+    chunk_size: int,
+    concurrency: int,
+    job_id: str,
+    verify: str | None = None,
+    servers_cpu: Callable[[], float] | None = None,
 ) -> dict:
-    """Run `migrate` for src.<table> into <target_schema>.<table>; the result must match the
-    source's checksum exactly, or AssertionError."""
+    """Run `migrate` for src.<table> into <target_schema>.<table> (`verify`: the migration's
+    setting, its default when None; `servers_cpu`: see `run_migrate`); the result must match
+    the source's checksum exactly, or AssertionError."""
     name = f"bench_{target_schema}"
     path = write_migration(
         stack,
@@ -39,9 +48,10 @@ def migrate_table(
             "tables": [
                 {"name": table, "chunk_column": "id", "chunk_size": chunk_size, "primary_key": ["id"]}
             ],
-        },
+        }
+        | ({"verify": verify} if verify else {}),
     )
-    result = run_migrate(path, name, job_id)
+    result = run_migrate(path, name, job_id, servers_cpu)
     result.update(path=str(path), name=name, job_id=job_id)
     assert_same(stack, f"{SOURCE_SCHEMA}.{table}", f"{target_schema}.{table}")
     return result

@@ -1,13 +1,15 @@
 """The migration benchmark: private servers, generated data, and the `migrate` flow side by side
 with the plain tools, in one run.
 
-    .venv/bin/python -m bench.run [--rows 1000000] [--big-rows 5000000] [--only a,b,c,d,e] [--quick]
+    .venv/bin/python -m bench.run [--rows 1000000] [--big-rows 5000000] [--only a,b,c,d,e,f,g] [--quick]
 
 a  PostgreSQL -> PostgreSQL: migrate vs psql's binary COPY pipe vs dlt (checksums compared)
 b  Parquet -> InfluxDB 1.x: migrate vs precomputed line protocol, 10k-line POSTs, 2 writers
 c  peak RSS of the flow process at --rows and at --big-rows
 d  orchestration overhead per chunk
 e  rerun of a completed job vs its first run
+f  PostgreSQL -> PostgreSQL as a, with `verify: content` vs `verify: counts`, alternated (3 runs each)
+g  Parquet -> InfluxDB as b, with `verify: content` vs `verify: counts`, alternated (3 runs each)
 
 Every migrated table is compared with its source through a checksum over all columns; a
 mismatch stops the run. Timings belong here, never in tests/.
@@ -20,7 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import influx_points, memory, migrate_runs, overhead, pg_to_pg, rerun
+from bench import influx_points, memory, migrate_runs, overhead, pg_to_pg, rerun, verify_cost
 from bench.report import Row, machine, markdown
 from bench.stack import start_stack
 
@@ -29,14 +31,16 @@ OVERHEAD_ROWS = 100_000  # (d): 100 chunks of 1,000 rows against one chunk
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for a, b, c and e")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for a, b, c, e, f and g")
     parser.add_argument("--big-rows", type=int, default=5_000_000, help="the larger table for c")
-    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated measurements to run")
+    parser.add_argument("--only", default="a,b,c,d,e,f,g", help="comma-separated measurements to run")
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: 100k rows, 300k for c, 30 chunks for d"
     )
     parser.add_argument(
-        "--profile", action="store_true", help="a pyinstrument report per flow run in bench/out/"
+        "--profile",
+        action="store_true",
+        help="py-spy samples per flow run in bench/out/ (pip install py-spy)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the servers' temp folder")
     parser.add_argument("--markdown", help="also write the table and machine line to this file")
@@ -44,9 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.rows, args.big_rows = 100_000, 300_000
     args.only = [m.strip() for m in args.only.split(",") if m.strip()]
-    unknown = set(args.only) - set("abcde")
+    unknown = set(args.only) - set("abcdefg")
     if unknown:
-        parser.error(f"unknown measurement(s) {sorted(unknown)}; choose from a,b,c,d,e")
+        parser.error(f"unknown measurement(s) {sorted(unknown)}; choose from a,b,c,d,e,f,g")
     return args
 
 
@@ -65,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         "c": lambda: memory.measure(stack, args.rows, args.big_rows),
         "d": lambda: overhead.measure(stack, 30_000 if args.quick else min(args.rows, OVERHEAD_ROWS)),
         "e": lambda: rerun.measure(stack, args.rows),
+        "f": lambda: verify_cost.measure_pg(stack, args.rows),
+        "g": lambda: verify_cost.measure_points(stack, args.rows),
     }
     rows: list[Row] = []
     failed = False
