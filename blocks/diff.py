@@ -62,13 +62,13 @@ class Diff:
         if self.sample_changed and self.key:
             c = self.sample_changed[0]
             return (
-                f"{where}: column {c.column} holds {c.actual!r} where the source has {c.expected!r} "
+                f"{where}: column {c.column} holds {shown(c.actual)} where the source has {shown(c.expected)} "
                 f"(key {c.key}); {self.changed} row(s) differ in {sorted(self.changed_columns)}"
             )
         if self.sample_changed:
             c = self.sample_changed[0]
             return (
-                f"{where}: column {c.column} holds {c.actual!r} where the source has {c.expected!r} "
+                f"{where}: column {c.column} holds {shown(c.actual)} where the source has {shown(c.expected)} "
                 f"(in the row {c.key}; no primary key, so compared as multisets: {self.missing} source "
                 f"row(s) not in the target, {self.extra} not in the source)"
             )
@@ -78,6 +78,15 @@ class Diff:
         if self.extra:
             parts.append(f"{self.extra} row(s) in the target not in the source, e.g. {self.sample_extra[0]}")
         return f"{where}: " + ("; ".join(parts) or "no difference")
+
+
+def shown(value: Any) -> str:
+    """A value for a message: times in ISO 8601, decimals as digits, anything else as its repr."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return repr(value)
 
 
 def _zero(arrow_type: pa.DataType) -> pa.Scalar:

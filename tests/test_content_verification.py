@@ -184,9 +184,9 @@ def test_a_mismatch_emits_validation_failed_once_per_chunk_and_is_not_retried(
     attempts: list[str] = []
     real_verify = pg_target.verify_chunk
 
-    def counted(conn, table, staged, xid, where):
+    def counted(conn, table, staged, xid, where, *within):
         attempts.append(where)
-        return real_verify(conn, table, staged, xid, where)
+        return real_verify(conn, table, staged, xid, where, *within)
 
     monkeypatch.setattr(pg_target, "verify_chunk", counted)
     from flows.migrate import migrate
@@ -276,3 +276,30 @@ def test_a_numeric_value_beyond_the_staged_scale_is_refused(
     )
     with pg_connect() as conn:
         assert conn.execute("SELECT count(*) FROM analytics.amounts").fetchone()[0] == 0
+
+
+def test_a_row_moved_out_of_its_chunk_range_is_refused(tmp_path, servers, pg_database, pg_connect):
+    # The read-back looks in the chunk's range first; the transaction's own row statistics send
+    # it to the whole table when a row went elsewhere, so the moved row is still compared.
+    with pg_connect() as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
+        conn.execute(
+            "CREATE TABLE analytics.readings (reading_id bigint, taken_at timestamptz, site text, "
+            "power double precision, units bigint, note text, ok boolean)"
+        )
+        conn.execute(
+            "CREATE FUNCTION analytics.move() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.reading_id = 5 THEN NEW.taken_at := NEW.taken_at + interval '30 days'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER move BEFORE INSERT ON analytics.readings FOR EACH ROW EXECUTE FUNCTION analytics.move()"
+        )
+    path = readings_migration(tmp_path, servers, pg_database)
+    from flows.migrate import migrate
+
+    with pytest.raises(MigrationFailed) as failure:
+        migrate(source_name="series_rows", migrations_file=path, **window())
+    assert "column taken_at holds" in str(failure.value), str(failure.value)
+    with pg_connect() as conn:
+        assert conn.execute("SELECT count(*) FROM analytics.readings WHERE reading_id = 5").fetchone()[0] == 0

@@ -251,7 +251,7 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
             if verify_against is not None:
                 where = f"{source_table} chunk {chunk_id} [{lower}, {upper}) into {table.qualified}"
                 staged = pa.Table.from_batches(sent) if sent else pq.read_table(verify_against)
-                verify_chunk(conn, table, staged, xid, where)
+                verify_chunk(conn, table, staged, xid, where, self._range_clause(table, lower, upper))
             details = {"verified": "content" if verify_against is not None else "counts"}
             pg_ledger.mark_chunk_loaded(
                 conn,

@@ -120,9 +120,38 @@ def _default_zone(conn: psycopg.Connection) -> str:
     return conn.execute("SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'").fetchone()[0]
 
 
-def written_by(conn: psycopg.Connection, table: TargetTable, schema: pa.Schema, xid: int) -> pa.Table:
-    """The rows transaction `xid` wrote to `table`, in canonical form."""
-    return read_rows(conn, table, schema, sql.SQL(" WHERE xmin = %s::text::xid"), (str(xid),))
+def written_by(
+    conn: psycopg.Connection,
+    table: TargetTable,
+    schema: pa.Schema,
+    xid: int,
+    within: tuple[sql.Composable, Sequence[Any]] | None = None,
+) -> pa.Table:
+    """The rows transaction `xid` (the current one) wrote to `table`, in canonical form.
+
+    `within`: the chunk's range as a WHERE clause and its parameters. The rows are then read
+    from that range only (an index on the chunk column serves it, as it serves the load's
+    counts), instead of scanning the whole table for the transaction's id. The transaction's
+    own row statistics say whether it wrote any row outside the range (a trigger moving a row,
+    say); only then is the whole table read, so such a row still shows."""
+    mine = sql.SQL("xmin = %s::text::xid")
+    if within is not None:
+        where, params = within
+        glue = sql.SQL(" AND ") if where.as_string(conn).strip() else sql.SQL(" WHERE ")
+        rows = read_rows(conn, table, schema, where + glue + mine, [*params, str(xid)])
+        if rows.num_rows == _rows_written(conn, table):
+            return rows
+    return read_rows(conn, table, schema, sql.SQL(" WHERE ") + mine, (str(xid),))
+
+
+def _rows_written(conn: psycopg.Connection, table: TargetTable) -> int | None:
+    """Rows the current transaction inserted into or updated in `table` (None: unknown, e.g. a
+    partitioned table, whose rows count on its partitions)."""
+    row = conn.execute(
+        "SELECT n_tup_ins + n_tup_upd FROM pg_stat_xact_user_tables WHERE relid = to_regclass(%s)",
+        (ident(table).as_string(conn),),
+    ).fetchone()
+    return row[0] if row else None
 
 
 def canonical_staged(conn: psycopg.Connection, table: TargetTable, staged: pa.Table) -> pa.Table:
@@ -180,12 +209,18 @@ def _copy_out(conn: psycopg.Connection, query, params, fields: list[pa.Field]) -
 
 
 def verify_chunk(
-    conn: psycopg.Connection, table: TargetTable, staged: pa.Table, xid: int, where: str
+    conn: psycopg.Connection,
+    table: TargetTable,
+    staged: pa.Table,
+    xid: int,
+    where: str,
+    within: tuple[sql.Composable, Sequence[Any]] | None = None,
 ) -> None:
-    """Compare what transaction `xid` wrote to `table` with the staged chunk; raise
-    `ValidationFailed` naming the first differing column, a key and both values."""
+    """Compare what transaction `xid` wrote to `table` (looking in the chunk's range `within`
+    first, see `written_by`) with the staged chunk; raise `ValidationFailed` naming the first
+    differing column, a key and both values."""
     try:
-        written = written_by(conn, table, staged.schema, xid)
+        written = written_by(conn, table, staged.schema, xid, within)
     except ValidationFailed as exc:
         raise ValidationFailed(f"{where}: {exc}") from exc
     staged, key = staged.select(written.column_names), list(table.primary_key)
