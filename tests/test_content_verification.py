@@ -303,3 +303,23 @@ def test_a_row_moved_out_of_its_chunk_range_is_refused(tmp_path, servers, pg_dat
     assert "column taken_at holds" in str(failure.value), str(failure.value)
     with pg_connect() as conn:
         assert conn.execute("SELECT count(*) FROM analytics.readings WHERE reading_id = 5").fetchone()[0] == 0
+
+
+def test_the_read_back_reads_the_chunks_range_not_the_whole_table(
+    tmp_path, servers, pg_database, monkeypatch
+):
+    from blocks.postgres import verify
+    from flows.migrate import migrate
+
+    reads: list[str] = []
+    real_read_rows = verify.read_rows
+
+    def recorded(conn, table, schema, where, params=()):
+        reads.append(where.as_string(conn))
+        return real_read_rows(conn, table, schema, where, params)
+
+    monkeypatch.setattr(verify, "read_rows", recorded)
+    path = readings_migration(tmp_path, servers, pg_database)
+    report = migrate(source_name="series_rows", migrations_file=path, **window())
+    assert report.verified == "content" and len(report.chunks) == 3
+    assert len(reads) == 3 and all('"taken_at" >= %s AND "taken_at" < %s AND xmin' in r for r in reads), reads

@@ -126,32 +126,25 @@ def written_by(
     schema: pa.Schema,
     xid: int,
     within: tuple[sql.Composable, Sequence[Any]] | None = None,
+    rows_written: int | None = None,
 ) -> pa.Table:
     """The rows transaction `xid` (the current one) wrote to `table`, in canonical form.
 
-    `within`: the chunk's range as a WHERE clause and its parameters. The rows are then read
-    from that range only (an index on the chunk column serves it, as it serves the load's
-    counts), instead of scanning the whole table for the transaction's id. The transaction's
-    own row statistics say whether it wrote any row outside the range (a trigger moving a row,
-    say); only then is the whole table read, so such a row still shows."""
+    `within`: the chunk's range as a WHERE clause and its parameters, and `rows_written` the
+    rows the load sent. The rows are then read from that range only (an index on the chunk
+    column serves it, as it serves the load's counts) instead of scanning the whole table for
+    the transaction's id; when the range holds fewer or more of them than were sent (a trigger
+    moved a row, say), the whole table is read, so such a row still shows. (The transaction's
+    own row statistics, `pg_stat_xact_user_tables`, were tried instead: on a pooled connection
+    they also held earlier transactions' rows not yet flushed.)"""
     mine = sql.SQL("xmin = %s::text::xid")
-    if within is not None:
+    if within is not None and rows_written is not None:
         where, params = within
         glue = sql.SQL(" AND ") if where.as_string(conn).strip() else sql.SQL(" WHERE ")
         rows = read_rows(conn, table, schema, where + glue + mine, [*params, str(xid)])
-        if rows.num_rows == _rows_written(conn, table):
+        if rows.num_rows == rows_written:
             return rows
     return read_rows(conn, table, schema, sql.SQL(" WHERE ") + mine, (str(xid),))
-
-
-def _rows_written(conn: psycopg.Connection, table: TargetTable) -> int | None:
-    """Rows the current transaction inserted into or updated in `table` (None: unknown, e.g. a
-    partitioned table, whose rows count on its partitions)."""
-    row = conn.execute(
-        "SELECT n_tup_ins + n_tup_upd FROM pg_stat_xact_user_tables WHERE relid = to_regclass(%s)",
-        (ident(table).as_string(conn),),
-    ).fetchone()
-    return row[0] if row else None
 
 
 def canonical_staged(conn: psycopg.Connection, table: TargetTable, staged: pa.Table) -> pa.Table:
@@ -220,7 +213,7 @@ def verify_chunk(
     first, see `written_by`) with the staged chunk; raise `ValidationFailed` naming the first
     differing column, a key and both values."""
     try:
-        written = written_by(conn, table, staged.schema, xid, within)
+        written = written_by(conn, table, staged.schema, xid, within, staged.num_rows)
     except ValidationFailed as exc:
         raise ValidationFailed(f"{where}: {exc}") from exc
     staged, key = staged.select(written.column_names), list(table.primary_key)
