@@ -6,12 +6,13 @@ nothing; it fails when it finds a difference, so automations fire.
 
 from __future__ import annotations
 
+import sys
 import time
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks.errors import ConfigError, MigrationFailed
+from blocks.errors import ConfigError, MigrationFailed, ValidationFailed
 from flows.rollback import migration_of
 from tasks.config import load_migration, migrations_path
 from tasks.jobs import load_recorded_plan
@@ -81,7 +82,40 @@ def verify(
     return report
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.verify JOB_ID [MIGRATION] [--sample N] [--migrations-file PATH]`.
 
-    print(verify(job_id=sys.argv[1], source_name=sys.argv[2] if len(sys.argv) > 2 else None).summary())
+    Exit 0 and the summary when the target matches the source; 1 and the difference (or the
+    ranges that could not be read) when it does not; 2 when the job is refused (not in the
+    ledger, rolled back, no migration to be found) or the arguments are wrong."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m flows.verify", description=main.__doc__.split("\n\n")[0])
+    parser.add_argument("job_id", help="the job to verify (its migration is found from a generated job id)")
+    parser.add_argument(
+        "migration", nargs="?", help="the job's migration in migrations.yaml, if not its prefix"
+    )
+    parser.add_argument("--sample", type=int, default=5, help="sample keys to list of each kind (default 5)")
+    parser.add_argument(
+        "--migrations-file", help="the migrations file (default: MIGRATIONS_FILE or migrations.yaml)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        report = verify(
+            job_id=args.job_id,
+            source_name=args.migration,
+            sample=args.sample,
+            migrations_file=args.migrations_file,
+        )
+    except ConfigError as exc:
+        print(f"verify refused: {exc}", file=sys.stderr)
+        return 2
+    except (ValidationFailed, MigrationFailed) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

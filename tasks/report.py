@@ -21,10 +21,13 @@ class TableTotals(BaseModel):
 
 
 def verification(chunks: list[ChunkReport]) -> str:
-    """How a set of chunks was verified: "content", "counts", or e.g. "mixed (3 content, 1 counts)"."""
+    """How a set of chunks was verified: "content", "counts", e.g. "mixed (3 content, 1 counts)",
+    or "no chunks"."""
     kinds = sorted({c.verified for c in chunks})
-    if len(kinds) <= 1:
-        return kinds[0] if kinds else "counts"
+    if not kinds:
+        return "no chunks"
+    if len(kinds) == 1:
+        return kinds[0]
     return "mixed (" + ", ".join(f"{sum(c.verified == k for c in chunks)} {k}" for k in kinds) + ")"
 
 
@@ -48,7 +51,7 @@ class MigrationReport(BaseModel):
     chunks_loaded_now: int = 0
     already_complete: bool = False
     """The job had completed before this run, which found every chunk loaded and loaded nothing."""
-    verified: str = "counts"
+    verified: str = "no chunks"
     """How the job's chunks were verified: "content" (every value read back and compared with
     the staged chunk), "counts" (row counts only), or "mixed (…)" when its runs differed."""
 

@@ -130,12 +130,24 @@ def validation_failed_events(job_id: str, count: int) -> list:
     raise AssertionError(f"{len(events)} validation.failed events for job {job_id}, expected {count}")
 
 
-def test_verify_finds_a_changed_a_deleted_and_an_inserted_row_by_key(tmp_path, pg_connect, migrated):
+def verify_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`python -m flows.verify ARGV`: its exit code, and what it printed to stdout and stderr."""
+    from flows.verify import main
+
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_verify_finds_a_changed_a_deleted_and_an_inserted_row_by_key(tmp_path, pg_connect, migrated, capsys):
     from flows.verify import verify
 
     job_id, path, in_source = migrated
     clean = verify(job_id=job_id, migrations_file=path)
     assert clean.same
+    code, out, _ = verify_cli(capsys, job_id, "--migrations-file", path)
+    assert code == 0 and "the target matches the source" in out
     by_table = {t.table: t for t in clean.tables}
     assert by_table["customers"].chunks_checked == 3 and by_table["customers"].source_rows == 300
     assert by_table["events"].key == [] and by_table["events"].target_rows == 201
@@ -181,17 +193,21 @@ def test_verify_finds_a_changed_a_deleted_and_an_inserted_row_by_key(tmp_path, p
     assert snapshot(pg_connect, tmp_path / "staging") == before  # nothing written, nothing staged
     announced = validation_failed_events(job_id, 2)
     assert {e.resource["migration.table"] for e in announced} == {"customers", "events"}
+    code, out, err = verify_cli(capsys, job_id, "pg_verify", "--migrations-file", path)
+    assert (code, out) == (1, "") and err.endswith(message + "\n"), err
     assert all(e.payload["check"] == "verify" for e in announced)
     assert any(e.payload["error"].startswith("verify: customers: 2 missing") for e in announced)
 
 
-def test_verify_refuses_an_unknown_and_a_rolled_back_job(migrated):
+def test_verify_refuses_an_unknown_and_a_rolled_back_job(migrated, capsys):
     from flows.rollback import rollback
     from flows.verify import verify
 
     job_id, path, _ = migrated
     with pytest.raises(ConfigError, match="job pg_verify-nope is not in the ledger of migration 'pg_verify'"):
         verify(job_id="pg_verify-nope", migrations_file=path)
+    code, _, err = verify_cli(capsys, "pg_verify-nope", "--migrations-file", path)
+    assert code == 2 and "verify refused: job pg_verify-nope is not in the ledger" in err, err
     rollback(job_id=job_id, migrations_file=path)
     with pytest.raises(ConfigError, match="was rolled back"):
         verify(job_id=job_id, migrations_file=path)
