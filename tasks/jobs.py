@@ -7,11 +7,12 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 from prefect.context import get_run_context
 
 from blocks.columns import Column
-from blocks.errors import TargetGuardError
+from blocks.errors import ConfigError, TargetGuardError
 from blocks.seam import JobStart, LoadMode
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_staging, build_target
@@ -195,6 +196,21 @@ def prepare_targets(
             plan.spec.allow_truncate_foreign_rows,
             timedelta(hours=resume_max_age_hours),
         )
+
+
+def migration_job(spec: MigrationSpec, job_id: str) -> tuple[Any, dict]:
+    """The migration's ledger and the job's row in it. Raises `ConfigError` for a job the
+    ledger does not hold, or one of another migration."""
+    ledger = build_ledger(spec)
+    run = ledger.job_run(job_id)
+    if run is None:
+        raise ConfigError(
+            f"job {job_id} is not in the ledger of migration {spec.name!r} ({ledger.describe_target()}); "
+            "check the job id (python -m flows.status lists recent jobs) and the migration"
+        )
+    if run["migration"] != spec.name:
+        raise ConfigError(f"job {job_id} belongs to migration {run['migration']!r}, not {spec.name!r}")
+    return ledger, run
 
 
 def forget_refused_job(spec: MigrationSpec, job_id: str) -> bool:

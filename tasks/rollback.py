@@ -16,10 +16,11 @@ from __future__ import annotations
 from prefect import get_run_logger
 from pydantic import BaseModel
 
-from blocks.errors import ConfigError, TargetGuardError
+from blocks.errors import TargetGuardError
 from blocks.seam import Ledger
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_staging, build_target
+from tasks.jobs import migration_job
 from tasks.policy import step_task
 
 
@@ -57,15 +58,7 @@ def check_rollback(spec: MigrationSpec, job_id: str, force: bool) -> dict:
     """The job's ledger row. Refuses an unknown job; unless `force`, also a running one, one
     whose rollback would lose rows that were in the target before it (`refuse_lossy_rollback`),
     and one whose rows or points other live jobs still claim (`refuse_claimed_rollback`)."""
-    ledger = build_ledger(spec)
-    run = ledger.job_run(job_id)
-    if run is None:
-        raise ConfigError(
-            f"job {job_id} is not in the ledger of migration {spec.name!r} ({ledger.describe_target()}); "
-            "check the job id (python -m flows.status lists recent jobs) and the migration"
-        )
-    if run["migration"] != spec.name:
-        raise ConfigError(f"job {job_id} belongs to migration {run['migration']!r}, not {spec.name!r}")
+    ledger, run = migration_job(spec, job_id)
     if force or run["status"] == "rolled_back":
         return run
     losses: list[dict] = []

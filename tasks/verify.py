@@ -37,6 +37,7 @@ from blocks.diff import diff_tables
 from blocks.errors import ConfigError
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_source, build_target
+from tasks.jobs import migration_job
 from tasks.load_points import time_ns
 from tasks.plan import (
     DEFAULT_CHUNK_INTERVAL,
@@ -115,15 +116,7 @@ class VerifyPlan(BaseModel):
 def check_job(spec: MigrationSpec, job_id: str) -> dict[str, Any]:
     """The job's ledger row. Raises `ConfigError` for a job the migration's ledger does not
     hold, one of another migration, and one that was rolled back (nothing left to verify)."""
-    ledger = build_ledger(spec)
-    run = ledger.job_run(job_id)
-    if run is None:
-        raise ConfigError(
-            f"job {job_id} is not in the ledger of migration {spec.name!r} ({ledger.describe_target()}); "
-            "check the job id (python -m flows.status lists recent jobs) and the migration"
-        )
-    if run["migration"] != spec.name:
-        raise ConfigError(f"job {job_id} belongs to migration {run['migration']!r}, not {spec.name!r}")
+    _, run = migration_job(spec, job_id)
     if run["status"] == "rolled_back":
         raise ConfigError(f"job {job_id} was rolled back: its data is gone, there is nothing to verify")
     return run

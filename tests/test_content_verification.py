@@ -13,13 +13,18 @@ from tests.test_pairs import READINGS, migrate_readings_into_postgres, window, w
 from tests.test_postgres_source import source_db, write_pg_migration  # noqa: F401 (a fixture)
 
 
+def create_readings(conn, taken_at: str = "timestamptz", power: str = "double precision") -> None:
+    """The target table the readings load into, made beforehand with these column types."""
+    conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
+    conn.execute(
+        f"CREATE TABLE analytics.readings (reading_id bigint, taken_at {taken_at}, site text, "
+        f"power {power}, units bigint, note text, ok boolean)"
+    )
+
+
 def test_a_real_column_for_a_double_source_is_refused(tmp_path, servers, pg_database, pg_connect):
     with pg_connect() as conn:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
-        conn.execute(
-            "CREATE TABLE analytics.readings (reading_id bigint, taken_at timestamptz, site text, "
-            "power real, units bigint, note text, ok boolean)"
-        )
+        create_readings(conn, power="real")
     write_files(tmp_path / "files" / "readings", READINGS)
     source = {"type": "parquet", "location": str(tmp_path / "files")}
     with pytest.raises(MigrationFailed) as failure:
@@ -31,11 +36,7 @@ def test_a_real_column_for_a_double_source_is_refused(tmp_path, servers, pg_data
 
 def test_a_trigger_that_changes_a_value_is_refused(tmp_path, servers, pg_database, pg_connect):
     with pg_connect() as conn:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
-        conn.execute(
-            "CREATE TABLE analytics.readings (reading_id bigint, taken_at timestamptz, site text, "
-            "power double precision, units bigint, note text, ok boolean)"
-        )
+        create_readings(conn)
         conn.execute(
             "CREATE FUNCTION analytics.nudge() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             "IF NEW.reading_id = 5 THEN NEW.note := 'changed'; END IF; RETURN NEW; END $$"
@@ -86,11 +87,7 @@ def test_a_naive_timestamp_column_under_a_non_utc_session_zone_is_refused(
     # a `timestamp without time zone` column reads back five hours off.
     with pg_connect() as conn:
         conn.execute(f"ALTER DATABASE \"{pg_database}\" SET TimeZone = 'America/New_York'")
-        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
-        conn.execute(
-            "CREATE TABLE analytics.readings (reading_id bigint, taken_at timestamp, site text, "
-            "power double precision, units bigint, note text, ok boolean)"
-        )
+        create_readings(conn, taken_at="timestamp")
     write_files(tmp_path / "files" / "readings", READINGS)
     source = {"type": "parquet", "location": str(tmp_path / "files")}
     with pytest.raises(MigrationFailed) as failure:
@@ -105,11 +102,7 @@ def test_a_naive_timestamp_column_under_utc_holds_the_instants_and_passes(
 ):
     with pg_connect() as conn:
         conn.execute(f"ALTER DATABASE \"{pg_database}\" SET TimeZone = 'UTC'")
-        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
-        conn.execute(
-            "CREATE TABLE analytics.readings (reading_id bigint, taken_at timestamp, site text, "
-            "power double precision, units bigint, note text, ok boolean)"
-        )
+        create_readings(conn, taken_at="timestamp")
     write_files(tmp_path / "files" / "readings", READINGS)
     source = {"type": "parquet", "location": str(tmp_path / "files")}
     migrate_readings_into_postgres(tmp_path, servers, pg_database, source, "taken_at", **window())
@@ -151,11 +144,7 @@ def test_a_changed_bytea_value_is_refused(tmp_path, servers, source_db, pg_datab
 
 def real_power_table(pg_connect) -> None:
     with pg_connect() as conn:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
-        conn.execute(
-            "CREATE TABLE analytics.readings (reading_id bigint, taken_at timestamptz, site text, "
-            "power real, units bigint, note text, ok boolean)"
-        )
+        create_readings(conn, power="real")
 
 
 def readings_migration(tmp_path, servers, pg_database, **settings) -> str:
@@ -282,11 +271,7 @@ def test_a_row_moved_out_of_its_chunk_range_is_refused(tmp_path, servers, pg_dat
     # The read-back looks in the chunk's range first; the transaction's own row statistics send
     # it to the whole table when a row went elsewhere, so the moved row is still compared.
     with pg_connect() as conn:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
-        conn.execute(
-            "CREATE TABLE analytics.readings (reading_id bigint, taken_at timestamptz, site text, "
-            "power double precision, units bigint, note text, ok boolean)"
-        )
+        create_readings(conn)
         conn.execute(
             "CREATE FUNCTION analytics.move() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             "IF NEW.reading_id = 5 THEN NEW.taken_at := NEW.taken_at + interval '30 days'; END IF; "
