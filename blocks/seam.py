@@ -6,6 +6,8 @@ so a caller reads a flag instead of probing a class:
 
 - `Source.schema_can_drift`: its tables can be altered under a running job, and describing
   one is cheap, so each chunk's read is followed by a check for drift.
+- `Source.stages_by_reference`: its chunks are already Parquet files (a folder, an UNLOAD's),
+  so they are read in place through `reference_chunk` instead of being copied into staging.
 - `Source.time_unit` / `Target.time_unit`: the finest time unit the system keeps ("ns", "us").
   Staged files carry times in the target's unit; a source time finer than that fails its
   chunk, naming the column, rather than being rounded.
@@ -49,6 +51,7 @@ class Source(Protocol):
     """Where rows come from: described, bounded and read one chunk at a time as Arrow batches."""
 
     schema_can_drift: ClassVar[bool]
+    stages_by_reference: bool
     time_unit: ClassVar[str]
 
     def check(self) -> None:
@@ -72,6 +75,10 @@ class Source(Protocol):
         self, table: str, columns: list[str], chunk_column: str, lower: Any, upper: Any
     ) -> Iterator[pa.RecordBatch]:
         """The chunk's rows as Arrow batches; memory holds one batch at a time."""
+
+    # With `stages_by_reference` only:
+    # def reference_chunk(self, table, columns, chunk_column, lower, upper) -> ChunkReference:
+    #     the chunk's rows in the source's own Parquet files (`blocks.chunk_rows`), unconverted.
 
 
 @runtime_checkable
@@ -148,15 +155,15 @@ class RowTarget(Target, Protocol):
 
 @runtime_checkable
 class PointTarget(Target, Protocol):
-    """A target of points, loaded one staged chunk at a time: the tasks pass the staged file,
-    the table's point mapping (its `PointsPlan`), a chunk label and time bounds in
+    """A target of points, loaded one staged chunk at a time: the tasks pass the chunk's rows
+    (`blocks.chunk_rows.ChunkRows`: in memory, or Parquet files), the table's point mapping (its `PointsPlan`), a chunk label and time bounds in
     nanoseconds since the epoch (None: open), never a task model."""
 
-    def chunk_measurements(self, path: Path, points: Any) -> list[str]:
-        """The measurements the staged file's rows go to, sorted (for the overlap guard)."""
+    def chunk_measurements(self, rows: Any, points: Any) -> list[str]:
+        """The measurements the chunk's rows go to, sorted (for the overlap guard)."""
 
-    def write_chunk_points(self, path: Path, points: Any, chunk: str) -> Any:
-        """Write the staged file's rows as points. Returns what was written: `rows_in`,
+    def write_chunk_points(self, rows: Any, points: Any, chunk: str) -> Any:
+        """Write the chunk's rows as points. Returns what was written: `rows_in`,
         `points_written`, `problems` (what was left out, by reason) and `count_field` (a field
         every written point carries, or None). Rewriting a chunk is idempotent."""
 
@@ -177,7 +184,7 @@ class PointTarget(Target, Protocol):
 
     def verify_chunk_points(
         self,
-        path: Path,
+        rows: Any,
         points: Any,
         chunk: str,
         start_ns: int | None,
@@ -185,7 +192,7 @@ class PointTarget(Target, Protocol):
         measurements: list[str],
     ) -> None:
         """Read back the measurements' points in ``[start_ns, stop_ns)`` and compare them with
-        the points the staged file maps to (tags, field keys, field types, values, time);
+        the points the chunk's rows map to (tags, field keys, field types, values, time);
         raises `ValidationFailed` naming the chunk, the field or tag, one point and both values."""
 
     def expected_points(self, table: pa.Table, points: Any) -> pa.Table:

@@ -50,6 +50,7 @@ from deployments.templates import (
     VALIDATION_FAILED_BODY,
     VALIDATION_FAILED_SUBJECT,
 )
+from flows.heartbeats import HEARTBEAT_SECONDS
 
 FLOW_NAME = "migrate"
 RUN_FINISHED = "migration-run-finished"
@@ -63,10 +64,10 @@ SNS_BLOCK = "migration-sns"
 # A run that exceeds its timeout ends in state TimedOut, of type Failed, so it is announced too.
 FINISHED_STATES = ("Completed", "Failed", "TimedOut", "Crashed", "Cancelled")
 
-# Zombie runs. A flow run's engine sends the event `prefect.flow-run.heartbeat` every
-# PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds while the run runs. prefect.yaml sets that to
-# HEARTBEAT_SECONDS (Prefect's minimum) for the deployments' runs; Prefect's default is 180.
-HEARTBEAT_SECONDS = 30
+# Zombie runs. A flow run sends the event `prefect.flow-run.heartbeat` every HEARTBEAT_SECONDS
+# while it runs: a call of a migration flow sends its own (flows/heartbeats.py), a deployment's
+# run Prefect's, every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds, which prefect.yaml sets to
+# HEARTBEAT_SECONDS (Prefect's minimum); Prefect's default is 180.
 # A run is taken for dead after this long without a heartbeat: 8 missed heartbeats at 30 s, and
 # still longer than the default 180 s, so a process started without the setting is not taken for
 # dead. A live run marked Crashed would break: the server refuses to start task runs (chunks) of a

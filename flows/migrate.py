@@ -7,13 +7,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from prefect import Task, flow, get_run_logger
+from prefect import Task, get_run_logger
 from prefect.context import get_run_context
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.errors import MigrationFailed, TargetGuardError
 from blocks.seam import JobStart
+from flows.heartbeats import migration_flow
 from flows.rollback import rollback
 from tasks.config import MigrationSpec
 from tasks.connections import check_connections, validate_config
@@ -43,7 +44,7 @@ def run_name() -> str:
     return f"{name} job {params['job_id']}" if params.get("job_id") else f"{name} (picking job)"
 
 
-@flow(
+@migration_flow(
     name="migrate",
     log_prints=True,
     task_runner=ThreadPoolTaskRunner(max_workers=64),

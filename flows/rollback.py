@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from blocks.errors import ConfigError
+from flows.heartbeats import migration_flow
 from tasks.config import load_migration, load_migrations, migrations_path
 from tasks.progress import artifact_slug
 from tasks.rollback import RollbackReport, check_rollback, remove_staged_files, rollback_target
@@ -21,7 +22,7 @@ def migration_of(job_id: str, migrations_file: str | None) -> str:
     raise ConfigError(f"cannot tell which migration job {job_id!r} belongs to; pass source_name")
 
 
-@flow(name="rollback", log_prints=True)
+@migration_flow(name="rollback", log_prints=True)
 def rollback(
     job_id: str,
     source_name: str | None = None,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import sys
 import time
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.errors import ConfigError, MigrationFailed, ValidationFailed
+from flows.heartbeats import migration_flow
 from flows.rollback import migration_of
 from tasks.config import load_migration, migrations_path
 from tasks.jobs import load_recorded_plan
@@ -28,7 +29,7 @@ def run_name() -> str:
     return f"verify job {flow_run.parameters.get('job_id')}"
 
 
-@flow(
+@migration_flow(
     name="verify", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=64), flow_run_name=run_name
 )
 def verify(

@@ -5,18 +5,15 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from blocks.errors import ValidationFailed
 from blocks.seam import LoadMode
 from tasks.config import MigrationSpec
-from tasks.connections import build_staging, build_target
+from tasks.connections import build_target
 from tasks.load_points import PointsLoaded, reconcile_points, write_points
 from tasks.plan import Chunk, TablePlan
-from tasks.validate import ChunkManifest
-
-READ_BATCH_ROWS = 65_536
+from tasks.validate import ChunkManifest, staged_rows
 
 
 class LoadedChunk(BaseModel):
@@ -41,23 +38,23 @@ class LoadedChunk(BaseModel):
 def load_manifest(
     spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest
 ) -> LoadedChunk:
-    """COPY the staged file in one transaction with the chunk's ledger row (exactly once)."""
+    """COPY the chunk's rows in one transaction with the chunk's ledger row (exactly once): the
+    rows the export holds in memory, or the staged file's."""
     started = time.perf_counter()
-    target, staging = build_target(spec), build_staging(spec)
-    with staging.local_copy(manifest.key) as path:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS)
+    target = build_target(spec)
+    with staged_rows(spec, manifest) as data:
         result = target.load_chunk(
             job_id=job_id,
             source_table=plan.spec.name,
             chunk_id=chunk.chunk_id,
             table=plan.target,
             mode=plan.spec.load_mode,
-            batches=batches,
+            batches=data.batches(),
             staged_rows=manifest.rows,
             staged_uri=manifest.uri,
             lower=chunk.lower,
             upper=chunk.upper,
-            verify_against=path if spec.verify == "content" else None,
+            verify_against=data if spec.verify == "content" else None,
         )
     return LoadedChunk(**result.model_dump(), seconds=time.perf_counter() - started)
 

@@ -19,10 +19,10 @@ from pydantic import BaseModel
 from blocks.errors import ValidationFailed
 from blocks.timeunits import EPOCH_UTC, NS_PER_UNIT
 from tasks.config import MigrationSpec
-from tasks.connections import build_ledger, build_staging, build_target
+from tasks.connections import build_ledger, build_target
 from tasks.guards import refuse_point_overlap
 from tasks.plan import Bound, Chunk, TablePlan
-from tasks.validate import ChunkManifest
+from tasks.validate import ChunkManifest, staged_rows
 
 
 class PointsLoaded(BaseModel):
@@ -85,10 +85,10 @@ def write_points(
         )
     target = build_target(spec)
     where = target.describe_target()
-    with build_staging(spec).local_copy(manifest.key) as path:
-        measurements = target.chunk_measurements(path, plan.points)
+    with staged_rows(spec, manifest) as data:
+        measurements = target.chunk_measurements(data, plan.points)
         shared = other_jobs_in_range(spec, job_id, plan, chunk, where, measurements)
-        load = target.write_chunk_points(path, plan.points, _label(plan, chunk))
+        load = target.write_chunk_points(data, plan.points, _label(plan, chunk))
     if load.rows_in != manifest.rows:
         raise ValidationFailed(
             f"chunk {_label(plan, chunk)}: the encoder read {load.rows_in} rows, the staged file holds {manifest.rows}"
@@ -147,9 +147,9 @@ def reconcile_points(
     )
     if not loaded.already_loaded:
         if spec.verify == "content":
-            with build_staging(spec).local_copy(manifest.key) as path:
+            with staged_rows(spec, manifest) as data:
                 target.verify_chunk_points(
-                    path, plan.points, _label(plan, chunk), start_ns, stop_ns, loaded.measurements
+                    data, plan.points, _label(plan, chunk), start_ns, stop_ns, loaded.measurements
                 )
         details = {
             "measurements": loaded.measurements,

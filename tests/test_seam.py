@@ -56,7 +56,7 @@ def test_every_registry_entry_is_a_settings_model_for_its_type(kind, type_name):
         assert type_name in registry.LEDGERS, f"{type_name} keeps ledgers but is not in LEDGERS"
 
 
-SOURCE_CAPABILITIES = ("schema_can_drift", "time_unit", "reads_table_files")
+SOURCE_CAPABILITIES = ("schema_can_drift", "stages_by_reference", "time_unit", "reads_table_files")
 TARGET_CAPABILITIES = (
     "transactional_load",
     "load_modes",

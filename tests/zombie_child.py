@@ -5,8 +5,9 @@
 
 The flow is named FLOW_NAME (`migrate` stands in for the migration flow: the zombie automation
 picks flow runs by their flow's name) and waits an hour for the caller's kill -9. A new run is
-tagged TAG, for the caller to find it by. Heartbeats follow PREFECT_FLOWS_HEARTBEAT_FREQUENCY in
-the caller's environment, as the Prefect server follows PREFECT_API_URL.
+tagged TAG, for the caller to find it by. A new run sends the project's heartbeats
+(`flows.heartbeats`, every 30 s); a deployment's run sends Prefect's, every
+PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds in the caller's environment.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ def wait() -> None:
 
 
 def main(flow_name: str, tag: str | None = None, flow_run_id: str | None = None) -> None:
-    from prefect import Flow, tags
+    from prefect import tags
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
 
-    flow = Flow(wait, name=flow_name)
+    from flows.heartbeats import MigrationFlow
+
+    # As the migration flows are made: a call sends the project's heartbeats, a deployment's
+    # run (run_flow) Prefect's own.
+    flow = MigrationFlow(wait, name=flow_name)
     if flow_run_id is None:
         with tags(tag):
             flow()

@@ -8,13 +8,12 @@ such as "table/chunk-id", time bounds in nanoseconds), so nothing here knows the
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from blocks.chunk_rows import ChunkRows
 from blocks.errors import ValidationFailed
 from blocks.influxdb.influxql import rfc3339_ns
 from blocks.influxdb.verify import aligned, compare_points, concat_points, expected_points, point_key
@@ -28,21 +27,18 @@ READ_BATCH_ROWS = 65_536
 _VALUES_LEFT_OUT = ("non_finite_values", "oversized_strings", "out_of_range_values")
 
 
-def field_on_every_point(path: Path, points: PointsPlan, load: InfluxLoad) -> str | None:
+def field_on_every_point(rows: ChunkRows, points: PointsPlan, load: InfluxLoad) -> str | None:
     """A field key every written point carries, or None: no row was dropped, the column has
-    no NULL in the staged file (Parquet statistics), and the encoder left out none of its
-    values. InfluxDB then counts the points with a cheap `COUNT(field)`."""
+    no NULL in the chunk, and the encoder left out none of its values. InfluxDB then counts
+    the points with a cheap `COUNT(field)`."""
     if load.points_written != load.rows_in:
         return None
-    metadata = pq.ParquetFile(path).metadata
-    names = metadata.schema.to_arrow_schema().names
+    names = rows.schema.names
     left_out = {key for kind in _VALUES_LEFT_OUT for key in load.report[kind]}
     for field in points.fields:
         if field.key in left_out or field.column not in names:
             continue
-        index = names.index(field.column)
-        stats = [metadata.row_group(g).column(index).statistics for g in range(metadata.num_row_groups)]
-        if all(s is not None and s.has_null_count and s.null_count == 0 for s in stats):
+        if rows.null_count(field.column) == 0:
             return field.key
     return None
 
@@ -54,22 +50,21 @@ def _time_text(ns: int | None) -> str:
 class ChunkPoints:
     """The chunk side of `InfluxDBTarget` (mixed into the block): the `PointTarget` methods."""
 
-    def chunk_measurements(self, path: Path, points: PointsPlan) -> list[str]:
-        """The measurements the staged file's rows go to, sorted: the mapping's one, or the
+    def chunk_measurements(self, rows: ChunkRows, points: PointsPlan) -> list[str]:
+        """The measurements the chunk's rows go to, sorted: the mapping's one, or the
         distinct non-empty values of its measurement column."""
         if points.measurement is not None:
             return [points.measurement]
-        column = pq.read_table(path, columns=[points.measurement_column]).column(0)
+        column = rows.read([points.measurement_column]).column(0)
         names = pc.unique(column).drop_null().to_pylist()
         return sorted(n for n in names if n)
 
-    def write_chunk_points(self, path: Path, points: PointsPlan, chunk: str) -> InfluxLoad:
-        """Write the staged file's rows as points, batch by batch (see `write_chunk`), and name
-        a field every written point carries in `count_field` (the plan's, else one found in the
-        file's statistics, else None). `chunk` names the chunk in messages."""
-        batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS)
-        load = self.write_chunk(batches, points.point_mapping(), chunk=chunk)
-        count_field = points.count_field or field_on_every_point(path, points, load)
+    def write_chunk_points(self, rows: ChunkRows, points: PointsPlan, chunk: str) -> InfluxLoad:
+        """Write the chunk's rows as points, batch by batch (see `write_chunk`), and name
+        a field every written point carries in `count_field` (the plan's, else one with no
+        NULL, else None). `chunk` names the chunk in messages."""
+        load = self.write_chunk(rows.batches(batch_size=READ_BATCH_ROWS), points.point_mapping(), chunk=chunk)
+        count_field = points.count_field or field_on_every_point(rows, points, load)
         return load.model_copy(update={"count_field": count_field})
 
     def count_points(
@@ -125,7 +120,7 @@ class ChunkPoints:
 
     def verify_chunk_points(
         self,
-        path: Path,
+        rows: ChunkRows,
         points: PointsPlan,
         chunk: str,
         start_ns: int | None,
@@ -133,10 +128,10 @@ class ChunkPoints:
         measurements: list[str],
     ) -> None:
         """InfluxDB holds, in ``[start_ns, stop_ns)`` of `measurements`, exactly the points the
-        staged file maps to: the same tag sets, times, field keys, field types and values
+        chunk's rows map to: the same tag sets, times, field keys, field types and values
         (floats by their bits). Raises `ValidationFailed` naming the chunk, the field or tag,
         one point and both values. Memory: the chunk's points twice, in canonical form."""
-        batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS)
+        batches = rows.batches(batch_size=READ_BATCH_ROWS)
         expected = concat_points([expected_points(batch, points) for batch in batches])
         actual = self.read_points(measurements, start_ns, stop_ns)
         where = (

@@ -11,6 +11,7 @@ from blocks.settings import AwsAccess, SystemSettings
 
 class ParquetTraits:
     schema_can_drift: ClassVar[bool] = False  # the files are checked against each other before a run
+    stages_by_reference: ClassVar[bool] = False
     time_unit: ClassVar[str] = "ns"
     # Tables may name their own folder (`path`) or UNLOAD manifest (`manifest`).
     reads_table_files: ClassVar[bool] = True

@@ -59,6 +59,7 @@ class PostgresTraits:
     """What PostgreSQL can do, as a source and as a target (the blocks share these flags)."""
 
     schema_can_drift: ClassVar[bool] = True
+    stages_by_reference: ClassVar[bool] = False
     time_unit: ClassVar[str] = "us"
     time_range: ClassVar[tuple | None] = None  # wider than any time a source hands over
     display_name: ClassVar[str] = "PostgreSQL"

@@ -11,16 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect.blocks.core import Block
 from psycopg import sql
 from pydantic import BaseModel
 
+from blocks.chunk_rows import ChunkRows
 from blocks.errors import ConnectionCheckError, TargetGuardError, ValidationFailed
 from blocks.job_status import RELOADABLE, SUPERSEDED
 from blocks.postgres import PostgresTraits, ledger_claims
@@ -200,11 +199,11 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         staged_uri: str,
         lower: Any,
         upper: Any,
-        verify_against: Path | None = None,
+        verify_against: ChunkRows | None = None,
     ) -> ChunkLoad:
         """Load one chunk exactly once: rows and ledger row commit together, or not at all.
 
-        `verify_against`: the staged file; the rows this transaction wrote are read back and
+        `verify_against`: the chunk's staged rows (`batches` come from them); the rows this transaction wrote are read back and
         compared with it value by value before commit (`blocks.postgres.verify`), so a value
         the target changed or an encoder got wrong is never committed. Without it, counts only.
 
@@ -250,7 +249,7 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
             xid = pg_ledger.current_xid(conn)
             if verify_against is not None:
                 where = f"{source_table} chunk {chunk_id} [{lower}, {upper}) into {table.qualified}"
-                staged = pa.Table.from_batches(sent) if sent else pq.read_table(verify_against)
+                staged = pa.Table.from_batches(sent) if sent else verify_against.read()
                 verify_chunk(conn, table, staged, xid, where, self._range_clause(table, lower, upper))
             details = {"verified": "content" if verify_against is not None else "counts"}
             pg_ledger.mark_chunk_loaded(

@@ -12,6 +12,7 @@ from blocks.settings import SystemSettings, load_saved_block, secret_from_env
 
 class SnowflakeTraits:
     schema_can_drift: ClassVar[bool] = True
+    stages_by_reference: ClassVar[bool] = False
     time_unit: ClassVar[str] = "ns"
     reads_table_files: ClassVar[bool] = False
 

@@ -15,6 +15,7 @@ from blocks.settings import AwsAccess, SystemSettings, load_saved_block
 
 class TimestreamTraits:
     schema_can_drift: ClassVar[bool] = False  # a DESCRIBE is a billed query
+    stages_by_reference: ClassVar[bool] = False
     time_unit: ClassVar[str] = "ns"
     reads_table_files: ClassVar[bool] = False
 
