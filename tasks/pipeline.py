@@ -10,6 +10,7 @@ run per chunk keeps Prefect's orchestration cost per chunk low.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,6 +122,20 @@ def ledger_states(
     return states
 
 
+_GATES: dict[tuple[str, str], threading.BoundedSemaphore] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def phase_gate(job_id: str, phase: str, size: int) -> threading.BoundedSemaphore:
+    """At most `size` chunks of the job in `phase` ("export", "load") at once in this process.
+
+    The flow keeps one chunk more in flight than `concurrency`, so while `concurrency` chunks
+    load, the next one exports: chunk k+1's export overlaps chunk k's load instead of waiting
+    for it, and neither side's server waits for the other's."""
+    with _GATES_LOCK:
+        return _GATES.setdefault((job_id, phase), threading.BoundedSemaphore(max(1, size)))
+
+
 @contextmanager
 def validation_events(job_id: str, table: str, chunk_id: str) -> Iterator[None]:
     """Emit `migration.validation.failed` when a check inside fails, then let the error go on."""
@@ -149,8 +164,10 @@ def migrate_chunk(
 
     `ledger_says_loaded`: the flow found the chunk loaded in the ledger before the run, and
     its cached result is gone; the chunk is reported from its ledger row, without reading the
-    source again."""
-    args = (spec, job_id, plan, chunk)
+    source again.
+
+    At most `spec.concurrency` chunks of the job export at once, and as many load at once
+    (`phase_gate`)."""
     table, cid = plan.spec.name, chunk.chunk_id
     label = f"{table}/{cid}"
     if ledger_says_loaded:
@@ -160,6 +177,19 @@ def migrate_chunk(
         if row is not None and row["status"] == "loaded":
             return report_from_ledger(plan, chunk, row)
 
+    with phase_gate(job_id, "export", spec.concurrency):
+        manifest = export_and_validate(spec, job_id, plan, chunk, validation_enabled)
+    with phase_gate(job_id, "load", spec.concurrency):
+        return load_and_reconcile(spec, job_id, plan, chunk, manifest)
+
+
+def export_and_validate(
+    spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, validation_enabled: bool
+) -> ChunkManifest:
+    """Export the chunk into staging and check it against the source (see `migrate_chunk`)."""
+    args = (spec, job_id, plan, chunk)
+    table, cid = plan.spec.name, chunk.chunk_id
+    label = f"{table}/{cid}"
     report_stage(job_id, table, cid, "export", "started")
     staged = run_step(lambda: export_chunk_to_staging(*args), spec.retries, f"export {label}")
     report_stage(job_id, table, cid, "export", "finished", rows=staged.rows, bytes=staged.bytes)
@@ -180,8 +210,17 @@ def migrate_chunk(
             source_rows=staged.rows,
             export_seconds=staged.seconds,
             validate_seconds=0.0,
-        )
+        ).holding(staged.data())
+    return manifest
 
+
+def load_and_reconcile(
+    spec: MigrationSpec, job_id: str, plan: TablePlan, chunk: Chunk, manifest: ChunkManifest
+) -> ChunkReport:
+    """Load the validated chunk and reconcile the target with it (see `migrate_chunk`)."""
+    args = (spec, job_id, plan, chunk)
+    table, cid = plan.spec.name, chunk.chunk_id
+    label = f"{table}/{cid}"
     report_stage(job_id, table, cid, "migration", "started")
     started = time.perf_counter()
     with validation_events(job_id, table, cid):
