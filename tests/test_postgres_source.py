@@ -16,7 +16,7 @@ import yaml
 from pydantic import SecretStr
 
 from blocks.columns import Column, LogicalType
-from blocks.errors import ConnectionCheckError, DataConversionError, SourceSchemaError
+from blocks.errors import ConnectionCheckError, DataConversionError, SourceSchemaError, is_transient
 from blocks.postgres import adbc_export
 from blocks.postgres.credentials import PostgresCredentials
 from blocks.postgres.csv_export import CsvBlockParser, hex_to_binary, numeric_typmod
@@ -493,6 +493,32 @@ def test_adbc_reader_logs_in_with_any_password_and_never_shows_it(servers, sourc
         with servers["pg"].connect(source_db) as conn:
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_adbc_reader_retries_after_the_server_ends_its_session(servers, source_db, source):
+    """A session ended mid-chunk is a transient error; the next read logs in afresh instead of
+    taking the dead connection from the pool."""
+    with servers["pg"].connect(source_db) as conn:  # rows that keep coming for about 2 s
+        conn.execute(
+            "CREATE VIEW src.slow AS SELECT i::bigint AS id, repeat('x', 100) "
+            "|| CASE WHEN i % 1000 = 0 THEN pg_sleep(0.1)::text ELSE '' END AS label "
+            "FROM generate_series(1, 20000) AS i"
+        )
+    reading = source.read_chunk("slow", ["id", "label"], "id", None, None)
+    next(reading)
+    with servers["pg"].connect(source_db) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'prefect-migrate-source' AND datname = current_database()"
+        )
+    with pytest.raises(Exception) as info:
+        list(reading)
+    assert is_transient(info.value), repr(info.value)
+    assert os.environ["PGPASSWORD"] not in str(info.value)
+    assert (
+        sum(b.num_rows for b in source.read_chunk("every_type", ["id", "label"], "id", 10_000, None))
+        == 20_002
+    )
 
 
 def quote_literal(text: str) -> str:
