@@ -1,0 +1,94 @@
+"""(i) Scale-out measured: (a)'s workload (PostgreSQL -> PostgreSQL, `verify: counts`,
+concurrency 2) with its chunks on a local Dask cluster of 2 single-threaded worker processes
+(`dask_address`), against the same migration on the flow's threads (the plain (a) run when
+it ran in this bench, else a run of its own). Both copies must match the source's checksum,
+and the Dask run's chunks must have run in the workers (their pids, from the flow's report).
+
+The workers inherit this process's environment (PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH,
+the secrets: bench.stack put them in os.environ) and import the project from PYTHONPATH, as
+the README's "Scaling out" section asks of Dask workers. On a 2-core machine that also runs
+the servers no speedup is expected; the row shows what fanning out costs or gains."""
+
+from __future__ import annotations
+
+import os
+
+from bench.migrate_runs import REPO
+from bench.pg_data import source_table
+from bench.pg_to_pg import CONCURRENCY, VERIFY, chunk_size_for, migrate_table
+from bench.report import Row
+from bench.stack import Stack
+
+WORKERS = 2
+
+
+def _send_queued_prefect_logs_and_events() -> None:
+    """Run in each worker before it stops (as tests/test_dask.py does), so nothing queued is lost."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=10)
+
+
+def measure(stack: Stack, rows: int) -> list[Row]:
+    from distributed import Client, LocalCluster
+
+    table = source_table(stack, rows)
+    threads = stack.results.get("a")
+    if threads is None or threads.get("verify") != VERIFY:
+        threads = migrate_table(
+            stack,
+            table,
+            "mig_i_threads",
+            chunk_size_for(rows),
+            CONCURRENCY,
+            f"bench-i-threads-{rows}",
+            VERIFY,
+        )
+        print(f"  threads: {threads['seconds']:.1f} s (a run of its own)")
+    else:
+        print(f"  threads: {threads['seconds']:.1f} s ((a)'s run)")
+
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *([path] if path else [])])
+    try:
+        with LocalCluster(
+            n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster:
+            dask = migrate_table(
+                stack,
+                table,
+                "mig_i_dask",
+                chunk_size_for(rows),
+                CONCURRENCY,
+                f"bench-i-dask-{rows}",
+                VERIFY,
+                flow_kwargs={"dask_address": cluster.scheduler_address},
+            )
+            with Client(cluster) as client:
+                client.run(_send_queued_prefect_logs_and_events)
+    finally:
+        if path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = path
+    if dask["pid"] in dask["chunk_pids"]:
+        raise AssertionError(
+            f"chunks ran in the flow's process {dask['pid']}, not on Dask: {dask['chunk_pids']}"
+        )
+    print(
+        f"  Dask ({WORKERS} worker processes): {dask['seconds']:.1f} s in {dask['chunks']} chunks, "
+        f"run by worker pids {dask['chunk_pids']}; checksum equal"
+    )
+    ratio = dask["seconds"] / threads["seconds"]
+    return [
+        Row(
+            f"i: (a) on a local Dask cluster ({WORKERS} worker processes, 1 thread each; "
+            f"verify: {VERIFY}), {rows:,} rows",
+            f"{dask['seconds']:.1f} s, {rows / dask['seconds']:,.0f} rows/s",
+            f"threads {threads['seconds']:.1f} s, {rows / threads['seconds']:,.0f} rows/s",
+            f"{ratio:.2f}x threads' time",
+            f"reported ({os.cpu_count()} CPUs: no speedup expected)",
+        )
+    ]
