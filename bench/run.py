@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows for a, b, c, e, f, g and i")
     parser.add_argument("--big-rows", type=int, default=5_000_000, help="the larger table for c")
     parser.add_argument("--ts-points", type=int, default=10_000_000, help="points for h")
+    parser.add_argument(
+        "--ts-full-check",
+        action="store_true",
+        help="h: read every chunk back value by value (default: all up to 2M points, else 2 chunks)",
+    )
     parser.add_argument("--only", default=",".join(MEASUREMENTS), help="comma-separated measurements to run")
     parser.add_argument(
         "--quick",
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "e": lambda: rerun.measure(stack, args.rows),
         "f": lambda: verify_cost.measure_pg(stack, args.rows),
         "g": lambda: verify_cost.measure_points(stack, args.rows),
-        "h": lambda: timestream_unload.measure(stack, args.ts_points),
+        "h": lambda: timestream_unload.measure(stack, args.ts_points, args.ts_full_check),
         "i": lambda: scale_out.measure(stack, args.rows),
         "j": lambda: flow_cost.measure(stack),
     }
