@@ -1,6 +1,8 @@
 """Run the `migrate` flow once in this process and print one JSON line: its time and peak RSS.
 
-    python -m bench.flow_child MIGRATIONS_FILE SOURCE_NAME JOB_ID
+    python -m bench.flow_child MIGRATIONS_FILE SOURCE_NAME JOB_ID [FLOW_KWARGS_JSON]
+
+FLOW_KWARGS_JSON: more keyword arguments of `migrate` (start_time, end_time, dask_address).
 
 The flow runs in a process of its own so that its peak RSS (ru_maxrss) is the migration's
 alone. `seconds` is the wall time of the flow call, without the interpreter start and imports,
@@ -13,6 +15,7 @@ steps of about 1 s).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -20,11 +23,13 @@ import time
 STARTED = time.perf_counter()
 
 
-def main(migrations_file: str, source_name: str, job_id: str) -> None:
+def main(migrations_file: str, source_name: str, job_id: str, flow_kwargs: str = "{}") -> None:
     from flows.migrate import migrate
 
     started, cpu_started = time.perf_counter(), _cpu_seconds()
-    report = migrate(source_name=source_name, job_id=job_id, migrations_file=migrations_file)
+    report = migrate(
+        source_name=source_name, job_id=job_id, migrations_file=migrations_file, **json.loads(flow_kwargs)
+    )
     seconds = time.perf_counter() - started
     _drain_prefect_workers()
     print(
@@ -44,6 +49,8 @@ def main(migrations_file: str, source_name: str, job_id: str) -> None:
                 "export_seconds": sum(c.export_seconds for c in report.chunks),
                 "validate_seconds": sum(c.validate_seconds for c in report.chunks),
                 "load_seconds": sum(c.load_seconds for c in report.chunks),
+                "pid": os.getpid(),
+                "chunk_pids": sorted({c.pid for c in report.chunks}),
             }
         ),
         flush=True,

@@ -38,12 +38,19 @@ def write_migration(stack: Stack, name: str, spec: dict) -> Path:
     return path
 
 
-def run_migrate(path: Path, name: str, job_id: str, servers_cpu: Callable[[], float] | None = None) -> dict:
+def run_migrate(
+    path: Path,
+    name: str,
+    job_id: str,
+    servers_cpu: Callable[[], float] | None = None,
+    flow_kwargs: dict | None = None,
+) -> dict:
     """Run the flow in a child process; returns its BENCH_RESULT (seconds, max_rss_mb, rows, ...).
     With `servers_cpu` (CPU seconds the servers have used so far, see bench.cpu), also
-    `servers_cpu_seconds`: what they used while the flow ran.
+    `servers_cpu_seconds`: what they used while the flow ran. `flow_kwargs`: more arguments of
+    `migrate` (JSON values: start_time, end_time, dask_address).
     Raises RuntimeError with the child's output tail when the flow fails."""
-    cmd = [sys.executable, "-m", "bench.flow_child", str(path), name, job_id]
+    cmd = [sys.executable, "-m", "bench.flow_child", str(path), name, job_id, json.dumps(flow_kwargs or {})]
     if PROFILE_DIR:
         # Every thread's stacks, waiting ones too (chunks run in a thread pool), for bench.profile_summary.
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
@@ -74,3 +81,20 @@ def run_migrate(path: Path, name: str, job_id: str, servers_cpu: Callable[[], fl
                 return result
     tail = (proc.stdout + proc.stderr)[-4000:]
     raise RuntimeError(f"migrate {name} job {job_id} failed (exit {proc.returncode}):\n{tail}")
+
+
+def verified_as(stack: Stack, job_id: str, mode: str) -> str:
+    """How the ledger says the job's chunks were verified; AssertionError unless all as `mode`."""
+    with stack.pg.connect(BENCH_DB) as conn:
+        recorded = {
+            r[0]
+            for r in conn.execute(
+                "SELECT details->>'verified' FROM migration_status.migration_chunk_status WHERE job_id = %s",
+                (job_id,),
+            )
+        }
+    if recorded != {mode}:
+        raise AssertionError(
+            f"job {job_id} ran with verify: {mode}, its chunks record {sorted(recorded, key=str)}"
+        )
+    return mode

@@ -1,5 +1,10 @@
-"""(a) PostgreSQL to PostgreSQL: the `migrate` flow (Parquet staging, validation on) against
-psql's binary COPY pipe and against dlt, each result checked against the source's checksum."""
+"""(a) PostgreSQL to PostgreSQL: the `migrate` flow (Parquet staging, validation on,
+`verify: counts`) against psql's binary COPY pipe and against dlt, each result checked against
+the source's checksum.
+
+The issue's targets for (a) were set on figures measured with counts-only checks, before
+content verification existed, so (a) runs with `verify: counts`; (f) measures what `content`
+adds."""
 
 from __future__ import annotations
 
@@ -10,13 +15,16 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench.migrate_runs import REPO, pg_settings, run_migrate, write_migration
+from bench.migrate_runs import REPO, pg_settings, run_migrate, verified_as, write_migration
 from bench.pg_data import SOURCE_SCHEMA, checksum, source_table
-from bench.report import Row
+from bench.report import Row, met
 from bench.stack import BENCH_DB, Stack
 from devstack.servers import pg_bin
 
 CONCURRENCY = 2
+VERIFY = "counts"  # the mode a, b, d, e and i run with (their targets predate content verification)
+DLT_TARGET = 6  # migrate at least this many times faster than dlt
+RAW_TARGET = 2.0  # migrate at most this many times the psql pipe's time
 
 
 def chunk_size_for(rows: int) -> int:
@@ -33,10 +41,11 @@ def migrate_table(
     job_id: str,
     verify: str | None = None,
     servers_cpu: Callable[[], float] | None = None,
+    flow_kwargs: dict | None = None,
 ) -> dict:
     """Run `migrate` for src.<table> into <target_schema>.<table> (`verify`: the migration's
-    setting, its default when None; `servers_cpu`: see `run_migrate`); the result must match
-    the source's checksum exactly, or AssertionError."""
+    setting, its default when None; `servers_cpu`, `flow_kwargs`: see `run_migrate`); the
+    result must match the source's checksum exactly, or AssertionError."""
     name = f"bench_{target_schema}"
     path = write_migration(
         stack,
@@ -51,8 +60,10 @@ def migrate_table(
         }
         | ({"verify": verify} if verify else {}),
     )
-    result = run_migrate(path, name, job_id, servers_cpu)
-    result.update(path=str(path), name=name, job_id=job_id)
+    result = run_migrate(path, name, job_id, servers_cpu, flow_kwargs)
+    result.update(path=str(path), name=name, job_id=job_id, verify=verify or "default")
+    if verify:
+        verified_as(stack, job_id, verify)  # the setting took effect
     assert_same(stack, f"{SOURCE_SCHEMA}.{table}", f"{target_schema}.{table}")
     return result
 
@@ -119,7 +130,9 @@ def measure(stack: Stack, rows: int) -> list[Row]:
     table = source_table(stack, rows)
     raw = psql_pipe(stack, table)
     print(f"  psql binary COPY pipe: {raw:.1f} s")
-    result = migrate_table(stack, table, "mig_a", chunk_size_for(rows), CONCURRENCY, f"bench-a-{rows}")
+    result = migrate_table(
+        stack, table, "mig_a", chunk_size_for(rows), CONCURRENCY, f"bench-a-{rows}", VERIFY
+    )
     stack.results["a"] = result
     flow = result["seconds"]
     print(
@@ -131,12 +144,12 @@ def measure(stack: Stack, rows: int) -> list[Row]:
     print(f"  dlt: {'not installed' if dlt is None else f'{dlt:.1f} s'}")
     out = [
         Row(
-            f"a: PG->PG migrate, {rows:,} rows",
+            f"a: PG->PG migrate (verify: {VERIFY}), {rows:,} rows",
             f"{flow:.1f} s, {rows / flow:,.0f} rows/s",
             f"psql binary pipe {raw:.1f} s, {rows / raw:,.0f} rows/s",
             f"{flow / raw:.2f}x raw's time",
-            "<= 2.0x raw's time",
-            "yes" if flow <= 2.0 * raw else "no",
+            f"<= {RAW_TARGET:.1f}x raw's time",
+            met(flow <= RAW_TARGET * raw),
         ),
     ]
     if dlt is None:
@@ -144,12 +157,12 @@ def measure(stack: Stack, rows: int) -> list[Row]:
     else:
         out.append(
             Row(
-                "a: PG->PG migrate vs dlt",
+                f"a: PG->PG migrate (verify: {VERIFY}) vs dlt",
                 f"{flow:.1f} s",
                 f"dlt pyarrow {dlt:.1f} s, {rows / dlt:,.0f} rows/s",
                 f"{dlt / flow:.2f}x faster than dlt",
-                ">= 5x faster than dlt",
-                "yes" if dlt >= 5 * flow else "no",
+                f">= {DLT_TARGET}x faster than dlt",
+                met(dlt >= DLT_TARGET * flow),
             )
         )
     return out

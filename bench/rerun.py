@@ -1,5 +1,6 @@
 """(e) A rerun of a completed job (same job_id) against its first run: every chunk's steps are
-found in Prefect's persisted results and skipped, and the target is left exactly as it was."""
+found in Prefect's persisted results and skipped, and the target is left exactly as it was.
+The job is (a)'s, with `verify: counts` as in (a)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from bench.migrate_runs import run_migrate
 from bench.pg_data import SOURCE_SCHEMA, source_table
-from bench.pg_to_pg import CONCURRENCY, assert_same, chunk_size_for, migrate_table
+from bench.pg_to_pg import CONCURRENCY, VERIFY, assert_same, chunk_size_for, migrate_table
 from bench.report import Row, met
 from bench.stack import Stack
 
@@ -18,7 +19,13 @@ def measure(stack: Stack, rows: int) -> list[Row]:
     first = stack.results.get("a")
     if first is None:
         first = migrate_table(
-            stack, source_table(stack, rows), "mig_e", chunk_size_for(rows), CONCURRENCY, f"bench-e-{rows}"
+            stack,
+            source_table(stack, rows),
+            "mig_e",
+            chunk_size_for(rows),
+            CONCURRENCY,
+            f"bench-e-{rows}",
+            VERIFY,
         )
     again = run_migrate(Path(first["path"]), first["name"], first["job_id"])
     table = f"items_{rows}"
@@ -33,7 +40,7 @@ def measure(stack: Stack, rows: int) -> list[Row]:
     )
     return [
         Row(
-            f"e: rerun of a completed job, {rows:,} rows",
+            f"e: rerun of a completed job (verify: {first['verify']}), {rows:,} rows",
             f"{again['seconds']:.1f} s",
             f"first run {first['seconds']:.1f} s",
             f"{ratio:.3f}x",

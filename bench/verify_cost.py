@@ -16,6 +16,7 @@ from functools import partial
 from statistics import mean
 
 from bench import cpu, influx_points
+from bench.migrate_runs import verified_as
 from bench.pg_data import source_table
 from bench.pg_to_pg import CONCURRENCY, chunk_size_for, migrate_table
 from bench.report import Row, met
@@ -80,23 +81,6 @@ def _alternate(one: Callable[[str, str], dict], stack: Stack, checked: str) -> d
                 flush=True,
             )
     return runs
-
-
-def verified_as(stack: Stack, job_id: str, mode: str) -> str:
-    """How the ledger says the job's chunks were verified; AssertionError unless all as `mode`."""
-    with stack.pg.connect(BENCH_DB) as conn:
-        recorded = {
-            r[0]
-            for r in conn.execute(
-                "SELECT details->>'verified' FROM migration_status.migration_chunk_status WHERE job_id = %s",
-                (job_id,),
-            )
-        }
-    if recorded != {mode}:
-        raise AssertionError(
-            f"job {job_id} ran with verify: {mode}, its chunks record {sorted(recorded, key=str)}"
-        )
-    return mode
 
 
 def _row(measure: str, runs: dict[str, list[dict]], target: float | None) -> Row:
