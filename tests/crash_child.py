@@ -65,8 +65,8 @@ def arm(point: str, selected: Callable[[str], bool]) -> None:
         pg_ledger.mark_chunk_loaded = mark_chunk_loaded
         real_send = InfluxDBTarget._send
 
-        def send(self, wire, body, lines, label):
-            sent = real_send(self, wire, body, lines, label)
+        def send(self, wire, body, lines, label, turn):
+            sent = real_send(self, wire, body, lines, label, turn)
             chunk_id = label.rsplit("/", 1)[-1]
             if selected(chunk_id):
                 die(point, chunk_id)
