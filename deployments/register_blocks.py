@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from blocks.influxdb.target import InfluxDBTarget
 from blocks.notify.sns import SnsNotification
-from blocks.parquet.source import ParquetFilesSource
+from blocks.parquet.files import ParquetFilesSource
 from blocks.postgres.source import PostgresSource
 from blocks.postgres.target import PostgresTarget
 from blocks.snowflake.source import SnowflakeSource

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pydantic import BaseModel, PrivateAttr
 
 from blocks.chunk_rows import ChunkRows, staged_file
-from blocks.errors import ValidationFailed
+from blocks.errors import MigrationError, ValidationFailed
 from tasks.config import MigrationSpec
 from tasks.connections import build_source, build_staging
 from tasks.export import StagedChunk
@@ -85,5 +85,9 @@ def staged_rows(spec: MigrationSpec, staged: StagedChunk | ChunkManifest) -> Ite
     if data is not None:
         yield data
         return
+    if not staged.key:  # staged by reference: the rows go with the model, or the chunk is exported again
+        raise MigrationError(
+            f"the chunk read in place from {staged.uri} lost its rows on the way to the load; export it again"
+        )
     with build_staging(spec).local_copy(staged.key) as path:
         yield staged_file(str(path))

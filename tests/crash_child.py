@@ -7,7 +7,8 @@ is the third chunk of a table), START and END the flow's start_time and end_time
 the job passes the same). The points:
 
 - `export`: inside the staging write, once the Parquet writer has taken the chunk's first
-  batch (the `<chunk>.parquet.partial` file exists, the final file does not);
+  batch (the `<chunk>.parquet.partial` file exists, the final file does not); a source that
+  stages by reference (Parquet files) dies once it has handed over the chunk's reference;
 - `load`: PostgreSQL: the COPY is done, its transaction not committed (just before
   `pg_ledger.mark_chunk_loaded`); InfluxDB: the chunk's first write request was answered;
 - `commit`: the chunk's load is committed (PostgreSQL: `load_manifest` returned; InfluxDB: the
@@ -51,6 +52,17 @@ def arm(point: str, selected: Callable[[str], bool]) -> None:
             return real_write(self, key, schema, batches)
 
         LocalStaging.write = write
+        from tasks import export
+
+        real_reference = export.reference_chunk
+
+        def reference_chunk(source, plan, chunk, schema, started):
+            staged = real_reference(source, plan, chunk, schema, started)
+            if selected(chunk.chunk_id):
+                die(point, chunk.chunk_id)
+            return staged
+
+        export.reference_chunk = reference_chunk
     elif point == "load":
         from blocks.influxdb.target import InfluxDBTarget
         from blocks.postgres import ledger as pg_ledger
@@ -65,8 +77,8 @@ def arm(point: str, selected: Callable[[str], bool]) -> None:
         pg_ledger.mark_chunk_loaded = mark_chunk_loaded
         real_send = InfluxDBTarget._send
 
-        def send(self, wire, body, lines, label):
-            sent = real_send(self, wire, body, lines, label)
+        def send(self, wire, body, lines, label, turn):
+            sent = real_send(self, wire, body, lines, label, turn)
             chunk_id = label.rsplit("/", 1)[-1]
             if selected(chunk_id):
                 die(point, chunk_id)

@@ -8,9 +8,11 @@ and nanosecond timestamp with the source records.
 from __future__ import annotations
 
 import math
+import re
 import time
 from datetime import timedelta
 
+import boto3
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -34,7 +36,7 @@ from tests.energy_support import (
     write_files,
 )
 from tests.influx_readback import select, write_lines
-from tests.support import staged_files, timestream_settings
+from tests.support import timestream_settings
 from tests.test_resume import task_states
 from tests.timestream_fake import queue_table
 
@@ -237,18 +239,71 @@ def test_failure_in_chunk_k_then_rerun_resumes_without_exporting_again(
         migrate(source_name="energy", job_id="energy-k", migrations_file=str(path))
     got, _ = stored(servers, influx_database)
     assert 0 < len(got) < records.num_rows
-    files_before = staged_files(tmp_path / "staging", "energy-k")
 
     monkeypatch.setattr(InfluxDBTarget, "write_chunk", real_write)
+    referenced = referenced_chunks(monkeypatch)  # the files are read in place: no staged file to watch
     state = migrate(source_name="energy", job_id="energy-k", migrations_file=str(path), return_state=True)
     report = state.result()
     assert report.status == "completed" and report.resumed and len(report.chunks) == 6
     chunk_states = task_states(state.state_details.flow_run_id, "chunk", expected=6)
-    files_after = staged_files(tmp_path / "staging", "energy-k")
     done_before = [c for c in chunk_states if c < failing]
     assert len(done_before) == 3
     for cid in done_before:  # finished in the first run: cached whole, nothing exported again
-        assert chunk_states[cid] == "Cached" and files_after[cid] == files_before[cid]
+        assert chunk_states[cid] == "Cached"
+    # the others are exported again: a reference to their rows is taken afresh
+    assert len(referenced) == 3 and not list((tmp_path / "staging").rglob("*.parquet"))
+    got, _ = stored(servers, influx_database)
+    assert_same_points(got, expected_points(records, TAGS, FIELDS, "measure_name", None), FLOAT_KEYS)
+
+
+def referenced_chunks(monkeypatch) -> list[tuple]:
+    """The (lower, upper) of every chunk `ParquetTables` hands over by reference from now on."""
+    from blocks.parquet.source import ParquetTables
+
+    real, seen = ParquetTables.reference_chunk, []
+
+    def recording(self, table, columns, column, lower, upper):
+        seen.append((lower, upper))
+        return real(self, table, columns, column, lower, upper)
+
+    monkeypatch.setattr(ParquetTables, "reference_chunk", recording)
+    return seen
+
+
+def ledger_staged_uris(servers, pg_database: str, job_id: str) -> dict[str, str]:
+    with servers["pg"].connect(pg_database) as conn:
+        rows = conn.execute(
+            "SELECT chunk_id, staged_uri FROM migration_status.migration_chunk_status WHERE job_id = %s",
+            (job_id,),
+        ).fetchall()
+    return dict(rows)
+
+
+def test_parquet_files_are_loaded_in_place_with_nothing_copied_into_staging(
+    tmp_path, servers, pg_database, influx_database
+):
+    """A Parquet source stages by reference: the load reads the source's own files (each chunk
+    its rows of them, whatever files they lie in), staging stays empty though staged files are
+    kept, and the ledger names the folder the chunk came from."""
+    from flows.migrate import migrate
+
+    records = single_measure_records(3_000, days=3)
+    source = unload_source(tmp_path, records)
+    path = influx_migrations(
+        tmp_path / "m.yaml",
+        servers,
+        pg_database,
+        influx_database,
+        [energy_table(mapping={"tags": TAGS})],
+        source=source,
+        extra={"keep_staged_files": True, "verify": "content"},
+    )
+    report = migrate(source_name="energy", job_id="energy-ref", migrations_file=str(path))
+    assert report.status == "completed" and report.rows == records.num_rows and len(report.chunks) == 3
+    assert all(c.verified == "content" and c.bytes > 0 for c in report.chunks)
+    assert not [p for p in (tmp_path / "staging").rglob("*") if p.is_file()]
+    uris = ledger_staged_uris(servers, pg_database, "energy-ref")
+    assert len(uris) == 3 and set(uris.values()) == {f"{source['location']}/generation_data"}
     got, _ = stored(servers, influx_database)
     assert_same_points(got, expected_points(records, TAGS, FIELDS, "measure_name", None), FLOAT_KEYS)
 
@@ -524,13 +579,13 @@ def test_a_postgresql_target_keeps_its_own_ledger(tmp_path, servers, pg_database
         load_migrations(path)
 
 
-def test_timestream_unload_mode_reads_each_chunk_back_through_its_manifest(
-    tmp_path, servers, pg_database, influx_database
-):
+def queue_unloads(servers, influx_database: str, records: pa.Table, skew: int = 0) -> dict:
+    """The Timestream settings (unload mode) of a source whose two one-day UNLOADs of `records`
+    each write two files and a manifest; `skew` rows more per file in the manifest (and in the
+    UNLOAD's answer) than the file holds."""
     from blocks.timestream import TimestreamSettings
     from tests.test_timestream_source import put_unload, queue_unload
 
-    records = single_measure_records(2_000, days=2)
     settings = timestream_settings(servers, "ons_" + influx_database, page_rows=300)
     settings |= {
         "export_mode": "unload",
@@ -555,6 +610,77 @@ def test_timestream_unload_mode_reads_each_chunk_back_through_its_manifest(
         select_sql = source.window_sql("generation_data", names, "time", lower, upper)
         naive = window.set_column(names.index("time"), "time", window.column("time").cast(pa.timestamp("ns")))
         files = [naive.slice(0, 300), naive.slice(300)]  # UNLOAD writes naive nanosecond times
-        manifest = put_unload(servers, source, select_sql, files)
-        queue_unload(servers, source, select_sql, window.num_rows, manifest)
-    migrate_two_days_exactly(tmp_path, servers, pg_database, influx_database, settings, records)
+        manifest = put_unload(servers, source, select_sql, files, skew=skew)
+        queue_unload(servers, source, select_sql, window.num_rows + 2 * skew, manifest)
+    return settings
+
+
+def unload_objects(servers, settings: dict) -> list[str]:
+    from tests.test_timestream_source import endpoint
+
+    s3 = boto3.client("s3", endpoint_url=endpoint(servers), region_name="us-east-1")
+    bucket = settings["unload_location"].removeprefix("s3://").split("/")[0]
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def test_timestream_unload_mode_loads_each_chunks_unload_files_in_place(
+    tmp_path, servers, pg_database, influx_database
+):
+    """Each chunk is read through its manifest, exactly its files, where UNLOAD wrote them:
+    nothing is copied into staging, the ledger names the manifest, and a rollback of the job
+    removes its points but leaves the UNLOAD's files (they are the source's, not staged)."""
+    from flows.migrate import migrate
+    from flows.rollback import rollback
+
+    records = single_measure_records(2_000, days=2)
+    settings = queue_unloads(servers, influx_database, records)
+    unloaded = unload_objects(servers, settings)
+    path = influx_migrations(
+        tmp_path / "m.yaml", servers, pg_database, influx_database, [energy_table()], source=settings
+    )
+    report = migrate(
+        source_name="energy",
+        job_id="energy-unload",
+        migrations_file=str(path),
+        start_time=START.isoformat(),
+        end_time=(START + timedelta(days=2)).isoformat(),
+    )
+    assert report.rows == records.num_rows and len(report.chunks) == 2
+    got, _ = stored(servers, influx_database)
+    assert_same_points(got, expected_points(records, TAGS, FIELDS, "measure_name", None), FLOAT_KEYS)
+    assert not [p for p in (tmp_path / "staging").rglob("*") if p.is_file()]
+    manifests = set(ledger_staged_uris(servers, pg_database, "energy-unload").values())
+    assert len(manifests) == 2 and all(m.endswith("_manifest.json") for m in manifests)
+
+    result = rollback(job_id="energy-unload", migrations_file=str(path))
+    assert result.points_deleted_ranges > 0 and stored(servers, influx_database)[0] == {}
+    assert unload_objects(servers, settings) == unloaded and len(unloaded) == 2 * 3
+
+
+def test_an_unload_whose_manifest_miscounts_its_files_is_refused_naming_the_chunk(
+    tmp_path, servers, pg_database, influx_database
+):
+    """The manifest (and the UNLOAD's answer) count one row more per file than the files hold:
+    validation compares the files' own count with it and refuses the chunk before its load."""
+    from blocks.errors import MigrationFailed
+    from flows.migrate import migrate
+
+    records = single_measure_records(2_000, days=2)
+    settings = queue_unloads(servers, influx_database, records, skew=1)
+    path = influx_migrations(
+        tmp_path / "m.yaml", servers, pg_database, influx_database, [energy_table()], source=settings
+    )
+    with pytest.raises(MigrationFailed) as failure:
+        migrate(
+            source_name="energy",
+            migrations_file=str(path),
+            start_time=START.isoformat(),
+            end_time=(START + timedelta(days=2)).isoformat(),
+        )
+    message = str(failure.value)
+    # whichever chunk fails first: the files hold 1,000 rows, the manifest says 1,002
+    assert re.search(
+        r"generation_data chunk 0000[01]-\w+ \[.*\): staged rows 1000, the source's manifest reports 1002",
+        message,
+    ), message
+    assert_nothing_written(servers, influx_database)

@@ -55,6 +55,7 @@ class Case:
     source_count: Callable[[str, str], int]  # rows of the source in a chunk's [lower, upper)
     target_count: Callable[[str, str], int]  # rows (points) of the target in that range
     assert_exact: Callable[[], None]
+    reads_in_place: bool = False  # the source stages by reference: no staged files at all
 
 
 # --- the PostgreSQL case: a day of Snowflake's demo EVENTS table ---------------------------------
@@ -161,7 +162,7 @@ def pg_checksums(pg_connect, names: list[str], expected: list[tuple]) -> tuple[t
     return target, source
 
 
-# --- the InfluxDB case: a Timestream UNLOAD (Parquet files) into the suite's InfluxDB ------------
+# --- the InfluxDB case: a Timestream UNLOAD (Parquet files, read in place) into the suite's InfluxDB
 
 
 @pytest.fixture
@@ -197,7 +198,7 @@ def influxdb_case(tmp_path, servers, pg_database, influx_database) -> Case:
         assert len(got) == records.num_rows  # one point per source row: none lost, none twice
         assert points_digest(got) == points_digest(want)
 
-    return Case(path, "energy", "generation_data", {}, source_count, target_count, assert_exact)
+    return Case(path, "energy", "generation_data", {}, source_count, target_count, assert_exact, True)
 
 
 def points_digest(points: dict[tuple, dict]) -> str:
@@ -299,7 +300,9 @@ def test_kill_9_then_rerun_ends_exact(point, target, request, tmp_path, pg_conne
     in_target = case.target_count(chunk["lower"], chunk["upper"])
     partial = staging / f"{killed}.parquet.partial"
     final = staging / f"{killed}.parquet"
-    if point == "export":  # half a file under its temporary name, nothing under the final one
+    if case.reads_in_place:  # the source's Parquet files are read where they are: nothing staged
+        assert not list((tmp_path / "staging").rglob("*.parquet*"))
+    elif point == "export":  # half a file under its temporary name, nothing under the final one
         assert partial.exists() and not final.exists()
     else:
         assert final.exists() and not partial.exists()

@@ -75,7 +75,8 @@ def energy_job(tmp_path, servers, pg_database, influx_database, staging: dict, r
                 "mapping": {"tags": TAGS},
             }
         ],
-        source={"type": "parquet", "location": str(tmp_path / "unload")},
+        # copied into staging (read in place, the files would never reach S3 staging)
+        source={"type": "parquet", "location": str(tmp_path / "unload"), "read_in_place": False},
         extra={"concurrency": 1, "retries": retries, "staging": staging},
     )
     return path, records

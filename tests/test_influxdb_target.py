@@ -246,9 +246,9 @@ def test_requests_hold_at_most_batch_lines_even_with_newlines_in_strings(
     sent = []
     send = InfluxDBTarget._send
 
-    def recording_send(self, wire, body, lines, label):
+    def recording_send(self, wire, body, lines, label, turn):
         sent.append((lines, body.count(b"\n")))
-        return send(self, wire, body, lines, label)
+        return send(self, wire, body, lines, label, turn)
 
     monkeypatch.setattr(InfluxDBTarget, "_send", recording_send)
 
@@ -482,3 +482,34 @@ def test_block_saves_and_loads_with_its_secret(servers, influx_database):
     assert loaded.token.get_secret_value() == os.environ["INFLUX_TOKEN"]
     assert (loaded.api, loaded.bucket, loaded.writers) == ("v2", influx_database, 3)
     loaded.check()
+
+
+def test_write_slots_serve_the_chunk_that_began_first():
+    """Chunks sharing the write slots are served in the order they began: while the first one
+    has a request waiting, a later one gets no slot. So the first finishes (and is counted)
+    while the later one still writes, instead of all finishing, and idling, together."""
+    from blocks.influxdb.writes import WriteSlots
+
+    slots = WriteSlots(2)
+    first, later = slots.ticket(), slots.ticket()
+    order: list[int] = []
+    release = threading.Event()
+
+    def request(ticket: int) -> None:
+        with slots.slot(ticket):
+            order.append(ticket)
+            release.wait()
+
+    threads = [threading.Thread(target=request, args=(later,)) for _ in range(4)]
+    threads += [threading.Thread(target=request, args=(first,)) for _ in range(3)]
+    for thread in threads:  # the later chunk's requests queue up before the first chunk's
+        thread.start()
+        time.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while len(slots._waiting) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert order == [later, later] and len(slots._waiting) == 5
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == [later, later, first, first, first, later, later]

@@ -80,10 +80,14 @@ def test_settings_declare_their_systems_capabilities(kind, capabilities):
         assert issubclass(model, SystemSettings)
 
 
-def test_the_example_migrations_build_blocks_that_serve_the_protocols(monkeypatch):
+@pytest.mark.parametrize("export_mode", ["query", "unload"])
+def test_the_example_migrations_build_blocks_that_serve_the_protocols(monkeypatch, export_mode):
     """Every source, target, staging and ledger the shipped migrations.yaml names builds
     (no I/O happens before check()) into a block that implements its protocol, with the same
-    capabilities as its settings."""
+    capabilities as its settings, including those that depend on the settings' values
+    (a Timestream source stages by reference in unload mode only)."""
+    monkeypatch.setenv("TIMESTREAM_EXPORT_MODE", export_mode)
+    monkeypatch.setenv("TIMESTREAM_UNLOAD_LOCATION", "s3://unload-bucket/exports/")
     monkeypatch.setenv("PGPASSWORD", "not-used")
     for name in ("SNOWFLAKE_PASSWORD", "INFLUX_TOKEN", "INFLUX_PASSWORD", "PG_SOURCE_PASSWORD"):
         monkeypatch.setenv(name, "not-used")
@@ -101,5 +105,7 @@ def test_the_example_migrations_build_blocks_that_serve_the_protocols(monkeypatc
             assert getattr(source, capability) == getattr(spec.source, capability), (migration, capability)
         for capability in TARGET_CAPABILITIES:
             assert getattr(target, capability) == getattr(spec.target, capability), (migration, capability)
+        if spec.source.type == "timestream":
+            assert source.stages_by_reference is (export_mode == "unload"), migration
         seen |= {spec.source.type, spec.target.type}
     assert seen >= set(registry.SOURCES) | set(registry.TARGETS), "migrations.yaml should show every system"

@@ -16,12 +16,17 @@ A field type conflict (v2: 422, v1: 400 "partial write: field type conflict") ra
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from gzip import compress as gzip_compress
 from typing import Any
 
@@ -36,7 +41,7 @@ from blocks.influxdb.line_protocol import EncodeReport, PointMapping, encode_bat
 GZIP_LEVEL = 1
 # Write requests in flight to one database, per process: chunks loading at the same time
 # share the `writers` slots, so a busy server is not sent more requests than it can take.
-_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+_SLOTS: dict[str, WriteSlots] = {}
 _SLOTS_LOCK = threading.Lock()
 _TYPE_CONFLICT = re.compile(
     r'field type conflict: input field "(?P<field>.*?)" on measurement "(?P<measurement>.*?)" '
@@ -77,6 +82,51 @@ class InfluxLoad(BaseModel):
     count_field: str | None = None
 
 
+class WriteSlots:
+    """`size` write requests in flight at once, granted in the order the chunks began writing:
+    a free slot goes to the waiting request of the chunk that began first.
+
+    Chunks that share the slots evenly all finish together, then are all counted (reconciled,
+    read back) together while the slots stand idle. Served in order, the first chunk finishes
+    while the next one still has requests to send, and is counted while that one writes. Every
+    chunk still gets every slot the chunks before it leave free, so none waits for nothing."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._changed = threading.Condition()
+        self._waiting: list[tuple[int, int]] = []  # a heap of (chunk ticket, request number)
+        self._tickets = itertools.count()
+        self._requests = itertools.count()
+
+    def ticket(self) -> int:
+        """A chunk's place in line, taken when it begins writing."""
+        return next(self._tickets)
+
+    @contextmanager
+    def slot(self, ticket: int) -> Iterator[None]:
+        """Hold one slot for the body, once every request of an earlier ticket has one."""
+        place = (ticket, next(self._requests))
+        with self._changed:
+            heapq.heappush(self._waiting, place)
+            try:
+                while not (self._free and self._waiting[0] == place):
+                    self._changed.wait()
+            except BaseException:
+                self._waiting.remove(place)
+                heapq.heapify(self._waiting)
+                self._changed.notify_all()
+                raise
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            self._changed.notify_all()  # the next in line may take another free slot
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += 1
+                self._changed.notify_all()
+
+
 @dataclass
 class _Sent:
     lines: int
@@ -112,9 +162,9 @@ class PointWriter:
         Each batch is cut into zero-copy row slices so that every request carries at most
         `batch_lines` lines (the line protocol is never split after encoding: a string field
         may hold a newline). At most `writers` requests are in flight to this database from the
-        process (the chunks loading at once share them) while the next one is encoded, so
-        memory holds a few requests, never the chunk. `chunk` names the chunk in
-        error messages. Raises as the module docstring says, plus `ConfigError` when the
+        process (the chunks loading at once share them, the chunk that began first served
+        first: see `WriteSlots`) while the next ones are encoded, so memory holds a few
+        requests, never the chunk. `chunk` names the chunk in error messages. Raises as the module docstring says, plus `ConfigError` when the
         mapping does not fit the data and `DataConversionError` when a value cannot take its
         field's kind; on any error the chunk may be partly written, and writing it again is
         idempotent (the same series and time overwrite).
@@ -122,18 +172,23 @@ class PointWriter:
         label = f"chunk {chunk}" if chunk else "the chunk"
         started = time.perf_counter()
         totals = _Totals()
+        slots = self._write_slots()
+        turn = partial(slots.slot, slots.ticket())
+        # One request more than the slots: it waits at the slots, encoded, so a slot this chunk
+        # frees is taken again at once rather than by a later chunk while this one encodes.
+        ahead = self.writers + 1
         with (
             self._wire() as wire,
-            ThreadPoolExecutor(self.writers, thread_name_prefix="influx-writer") as pool,
+            ThreadPoolExecutor(ahead, thread_name_prefix="influx-writer") as pool,
         ):
             in_flight: set[Future[_Sent]] = set()
             try:
                 for body, lines in self._requests(batches, mapping, totals, label):
-                    if len(in_flight) >= self.writers:
+                    if len(in_flight) >= ahead:
                         done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                         for future in done:
                             totals.add(future.result())
-                    in_flight.add(pool.submit(self._send, wire, body, lines, label))
+                    in_flight.add(pool.submit(self._send, wire, body, lines, label, turn))
                 for future in in_flight:
                     totals.add(future.result())
             except BaseException:
@@ -188,15 +243,20 @@ class PointWriter:
         if lines:
             yield b"".join(pieces), lines
 
-    def _write_slots(self) -> threading.BoundedSemaphore:
+    def _write_slots(self) -> WriteSlots:
         key = f"{self.display_url} {self.container()} {self.writers}"
         with _SLOTS_LOCK:
-            return _SLOTS.setdefault(key, threading.BoundedSemaphore(self.writers))
+            if key not in _SLOTS:
+                _SLOTS[key] = WriteSlots(self.writers)
+            return _SLOTS[key]
 
-    def _send(self, wire: Wire, body: bytes, lines: int, label: str) -> _Sent:
+    def _send(
+        self, wire: Wire, body: bytes, lines: int, label: str, turn: Callable[[], ContextManager[None]]
+    ) -> _Sent:
+        """Send one request once `turn()` (a slot of `WriteSlots`) lets it."""
         wire_body = gzip_compress(body, compresslevel=GZIP_LEVEL, mtime=0) if self.gzip else body
         try:
-            with self._write_slots():
+            with turn():
                 self._post_lines(wire, wire_body, f"writing {label}", compressed=self.gzip)
         except ValidationFailed as exc:
             raise self._with_type_conflict(exc, label) from None

@@ -1,27 +1,31 @@
 """Parquet files as a migration's source: one folder, or one Timestream UNLOAD, per table.
 
 `ParquetTables` gives a whole migration's tables the same source protocol as
-`SnowflakeSource`: check, describe, bounds, count, count_nulls, occupied_buckets, read_chunk.
-Each table's files are read through a `ParquetFilesSource` (`blocks.parquet.files`).
+`SnowflakeSource`: check, describe, bounds, count, count_nulls, occupied_buckets, read_chunk;
+and it stages by reference: `reference_chunk` hands the export the chunk's rows in the files
+themselves, so nothing is copied into staging.
+Each table's files are read through a `ParquetFileSet` (`blocks.parquet.fileset`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from prefect_aws import AwsCredentials
 
+from blocks.chunk_rows import ChunkReference, ParquetRows
 from blocks.columns import TableSchema
 from blocks.errors import ConnectionCheckError, MigrationError, SourceSchemaError
 from blocks.parquet import ParquetTraits
-from blocks.parquet.files import ParquetFilesSource
+from blocks.parquet.fileset import ParquetFileSet
 from blocks.parquet.scan import (
+    FOOTER_READERS,
     READ_BATCH_ROWS,
     column_bounds,
     decoded,
@@ -31,6 +35,9 @@ from blocks.parquet.scan import (
     window_filter,
 )
 from blocks.parquet.schema import consistent_schema, parquet_column
+
+if TYPE_CHECKING:
+    from prefect_aws import AwsCredentials
 
 
 class ParquetTables(ParquetTraits):
@@ -50,11 +57,14 @@ class ParquetTables(ParquetTraits):
         location: str,
         credentials: AwsCredentials | None = None,
         tables: dict[str, tuple[str | None, str | None]] | None = None,
+        read_in_place: bool = True,
     ) -> None:
         self.location = location if location == "/" else location.rstrip("/")
+        # Chunks are loaded from the files themselves (`reference_chunk`), or copied to staging.
+        self.stages_by_reference = read_in_place
         self.credentials = credentials
         self.tables = dict(tables or {})
-        self._sources: dict[str, ParquetFilesSource] = {}
+        self._sources: dict[str, ParquetFileSet] = {}
         self._datasets: dict[str, ds.FileSystemDataset] = {}
         self._schemas: dict[str, pa.Schema] = {}
 
@@ -67,11 +77,11 @@ class ParquetTables(ParquetTraits):
             return path
         return f"{self.location.rstrip('/')}/{path}"
 
-    def source(self, table: str) -> ParquetFilesSource:
-        """The `ParquetFilesSource` for one table's folder (and manifest)."""
+    def source(self, table: str) -> ParquetFileSet:
+        """The `ParquetFileSet` for one table's folder (and manifest)."""
         if table not in self._sources:
             path, manifest = self.tables.get(table, (None, None))
-            self._sources[table] = ParquetFilesSource(
+            self._sources[table] = ParquetFileSet(
                 location=self.resolve(path or table),
                 manifest=self.resolve(manifest) if manifest else None,
                 credentials=self.credentials,
@@ -119,7 +129,7 @@ class ParquetTables(ParquetTraits):
             raise ConnectionCheckError(f"cannot read {self.describe_target()}: {exc}") from None
 
     def _check_location(self) -> None:
-        source = ParquetFilesSource(location=self.location, credentials=self.credentials)
+        source = ParquetFileSet(location=self.location, credentials=self.credentials)
         fs, path = source._filesystem(self.location)
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             raise ConnectionCheckError(f"{self.location} does not exist")
@@ -172,6 +182,57 @@ class ParquetTables(ParquetTraits):
             values = pc.cast(decoded(batch).column(0).drop_null(), pa.int64())
             occupied.update(pc.unique(floor_divide(pc.subtract_checked(values, origin), step)).to_pylist())
         return sorted(occupied)
+
+    def reference_chunk(
+        self, table: str, columns: list[str] | None, column: str, lower: Any, upper: Any
+    ) -> ChunkReference:
+        """The rows `read_chunk` gives, read in place: the files whose row groups may hold
+        lower <= column < upper (by their statistics), with that range as the scan's filter.
+
+        `bytes` is the compressed size of those row groups; `reported_rows` is the manifest's
+        count when a manifest's table is taken whole (no bounds), else None (the manifest's
+        counts per file were checked against the files by `check`)."""
+        dataset = self.dataset(table)
+        names = list(dataset.schema.names) if columns is None else list(columns)
+        for name in names:
+            self._field(dataset, table, name)
+        condition = window_filter(dataset.schema, column, lower, upper, f"table {table!r}")
+
+        def kept(fragment: ds.ParquetFileFragment) -> tuple[str, int] | None:
+            part = fragment if condition is None else fragment.subset(filter=condition)
+            groups = [g.id for g in part.row_groups]
+            if not groups:
+                return None
+            metadata = fragment.metadata
+            size = sum(
+                metadata.row_group(g).column(c).total_compressed_size
+                for g in groups
+                for c in range(metadata.num_columns)
+            )
+            return fragment.path, size
+
+        # A footer is one small ranged read each; on S3 latency dominates, so read them at once.
+        with ThreadPoolExecutor(max_workers=FOOTER_READERS) as pool:
+            files = [f for f in pool.map(kept, dataset.get_fragments()) if f is not None]
+        schema = pa.schema([pa.field(n, value_type(dataset.schema.field(n).type)) for n in names])
+        rows = ParquetRows(
+            [path for path, _ in files],
+            schema,
+            filesystem=dataset.filesystem,
+            filter=condition,
+            transform=decoded,
+            read_columns=names,
+        )
+        source = self.source(table)
+        reported = None
+        if source.manifest and condition is None:
+            reported = sum(n for _, n in source.manifest_files())
+        return ChunkReference(
+            rows,
+            uri=source.manifest or source.location,
+            bytes=sum(size for _, size in files),
+            reported_rows=reported,
+        )
 
     def read_chunk(
         self, table: str, columns: list[str] | None, column: str, lower: Any, upper: Any

@@ -15,7 +15,6 @@ from blocks.settings import AwsAccess, SystemSettings, load_saved_block
 
 class TimestreamTraits:
     schema_can_drift: ClassVar[bool] = False  # a DESCRIBE is a billed query
-    stages_by_reference: ClassVar[bool] = False
     time_unit: ClassVar[str] = "ns"
     reads_table_files: ClassVar[bool] = False
 
@@ -38,6 +37,11 @@ class TimestreamReading(BaseModel):
         ):
             raise ValueError(f"must be an S3 URI, s3://bucket/prefix, got {value!r}")
         return value
+
+    @property
+    def stages_by_reference(self) -> bool:
+        """In unload mode a chunk's UNLOAD files are read in place, not copied into staging."""
+        return self.export_mode == "unload"
 
     def _inline(self) -> bool:
         return True

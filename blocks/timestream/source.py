@@ -6,9 +6,11 @@ normal while Timestream is still working), and turns each page into one Arrow re
 typed by the page's `ColumnInfo`. Credentials come from prefect-aws's `AwsCredentials`.
 
 With `export_mode="unload"` a chunk is instead exported by `UNLOAD (<window SELECT>) TO s3://...`
-as Parquet, read back through the UNLOAD manifest, and cast to the types the query API would
-have given the same columns, so both modes hand the export step identical batches. The type
-map and the decoding of both live in `blocks.timestream.scalars`.
+as Parquet, read through the UNLOAD manifest, and cast to the types the query API would have
+given the same columns, so both modes hand the export step identical batches. In unload mode
+the source stages by reference (`reference_chunk`): the load reads the UNLOAD's files in place,
+and nothing is copied into staging. The type map and the decoding of both live in
+`blocks.timestream.scalars`.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials
 from pydantic import Field
 
+from blocks.chunk_rows import ChunkReference, ParquetRows
 from blocks.columns import TableSchema
 from blocks.errors import ConfigError, ConnectionCheckError, SourceSchemaError, ValidationFailed
-from blocks.parquet.files import ParquetFilesSource
+from blocks.parquet.fileset import ParquetFileSet
 from blocks.timestream import TimestreamReading, TimestreamTraits
 from blocks.timestream.scalars import (
     conform_unloaded,
@@ -251,12 +254,46 @@ class TimestreamSource(TimestreamTraits, Block, TimestreamReading):
         except (IndexError, KeyError, TypeError):
             raise SourceSchemaError(f"UNLOAD answered without rows and manifestFile: {rows}") from None
 
+    def reference_chunk(
+        self,
+        table: str,
+        columns: list[str] | None,
+        column: str,
+        lower: datetime | None,
+        upper: datetime | None,
+    ) -> ChunkReference:
+        """UNLOAD the chunk (unload mode) and hand over exactly the files its manifest lists,
+        read in place and cast to the query API's types as `read_chunk` would.
+
+        `rows.num_rows` is the files' own count (their footers); `reported_rows` the count
+        the UNLOAD and its manifest report, which validation holds it to. An UNLOAD whose
+        answer and manifest disagree raises `ValidationFailed` naming the table and range."""
+        select_sql = self.window_sql(table, columns, column, lower, upper)
+        schema = table_arrow_schema(self.describe(table), columns)
+        reported, manifest = self._unload(select_sql)
+        files = ParquetFileSet(
+            location=self.unload_prefix(select_sql), manifest=manifest, credentials=self.credentials
+        )
+        entries = files.manifest_entries()
+        listed = sum(entry.rows for entry in entries)
+        if listed != reported:
+            raise ValidationFailed(
+                f"UNLOAD of {table} [{lower}, {upper}) reported {reported} rows but its manifest "
+                f"{manifest} lists {listed}"
+            )
+        filesystem, _ = files._filesystem(manifest)
+        paths = [files._filesystem(entry.url)[1] for entry in entries]
+        rows = ParquetRows(
+            paths, schema, filesystem=filesystem, transform=lambda batch: conform_unloaded(batch, schema)
+        )
+        return ChunkReference(rows, uri=manifest, bytes=sum(e.bytes for e in entries), reported_rows=listed)
+
     def _unloaded_batches(
         self, table: str, columns: list[str] | None, select_sql: str
     ) -> Iterator[pa.RecordBatch]:
         schema = table_arrow_schema(self.describe(table), columns)
         reported, manifest = self._unload(select_sql)
-        files = ParquetFilesSource(
+        files = ParquetFileSet(
             location=self.unload_prefix(select_sql), manifest=manifest, credentials=self.credentials
         )
         read = 0
