@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 
 RATE = 100  # samples per second per thread, as bench.migrate_runs records them
-OURS = re.compile(r"\((?:.*/)?(blocks|tasks|flows)/[^/]+\.py[:)]")
+OURS = re.compile(r"\((?:.*/)?(blocks|tasks|flows)/(?:[^/]+/)?[^/]+\.py[:)]")
 
 
 def summarize(path: str, top: int = 25) -> str:

@@ -126,7 +126,7 @@ def put_unload(s3, source: TimestreamSource, select_sql: str, files: list[pa.Tab
     entries = []
     for i, table in enumerate(files):
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="snappy")
+        pq.write_table(table, sink, compression="gzip")  # as UNLOAD writes them
         body = sink.getvalue().to_pybytes()
         key = f"{key_prefix}results/AEDAQANBENCH{chunk:04d}_{i}.parquet"
         s3.put_object(Bucket=bucket, Key=key, Body=body)

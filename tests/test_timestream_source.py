@@ -402,7 +402,7 @@ def put_unload(
     entries = []
     for i, table in enumerate(files):
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="snappy")
+        pq.write_table(table, sink, compression="gzip")  # as UNLOAD writes them
         body = sink.getvalue().to_pybytes()
         key = f"{key_prefix}results/AEDAQAN{secrets.token_hex(8).upper()}_{i}.parquet"
         s3.put_object(Bucket=bucket, Key=key, Body=body)
@@ -444,7 +444,7 @@ def test_unload_mode_end_to_end(servers, unload_source):
     assert prefix.startswith(f"{source.unload_location}") and len(prefix.split("/")[-2]) == 16
     assert prefix == source.unload_prefix(select_sql)  # deterministic, so a retry writes beside it
     assert source.unload_sql(select_sql) == (
-        f"UNLOAD ({select_sql}) TO '{prefix}' WITH (format = 'PARQUET', compression = 'SNAPPY')"
+        f"UNLOAD ({select_sql}) TO '{prefix}' WITH (format = 'PARQUET', compression = 'GZIP')"
     )
     files = unloaded_files()
     manifest = put_unload(servers, source, select_sql, files)

@@ -132,9 +132,10 @@ class TimestreamSource(TimestreamTraits, Block, TimestreamReading):
         return f"{(self.unload_location or '').rstrip('/')}/{digest}/"
 
     def unload_sql(self, select_sql: str) -> str:
+        # UNLOAD's compression is GZIP or NONE (AWS's UNLOAD reference); GZIP is its default.
         return (
             f"UNLOAD ({select_sql}) TO {quote_literal(self.unload_prefix(select_sql))} "
-            "WITH (format = 'PARQUET', compression = 'SNAPPY')"
+            "WITH (format = 'PARQUET', compression = 'GZIP')"
         )
 
     # Running queries.
