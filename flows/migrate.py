@@ -220,9 +220,6 @@ def run_chunks(
     progress = ProgressTracker(job_id, spec.name, len(pending))
     shared = {"spec": spec, "job_id": job_id, "validation_enabled": validation_enabled}
     limit = spec.max_consecutive_chunk_failures
-    # From concurrency 2 on, one chunk more is in flight: it exports while the others load
-    # (tasks.pipeline.phase_gate keeps each phase at `concurrency`). At 1, one chunk at a time.
-    in_flight = spec.concurrency + 1 if spec.concurrency > 1 else 1
     futures = []
     first_error: str | None = None
     failed = in_a_row = 0
@@ -230,7 +227,7 @@ def run_chunks(
     try:
         with chunk_runner(dask_address or os.environ.get("MIGRATE_DASK_ADDRESS") or None) as submit:
             while pending or futures:
-                while pending and len(futures) < in_flight:
+                while pending and len(futures) < spec.concurrency:
                     plan, chunk = pending.pop(0)
                     loaded = state[(plan.spec.name, chunk.chunk_id)] == "loaded"
                     task = migrate_chunk if loaded else migrate_chunk_afresh()

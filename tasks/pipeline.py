@@ -10,7 +10,6 @@ run per chunk keeps Prefect's orchestration cost per chunk low.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,20 +121,6 @@ def ledger_states(
     return states
 
 
-_GATES: dict[tuple[str, str], threading.BoundedSemaphore] = {}
-_GATES_LOCK = threading.Lock()
-
-
-def phase_gate(job_id: str, phase: str, size: int) -> threading.BoundedSemaphore:
-    """At most `size` chunks of the job in `phase` ("export", "load") at once in this process.
-
-    The flow keeps one chunk more in flight than `concurrency`, so while `concurrency` chunks
-    load, the next one exports: chunk k+1's export overlaps chunk k's load instead of waiting
-    for it, and neither side's server waits for the other's."""
-    with _GATES_LOCK:
-        return _GATES.setdefault((job_id, phase), threading.BoundedSemaphore(max(1, size)))
-
-
 @contextmanager
 def validation_events(job_id: str, table: str, chunk_id: str) -> Iterator[None]:
     """Emit `migration.validation.failed` when a check inside fails, then let the error go on."""
@@ -164,10 +149,7 @@ def migrate_chunk(
 
     `ledger_says_loaded`: the flow found the chunk loaded in the ledger before the run, and
     its cached result is gone; the chunk is reported from its ledger row, without reading the
-    source again.
-
-    At most `spec.concurrency` chunks of the job export at once, and as many load at once
-    (`phase_gate`)."""
+    source again."""
     table, cid = plan.spec.name, chunk.chunk_id
     label = f"{table}/{cid}"
     if ledger_says_loaded:
@@ -177,10 +159,8 @@ def migrate_chunk(
         if row is not None and row["status"] == "loaded":
             return report_from_ledger(plan, chunk, row)
 
-    with phase_gate(job_id, "export", spec.concurrency):
-        manifest = export_and_validate(spec, job_id, plan, chunk, validation_enabled)
-    with phase_gate(job_id, "load", spec.concurrency):
-        return load_and_reconcile(spec, job_id, plan, chunk, manifest)
+    manifest = export_and_validate(spec, job_id, plan, chunk, validation_enabled)
+    return load_and_reconcile(spec, job_id, plan, chunk, manifest)
 
 
 def export_and_validate(

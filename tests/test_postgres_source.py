@@ -356,6 +356,33 @@ def test_nulls_and_occupied_buckets(source):
     assert source.occupied_buckets("every_type", "id", 0, 10)[0] == -1
 
 
+def test_occupied_buckets_by_index_probes_equal_reading_every_key(servers, source_db, source):
+    """A key leading an index, over few buckets, is probed bucket by bucket (the last bucket
+    reaching 2^63-1, a bucket below the origin); without an index every key is read. Both
+    give the floor of (key - origin) / step for every key."""
+    keys = [k for k, *_ in nasty_rows()] + list(range(10_001, 30_001))
+
+    def probed(table: str, origin: int, step: int) -> list[int] | None:
+        with source.connect() as conn:
+            return source._probe_buckets(conn, table, "id", {"o": origin, "s": step})
+
+    for origin, step in [(-7, 10**18), (0, 10**18), (5, 3 * 10**17), (-(2**62), 2**62)]:
+        want = sorted({(k - origin) // step for k in keys})
+        # A bucket bound beyond bigint (2 * 2^62) is not probed: every key is read instead.
+        assert probed("every_type", origin, step) == (None if step == 2**62 else want), (origin, step)
+        assert source.occupied_buckets("every_type", "id", origin, step) == want, (origin, step)
+    assert probed("every_type", 0, 10) is None  # too many buckets to probe: every key is read
+    with servers["pg"].connect(source_db) as conn:
+        conn.execute("CREATE TABLE src.unindexed AS SELECT id FROM src.every_type")
+    try:
+        assert probed("unindexed", -7, 10**18) is None
+        want = sorted({(k + 7) // 10**18 for k in keys})
+        assert source.occupied_buckets("unindexed", "id", -7, 10**18) == want
+    finally:
+        with servers["pg"].connect(source_db) as conn:
+            conn.execute("DROP TABLE src.unindexed")
+
+
 def test_unknown_table_column_and_type(servers, source_db, source):
     with pytest.raises(SourceSchemaError, match=r"table 'no_such_table' not found in schema 'src'"):
         source.describe("no_such_table")
