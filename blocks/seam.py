@@ -152,6 +152,10 @@ class RowTarget(Target, Protocol):
     def rollback_job(self, job_id: str) -> list[Any]:
         """Remove the job's rows (by provenance) and mark the job rolled back, in one transaction."""
 
+    def loaded_mismatch(self, chunks: list[dict]) -> str | None:
+        """None when one cheap query finds the target table still holding what `chunks` (the
+        ledger's rows of its loaded chunks) wrote; else what it found instead, as a clause."""
+
 
 @runtime_checkable
 class PointTarget(Target, Protocol):
@@ -210,6 +214,11 @@ class PointTarget(Target, Protocol):
         """None when two canonical point tables hold the same points, else one sentence
         starting with `where` that names the field or tag, a point and both values."""
 
+    def loaded_mismatch(self, chunks: list[dict]) -> str | None:
+        """None when the target holds as many points in the measurements and time ranges of
+        `chunks` (the ledger's rows of one table's loaded chunks) as the ledger counted; else
+        both counts, as a clause."""
+
 
 class JobStart(StrEnum):
     """How a run took up its job (`Ledger.start_job`): a new one, an unfinished one resumed, or
@@ -236,6 +245,13 @@ class Ledger(Protocol):
 
     def start_job(self, **job: Any) -> tuple[str, JobStart]:
         """Create the job's row, or pick the job to resume: (job_id, how)."""
+
+    def completed_job(self, **job: Any) -> dict | None:
+        """The job's row, with its recorded `report` (None when it has none), when `start_job`
+        with the same arguments would take up a completed job; else None. Writes nothing."""
+
+    def record_report(self, job_id: str, report: dict, keep_recorded: bool = False) -> None:
+        """Record a completed job's report (with `keep_recorded`, only when it has none)."""
 
     def discard_job(self, job_id: str) -> bool:
         """Forget a job that prepared and loaded nothing; False, changing nothing, otherwise."""

@@ -30,7 +30,14 @@ from tasks.jobs import (
 from tasks.pipeline import ChunkReport, ledger_states, migrate_chunk, migrate_chunk_afresh
 from tasks.plan import TablePlan, inspect_source, plan_chunks
 from tasks.progress import ProgressTracker, label_flow_run, unlabel_flow_run
-from tasks.report import MigrationReport, build_report, publish_report
+from tasks.report import (
+    MigrationReport,
+    build_report,
+    publish_recorded_report,
+    publish_report,
+    record_report,
+    recorded_report,
+)
 from tasks.storage_keys import check_job_id
 
 
@@ -91,11 +98,18 @@ def migrate(
     spec, run_window = validate_config(
         source_name, migrations_file, start_time, end_time, batch_size, window, scheduled
     )
+    picked = job_id is None
+    explicit = any(v is not None for v in (start_time, end_time, batch_size))
+    args = (spec, run_window, job_id, no_resume, resume_max_age_hours, explicit, picked)
+    if recorded := recorded_report(*args):  # a completed job its target agrees with: no source, no plan
+        label_flow_run(recorded.job_id, spec.name)
+        report = recorded.model_copy(update={"seconds": time.perf_counter() - started})
+        publish_recorded_report(report)
+        logger.info(report.summary())
+        return report
     check_connections(spec)
     tables = inspect_source(spec)
 
-    picked = job_id is None
-    explicit = any(v is not None for v in (start_time, end_time, batch_size))
     job_id, how, run_window = start_job(
         spec, run_window, job_id, job_name, no_resume, resume_max_age_hours, explicit
     )
@@ -144,6 +158,8 @@ def migrate(
         loaded_before=loaded_before,
         already_complete=how is JobStart.COMPLETED and not error,
     )
+    if status == "completed":  # a rerun reports it from the ledger (`recorded_report`)
+        record_report(spec, report, keep_recorded=how is JobStart.COMPLETED)
     publish_report(report, loaded_before)
     logger.info(report.summary())
     if error:

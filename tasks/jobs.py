@@ -13,7 +13,7 @@ from prefect.context import get_run_context
 
 from blocks.columns import Column
 from blocks.errors import ConfigError, TargetGuardError
-from blocks.seam import JobStart, LoadMode
+from blocks.seam import JobStart, Ledger, LoadMode
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_staging, build_target
 from tasks.guards import refuse_overlap, refuse_point_overlap
@@ -52,17 +52,7 @@ def start_job(
     it resumes by its id alone. When the run also sets some of them (`explicit_window`) and
     they differ, it raises `TargetGuardError` naming both."""
     ledger = build_ledger(spec)
-    if job_id:
-        run = ledger.job_run(job_id)
-        if run is not None and run["migration"] == spec.name and "window" in (run["parameters"] or {}):
-            recorded = RunWindow.model_validate(run["parameters"]["window"])
-            if explicit_window and recorded != window:
-                raise TargetGuardError(
-                    f"job {job_id} was started with {describe_window(recorded)}; this run asks for "
-                    f"{describe_window(window)}. Run it again without start_time, end_time and batch_size "
-                    "(it keeps its own), or start a new job for the new window"
-                )
-            window = recorded
+    window = job_window(ledger, spec.name, window, job_id, explicit_window)
     context = get_run_context()
     flow_run = getattr(context.task_run, "flow_run_id", None)
     job_id, how = ledger.start_job(
@@ -76,6 +66,25 @@ def start_job(
         resumable_within=timedelta(hours=resume_max_age_hours),
     )
     return job_id, how, window
+
+
+def job_window(
+    ledger: Ledger, migration: str, window: RunWindow, job_id: str | None, explicit: bool
+) -> RunWindow:
+    """The window a run of `job_id` runs with: the one the job started with, if the ledger
+    holds it, else `window`. Raises `TargetGuardError` when the run also set some of them
+    (`explicit`) and they differ."""
+    run = ledger.job_run(job_id) if job_id else None
+    if run is None or run["migration"] != migration or "window" not in (run["parameters"] or {}):
+        return window
+    recorded = RunWindow.model_validate(run["parameters"]["window"])
+    if explicit and recorded != window:
+        raise TargetGuardError(
+            f"job {job_id} was started with {describe_window(recorded)}; this run asks for "
+            f"{describe_window(window)}. Run it again without start_time, end_time and batch_size "
+            "(it keeps its own), or start a new job for the new window"
+        )
+    return recorded
 
 
 def describe_window(window: RunWindow) -> str:

@@ -1,12 +1,20 @@
-"""The job report: returned by the flow and published as a table artifact."""
+"""The job report: returned by the flow, published as a table artifact, and recorded in the
+ledger when the job completes, so a rerun of the completed job reports it from there."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
+from tasks.config import MigrationSpec, RunWindow
+from tasks.connections import build_ledger, build_target
+from tasks.jobs import fingerprint, hold_job_run, job_window
 from tasks.pipeline import ChunkReport
-from tasks.progress import artifact_slug
+from tasks.policy import run_step
+from tasks.progress import ProgressTracker, artifact_slug
 
 
 class TableTotals(BaseModel):
@@ -161,3 +169,122 @@ def publish_report(
         key=f"migration-report-{artifact_slug(report.migration)}",
         description=f"```\n{report.summary()}\n```",
     )
+
+
+@task(name="recorded-report")
+def recorded_report(
+    spec: MigrationSpec,
+    window: RunWindow,
+    job_id: str | None,
+    no_resume: bool,
+    resume_max_age_hours: float,
+    explicit_window: bool,
+    picked: bool,
+) -> MigrationReport | None:
+    """The report of the completed job this run takes up, from its ledger, when the target
+    still holds what the ledger says the job loaded: no source is read and nothing planned.
+
+    The job is the one `tasks.jobs.start_job` would take up with the same arguments (the same
+    fingerprint: tables, modes, target and window). The check, under the job's run lock: the
+    ledger's loaded chunks are the report's, and each target table still holds what they
+    wrote as far as one cheap query per table tells (`RowTarget.loaded_mismatch`,
+    `PointTarget.loaded_mismatch`).
+    Returns None, and the run goes the full way, when it takes up no completed job, the job has
+    no recorded report (its ledger predates them), the check disagrees or cannot be made; the
+    log says which. Raises `TargetGuardError` when another run holds the job.
+    """
+    logger = get_run_logger()
+    ledger = build_ledger(spec)
+    try:
+        run = ledger.completed_job(
+            job_id=job_id,
+            migration=spec.name,
+            fingerprint=fingerprint(spec, job_window(ledger, spec.name, window, job_id, explicit_window)),
+            no_resume=no_resume,
+            resumable_within=timedelta(hours=resume_max_age_hours),
+        )
+    except Exception as exc:  # noqa: BLE001 - the full way checks every connection and says what is wrong
+        logger.info(
+            "no recorded report looked up (%s: %s); checking the job the full way", type(exc).__name__, exc
+        )
+        return None
+    if run is None:
+        return None
+    job = run["job_id"]
+    if run["report"] is None:
+        logger.info("job %s completed before its ledger recorded reports; checking it the full way", job)
+        return None
+    with hold_job_run(spec, job, picked):
+        try:
+            report = MigrationReport.model_validate(run["report"])
+            why = disagreement(spec, run, report)
+        except Exception as exc:  # noqa: BLE001 - the full way gives the real error, if any
+            why = f"the check could not be made ({type(exc).__name__}: {exc})"
+    if why:
+        logger.warning("job %s completed, but %s; checking it the full way (source, plan, chunks)", job, why)
+        return None
+    logger.info(
+        "Job %s already completed with the same tables, modes and window, and its target agrees with "
+        "its ledger; its report comes from the ledger (no_resume=true starts a new job)",
+        job,
+    )
+    chunks = [c.model_copy(update={"already_loaded": True}) for c in report.chunks]
+    return report.model_copy(
+        update={
+            "status": "completed",
+            "resumed": True,
+            "already_complete": True,
+            "rows_loaded_now": 0,
+            "chunks_loaded_now": 0,
+            "error": None,
+            "chunks": chunks,
+        }
+    )
+
+
+def disagreement(spec: MigrationSpec, run: dict, report: MigrationReport) -> str | None:
+    """None when the ledger and the target agree with a completed job's recorded report, else
+    what differs, as a clause ("its ledger shows ...", "target table ... holds ...")."""
+    loaded = build_ledger(spec).loaded_chunks(run["job_id"])
+    in_ledger = {(c["table_name"], c["chunk_id"]): c["rows_loaded"] for c in loaded}
+    recorded = {(c.table, c.chunk_id): c.rows for c in report.chunks}
+    if in_ledger != recorded or run["chunks_total"] != len(in_ledger):
+        return (
+            f"its ledger shows {len(in_ledger)} of {run['chunks_total']} chunks loaded "
+            f"({sum(r or 0 for r in in_ledger.values()):,} rows), its recorded report {len(recorded)} "
+            f"({report.rows:,} rows)"
+        )
+    by_table: dict[str, list[dict]] = {}
+    for c in loaded:
+        by_table.setdefault(c["target_table"], []).append(c)
+    target = build_target(spec)
+    for table, chunks in sorted(by_table.items()):
+        why = run_step(lambda chunks=chunks: target.loaded_mismatch(chunks), spec.retries, f"check {table}")
+        if why:
+            return why
+    return None
+
+
+def record_report(spec: MigrationSpec, report: MigrationReport, keep_recorded: bool = False) -> None:
+    """Record a completed job's report in its ledger, for its reruns (`recorded_report`); with
+    `keep_recorded`, only when it has none. A failure is only logged: the job stays completed,
+    and its reruns check it the full way."""
+    try:
+        run_step(
+            lambda: build_ledger(spec).record_report(
+                report.job_id, report.model_dump(mode="json"), keep_recorded
+            ),
+            spec.retries,
+            f"record the report of job {report.job_id}",
+        )
+    except Exception as exc:  # noqa: BLE001 - the report is a shortcut for reruns, never the truth
+        get_run_logger().warning("job %s: its report was not recorded in the ledger: %s", report.job_id, exc)
+
+
+def publish_recorded_report(report: MigrationReport) -> None:
+    """Publish a report taken from the ledger as a run publishes its own: the progress artifact
+    at its end (every chunk done) and the report artifact, every chunk loaded by an earlier run."""
+    progress = ProgressTracker(report.job_id, report.migration, len(report.chunks))
+    progress.done, progress.rows = len(report.chunks), report.rows
+    progress.close()
+    publish_report(report, {(c.table, c.chunk_id) for c in report.chunks})

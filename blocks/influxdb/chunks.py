@@ -74,6 +74,32 @@ class ChunkPoints:
         every point carries `field`, else by listing the points."""
         return sum(self.count(m, start_ns, stop_ns, field=field) for m in measurements)
 
+    def loaded_mismatch(self, chunks: list[dict]) -> str | None:
+        """None when InfluxDB holds, in the measurements and time ranges the ledger recorded for
+        `chunks` (its rows of one table's loaded chunks, with `details`), the points the ledger
+        counted after their writes; else both counts. One count per measurement set and run of
+        touching ranges, `COUNT(field)` where the chunks named a field every point carries."""
+        runs: list[list] = []  # [measurements, count_field, start_ns, stop_ns]
+        details = sorted(
+            ((c.get("details") or {}) for c in chunks),
+            key=lambda d: (d.get("start_ns") is not None, d.get("start_ns") or 0),
+        )
+        for d in details:
+            what = [sorted(d.get("measurements") or []), d.get("count_field")]
+            last = runs[-1] if runs else None
+            if last and last[:2] == what and last[3] is not None and last[3] == d.get("start_ns"):
+                last[3] = d.get("stop_ns")
+            else:
+                runs.append([*what, d.get("start_ns"), d.get("stop_ns")])
+        held = sum(self.count_points(m, start, stop, field) for m, field, start, stop in runs)
+        expected = sum(c["rows_after"] or 0 for c in chunks)
+        if held == expected:
+            return None
+        return (
+            f"{self.container()} holds {held:,} points in the job's measurements and time ranges, "
+            f"where its ledger counted {expected:,}"
+        )
+
     def reconcile_points(
         self,
         chunk: str,

@@ -346,3 +346,24 @@ def loaded_chunks_for_target(
             (target, job_ids),
         )
         return cur.fetchall()
+
+
+def record_report(conn: psycopg.Connection, job_id: str, report: dict[str, Any], keep_recorded: bool) -> None:
+    """Record a completed job's report; nothing when the job is not completed in the ledger, and
+    with `keep_recorded`, nothing when it already has one."""
+    conn.execute(
+        "INSERT INTO migration_status.migration_reports (job_id, report) "
+        "SELECT job_id, %s FROM migration_status.migration_runs WHERE job_id = %s AND status = 'completed' "
+        "ON CONFLICT (job_id) DO UPDATE SET report = EXCLUDED.report, recorded_at = now() WHERE NOT %s",
+        (Jsonb(report), job_id, keep_recorded),
+    )
+
+
+def recorded_report(conn: psycopg.Connection, job_id: str) -> dict[str, Any] | None:
+    """The job's recorded report; None when it has none, or the ledger predates recorded reports."""
+    if conn.execute("SELECT to_regclass('migration_status.migration_reports')").fetchone()[0] is None:
+        return None
+    row = conn.execute(
+        "SELECT report FROM migration_status.migration_reports WHERE job_id = %s", (job_id,)
+    ).fetchone()
+    return row[0] if row else None

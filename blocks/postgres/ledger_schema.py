@@ -3,7 +3,10 @@
 `migration_runs` has one row per job; `migration_chunk_status` one row per planned chunk;
 `migration_table_status` records what a job did to each target table before loading
 (created it, truncated it); `migration_plan_columns` the source columns each table was
-planned with. The rows themselves are read and written by `blocks.postgres.ledger`.
+planned with; `migration_reports` the report of each completed job (JSON, no secrets), which a
+rerun of the job returns. A ledger an older version wrote gains a table the next time a job
+starts (`ensure_ledger`); until then its jobs have no recorded report. The rows themselves
+are read and written by `blocks.postgres.ledger`.
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ CREATE TABLE IF NOT EXISTS migration_status.migration_plan_columns (
     PRIMARY KEY (job_id, table_name)
 );
 ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS rows_truncated bigint;
+CREATE TABLE IF NOT EXISTS migration_status.migration_reports (
+    job_id          text PRIMARY KEY,
+    report          jsonb NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT now()
+);
 """
 
 

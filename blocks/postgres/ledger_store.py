@@ -95,29 +95,8 @@ class PostgresLedger(BaseModel):
         with self.connect() as conn:
             ensure_ledger(conn)
             lock(conn, f"job/{migration}")
-            run = None
-            if job_id:
-                run = pg_ledger.get_run(conn, job_id)
-                if run and run["migration"] != migration:
-                    raise TargetGuardError(
-                        f"job {job_id} belongs to migration {run['migration']!r}, not {migration!r}"
-                    )
-                if run and run["fingerprint"] != fingerprint:
-                    raise TargetGuardError(
-                        f"job {job_id} was started with other tables, modes or target settings in its "
-                        "migrations file; restore them to run it again, or start a new job"
-                    )
-            elif not no_resume:
-                since = datetime.now(UTC) - resumable_within
-                run = pg_ledger.newest_run(conn, migration, fingerprint, UNFINISHED, since)
-                run = run or pg_ledger.newest_run(conn, migration, fingerprint, ("completed",))
+            run = _pick_run(conn, job_id, migration, fingerprint, no_resume, resumable_within)
             if run:
-                if run["status"] == "rolled_back":
-                    raise TargetGuardError(f"job {run['job_id']} was rolled back; start a new job")
-                if run["status"] == SUPERSEDED:
-                    raise TargetGuardError(
-                        f"job {run['job_id']} was superseded ({run['error']}); start a new job"
-                    )
                 if run["status"] == "completed":
                     return run["job_id"], JobStart.COMPLETED
                 pg_ledger.set_run_status(conn, run["job_id"], "running")
@@ -125,6 +104,34 @@ class PostgresLedger(BaseModel):
             new_id = job_id or f"{migration}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
             pg_ledger.insert_run(conn, new_id, migration, job_name, fingerprint, parameters, flow_run_id)
             return new_id, JobStart.NEW
+
+    def completed_job(
+        self,
+        *,
+        job_id: str | None,
+        migration: str,
+        fingerprint: str,
+        no_resume: bool,
+        resumable_within: timedelta,
+    ) -> dict[str, Any] | None:
+        """The job's ledger row, with its recorded `report` (None when it has none), when
+        `start_job` with these arguments would take up a completed job; else None, also where
+        `start_job` would refuse. Reads only: creates no ledger and no job."""
+        with self.connect() as conn:
+            if not ledger_exists(conn):
+                return None
+            try:
+                run = _pick_run(conn, job_id, migration, fingerprint, no_resume, resumable_within)
+            except TargetGuardError:
+                return None
+            if run is None or run["status"] != "completed":
+                return None
+            return {**run, "report": pg_ledger.recorded_report(conn, run["job_id"])}
+
+    def record_report(self, job_id: str, report: dict[str, Any], keep_recorded: bool = False) -> None:
+        """Record the report of a job the ledger shows completed (`ledger.record_report`)."""
+        with self.connect() as conn:
+            pg_ledger.record_report(conn, job_id, report, keep_recorded)
 
     def discard_job(self, job_id: str) -> bool:
         """Forget a job that never loaded a chunk (a refused attempt); False if it loaded any."""
@@ -302,3 +309,38 @@ class PostgresLedger(BaseModel):
             touched = ledger_claims.mark_removed(conn, removed, job_id, reason, RELOADABLE)
             pg_ledger.mark_job_rolled_back(conn, job_id)
             return touched
+
+
+def _pick_run(
+    conn: psycopg.Connection,
+    job_id: str | None,
+    migration: str,
+    fingerprint: str,
+    no_resume: bool,
+    resumable_within: timedelta,
+) -> dict[str, Any] | None:
+    """The job a run with these arguments takes up (see `PostgresLedger.start_job`), or None
+    for a new one. Raises `TargetGuardError` for a job of another migration or fingerprint,
+    and for a rolled-back or superseded one."""
+    run = None
+    if job_id:
+        run = pg_ledger.get_run(conn, job_id)
+        if run and run["migration"] != migration:
+            raise TargetGuardError(
+                f"job {job_id} belongs to migration {run['migration']!r}, not {migration!r}"
+            )
+        if run and run["fingerprint"] != fingerprint:
+            raise TargetGuardError(
+                f"job {job_id} was started with other tables, modes or target settings in its "
+                "migrations file; restore them to run it again, or start a new job"
+            )
+    elif not no_resume:
+        since = datetime.now(UTC) - resumable_within
+        run = pg_ledger.newest_run(conn, migration, fingerprint, UNFINISHED, since)
+        run = run or pg_ledger.newest_run(conn, migration, fingerprint, ("completed",))
+    if run:
+        if run["status"] == "rolled_back":
+            raise TargetGuardError(f"job {run['job_id']} was rolled back; start a new job")
+        if run["status"] == SUPERSEDED:
+            raise TargetGuardError(f"job {run['job_id']} was superseded ({run['error']}); start a new job")
+    return run

@@ -53,6 +53,13 @@ __all__ = [
 ]
 
 
+# A target table by the qualified name the ledger records: (schema, table).
+_LOADED_TABLE_SQL = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = %(table)s::text
+"""
+
+
 class TableRollback(BaseModel):
     """What a rollback did to one target table."""
 
@@ -171,6 +178,30 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         where, params = self._range_clause(table, lower, upper)
         query = sql.SQL("SELECT count(*) FROM {}").format(ident(table)) + where
         return conn.execute(query, params).fetchone()[0]
+
+    def loaded_mismatch(self, chunks: list[dict[str, Any]]) -> str | None:
+        """None when the target table of `chunks` (the ledger's rows of its loaded chunks) still
+        holds a row one of their loads wrote: its `xmin` is a load's transaction id (the
+        chunks' `details.xid`). A truncated table, or one dropped and created again, holds none.
+        Cheap where the job's rows are: the scan stops at the first such row. Partial deletes
+        are not seen. Else what differs, as a clause."""
+        if not chunks:
+            return None
+        name = chunks[0]["target_table"]
+        xids = [str((c["details"] or {}).get("xid")) for c in chunks if "xid" in (c["details"] or {})]
+        if len(xids) < len(chunks):
+            return f"the ledger recorded no transaction id for some chunks of {name}"
+        with self.connect() as conn:
+            found = conn.execute(_LOADED_TABLE_SQL, {"table": name}).fetchone()
+            if found is None:
+                return f"target table {name} is gone"
+            query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE xmin = ANY(%s::text[]::xid[]))")
+            if not conn.execute(query.format(sql.Identifier(*found)), (xids,)).fetchone()[0]:
+                return (
+                    f"target table {name} holds none of the rows the job's loads wrote "
+                    "(truncated, or created again)"
+                )
+        return None
 
     @staticmethod
     def _range_clause(table: TargetTable, lower: Any, upper: Any) -> tuple[sql.Composable, list[Any]]:
