@@ -59,8 +59,13 @@ def test_chunks_fan_out_over_dask_workers_and_resume(
     names, expected = source_rows(snowflake_kwargs, "ANALYTICS", "PUBLIC", "EVENTS", "EVENT_ID", EVENTS_JSON)
     assert_same_rows(expected, target_rows(pg_connect, "analytics.events", names, "event_id"), names)
 
-    # Two chunks as after a worker died between committing and persisting its results: a rerun
-    # must resume them on the cluster (the address now from the environment) without loading twice.
+    # Two chunks as after a worker died between committing and persisting its results (so the
+    # run failed, and the job is not completed): a rerun must resume them on the cluster (the
+    # address now from the environment) without loading twice.
+    with pg_connect() as conn:
+        conn.execute(
+            "UPDATE migration_status.migration_runs SET status = 'failed' WHERE job_id = 'dask-fan-out'"
+        )
     first = ledger(pg_connect, "dask-fan-out")
     lost = {c.chunk_id for c in report.chunks[2:4]}
     results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"]) / "migrate" / "dask-fan-out"
