@@ -118,18 +118,20 @@ def measure(stack) -> list:
             continue
         first, second = [r["first"] for r in runs], [r["second"] for r in runs]
         settings = {
-            "project": f"the project's settings: Prefect's heartbeats every {runs[0]['heartbeat_frequency']} s",
-            "no-heartbeats": "Prefect's heartbeats off (heartbeat_frequency None)",
-            "migration_flow": f"flows.heartbeats.migration_flow from {runs[0].get('module')}",
+            "project": f"plain @flow, Prefect's heartbeats every {runs[0]['heartbeat_frequency']} s (baseline)",
+            "no-heartbeats": "plain @flow, Prefect's heartbeats off (heartbeat_frequency None)",
+            "migration_flow": "flows.heartbeats.migration_flow, as migrate, rollback and verify are made",
         }[variant]
+        # The target is for the project's flows; the plain @flow rows show what they avoid.
+        ours = variant == "migration_flow"
         print(f"  {settings}: first call {_spread(first)}, second call {_spread(second)}")
         rows.append(
             Row(
                 f"j: empty @flow, first call in a process ({settings}), {RUNS} runs",
                 _spread(first),
                 f"second call in the process: {_spread(second)}",
-                target=f"<= {TARGET_SECONDS} s",
-                met=met(median(first) <= TARGET_SECONDS),
+                target=f"<= {TARGET_SECONDS} s" if ours else "-",
+                met=met(median(first) <= TARGET_SECONDS) if ours else "-",
             )
         )
 
