@@ -102,6 +102,16 @@ class ProgressTracker:
         _TRACKERS.pop(self.job_id, None)
 
 
+def publish_done(job_id: str, migration: str, chunks: int, rows: int) -> None:
+    """The progress artifact of a job whose chunks are all done, in one API call (a rerun of a
+    completed job: `ProgressTracker` would create it, then update it)."""
+    create_progress_artifact(
+        progress=100.0,
+        key=f"migration-progress-{artifact_slug(migration)}",
+        description=f"Job `{job_id}`: {chunks}/{max(chunks, 1)} chunks done, {rows:,} rows moved. Current stage: idle.",
+    )
+
+
 def artifact_slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-") or "job"
 

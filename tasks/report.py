@@ -14,7 +14,7 @@ from tasks.connections import build_ledger, build_target
 from tasks.jobs import fingerprint, hold_job_run, job_window
 from tasks.pipeline import ChunkReport
 from tasks.policy import run_step
-from tasks.progress import ProgressTracker, artifact_slug
+from tasks.progress import artifact_slug, publish_done
 
 
 class TableTotals(BaseModel):
@@ -284,7 +284,5 @@ def record_report(spec: MigrationSpec, report: MigrationReport, keep_recorded: b
 def publish_recorded_report(report: MigrationReport) -> None:
     """Publish a report taken from the ledger as a run publishes its own: the progress artifact
     at its end (every chunk done) and the report artifact, every chunk loaded by an earlier run."""
-    progress = ProgressTracker(report.job_id, report.migration, len(report.chunks))
-    progress.done, progress.rows = len(report.chunks), report.rows
-    progress.close()
+    publish_done(report.job_id, report.migration, len(report.chunks), report.rows)
     publish_report(report, {(c.table, c.chunk_id) for c in report.chunks})

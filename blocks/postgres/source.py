@@ -39,6 +39,8 @@ from blocks.postgres import pool as pg_pool
 from blocks.postgres.credentials import PostgresLogin
 from blocks.postgres.csv_export import CsvBlockParser, copy_blocks, pg_column, select_expression
 
+# The last `describe` of each table in this process, by login, schema and table (`_picked`).
+_DESCRIBED: dict[tuple, TableSchema] = {}
 # Up to this many key buckets are found by one index probe each instead of reading every key.
 PROBE_BUCKETS = 4096
 # The session settings whose text forms the CSV parse below relies on.
@@ -107,7 +109,12 @@ class PostgresSource(PostgresTraits, Block, PostgresLogin):
         """The table's (or view's) columns in order. A missing table, or a column whose type
         has no mapping, raises `SourceSchemaError` naming it."""
         with self.connect() as conn:
-            return self._describe(conn, table)
+            schema = self._describe(conn, table)
+        _DESCRIBED[self._described_key(table)] = schema
+        return schema
+
+    def _described_key(self, table: str) -> tuple:
+        return (*self.credentials.pool_key("source"), self.schema_name, table)
 
     def _describe(self, conn: psycopg.Connection, table: str) -> TableSchema:
         rows = conn.execute(
@@ -283,8 +290,13 @@ class PostgresSource(PostgresTraits, Block, PostgresLogin):
                 yield from pending.result()
 
     def _picked(self, conn: psycopg.Connection, table: str, columns: list[str]) -> list[Column]:
-        """The asked columns in order; one the table lacks raises `SourceSchemaError`."""
-        schema = self._describe(conn, table)
+        """The asked columns in order; one the table lacks raises `SourceSchemaError`.
+
+        The table as `describe` last saw it in this process (the check for drift after the
+        previous chunk's read, or the plan's), else described now: a table altered since makes
+        this chunk's read fail, or the check after it name the change (tasks.export), so the
+        describe before each read is saved (a query per chunk)."""
+        schema = _DESCRIBED.get(self._described_key(table)) or self._describe(conn, table)
         missing = [c for c in columns if schema.column(c) is None]
         if missing:
             raise SourceSchemaError(

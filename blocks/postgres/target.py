@@ -234,8 +234,8 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
     ) -> ChunkLoad:
         """Load one chunk exactly once: rows and ledger row commit together, or not at all.
 
-        `verify_against`: the chunk's staged rows (`batches` come from them); the rows this transaction wrote are read back and
-        compared with it value by value before commit (`blocks.postgres.verify`), so a value
+        `verify_against`: the chunk's staged rows (`batches` come from them); the rows this
+        transaction wrote are read back and compared with them value by value before commit (`blocks.postgres.verify`), so a value
         the target changed or an encoder got wrong is never committed. Without it, counts only.
 
         If the ledger already shows this job's chunk as loaded (a crash after commit, before
@@ -265,9 +265,6 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
                 )
             before = self.count_range(conn, table, lower, upper)
             overwrote: list[dict[str, Any]] = []
-            sent: list[pa.RecordBatch] = []
-            if verify_against is not None:
-                batches = _keeping(batches, sent)  # compared after the COPY, without reading the file again
             if mode is LoadMode.UPSERT:
                 copied, overwrote = upsert_batches(conn, table, batches, job_id, source_table, chunk_id)
             else:
@@ -280,7 +277,8 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
             xid = pg_ledger.current_xid(conn)
             if verify_against is not None:
                 where = f"{source_table} chunk {chunk_id} [{lower}, {upper}) into {table.qualified}"
-                staged = pa.Table.from_batches(sent) if sent else verify_against.read()
+                # The chunk as staged (in memory: no copy); not the batches sent, which may be copies.
+                staged = verify_against.read()
                 verify_chunk(conn, table, staged, xid, where, self._range_clause(table, lower, upper))
             details = {"verified": "content" if verify_against is not None else "counts"}
             pg_ledger.mark_chunk_loaded(
@@ -369,9 +367,3 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         if dropped:
             conn.execute(sql.SQL("DROP TABLE {}").format(ident))
         return TableRollback(table=name, rows_deleted=deleted, dropped=dropped, rows_kept=kept)
-
-
-def _keeping(batches: Iterable[pa.RecordBatch], kept: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        kept.append(batch)
-        yield batch
