@@ -102,7 +102,6 @@ def migrate(
     explicit = any(v is not None for v in (start_time, end_time, batch_size))
     args = (spec, run_window, job_id, no_resume, resume_max_age_hours, explicit, picked)
     if recorded := recorded_report(*args):  # a completed job its target agrees with: no source, no plan
-        label_flow_run(recorded.job_id, spec.name)
         report = recorded.model_copy(update={"seconds": time.perf_counter() - started})
         publish_recorded_report(report)
         logger.info(report.summary())

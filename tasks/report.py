@@ -3,6 +3,8 @@ ledger when the job completes, so a rerun of the completed job reports it from t
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from prefect import get_run_logger, task
@@ -14,7 +16,7 @@ from tasks.connections import build_ledger, build_target
 from tasks.jobs import fingerprint, hold_job_run, job_window
 from tasks.pipeline import ChunkReport
 from tasks.policy import run_step
-from tasks.progress import artifact_slug, publish_done
+from tasks.progress import artifact_slug, label_flow_run, publish_done
 
 
 class TableTotals(BaseModel):
@@ -282,7 +284,18 @@ def record_report(spec: MigrationSpec, report: MigrationReport, keep_recorded: b
 
 
 def publish_recorded_report(report: MigrationReport) -> None:
-    """Publish a report taken from the ledger as a run publishes its own: the progress artifact
-    at its end (every chunk done) and the report artifact, every chunk loaded by an earlier run."""
-    publish_done(report.job_id, report.migration, len(report.chunks), report.rows)
-    publish_report(report, {(c.table, c.chunk_id) for c in report.chunks})
+    """Label the flow run with its job and publish a report taken from the ledger as a run
+    publishes its own: the progress artifact at its end (every chunk done) and the report
+    artifact, every chunk loaded by an earlier run. The three API calls do not depend on each
+    other, so they go side by side (each in a copy of this run's context, which links the
+    artifacts to it); the first error, if any, is raised."""
+    loaded = {(c.table, c.chunk_id) for c in report.chunks}
+    calls = [
+        (label_flow_run, (report.job_id, report.migration)),
+        (publish_done, (report.job_id, report.migration, len(report.chunks), report.rows)),
+        (publish_report, (report, loaded)),
+    ]
+    with ThreadPoolExecutor(len(calls), thread_name_prefix="publish-recorded") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, fn, *args) for fn, args in calls]
+    for future in futures:
+        future.result()

@@ -10,9 +10,11 @@ import shutil
 import socket
 from datetime import datetime
 
+import httpx
 import pytest
 
 from tests.energy_support import influx_migrations, single_measure_records
+from tests.prefect_support import api, flow_runs_tagged
 from tests.support import (
     assert_same_rows,
     own_snowflake_database,
@@ -108,6 +110,20 @@ def test_rerun_reports_the_recorded_report_without_the_source(
         assert all(c.already_loaded for c in again.chunks)
         assert "already completed, nothing to load" in again.summary()
     assert items_in_target(pg_connect) == before
+    # Each rerun's flow run is labelled with the job and carries its own progress (100 %) and
+    # report artifacts, as a run that loads does (they are published side by side).
+    runs = flow_runs_tagged(f"job:{first.job_id}")
+    assert len(runs) == 3 and {r["name"] for r in runs} == {f"analytics job {first.job_id}"}, runs
+    for run in runs[1:]:
+        artifacts = httpx.post(
+            f"{api()}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
+        ).json()
+        assert {a["type"] for a in artifacts} == {"progress", "table"}, artifacts
+        assert next(a["data"] for a in artifacts if a["type"] == "progress") == 100.0
+        table = next(a for a in artifacts if a["type"] == "table")
+        assert table["key"].startswith("migration-report") and first.job_id in (table["description"] or ""), (
+            table
+        )
     with pg_connect() as conn:
         jobs = conn.execute("SELECT job_id, status FROM migration_status.migration_runs").fetchall()
     assert jobs == [(first.job_id, "completed")]
