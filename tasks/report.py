@@ -196,8 +196,8 @@ def recorded_report(
     log says which. Raises `TargetGuardError` when another run holds the job.
     """
     logger = get_run_logger()
-    ledger = build_ledger(spec)
-    try:
+    try:  # anything wrong with the settings is for the connection checks to name
+        ledger = build_ledger(spec)
         run = ledger.completed_job(
             job_id=job_id,
             migration=spec.name,
