@@ -274,7 +274,16 @@ class Ledger(Protocol):
     def ensure_run_lock(self, job_id: str) -> None:
         """Raise `TargetGuardError` when this process's run lost the job to another run."""
 
-    def record_plan(self, job_id: str, rows: list[tuple], columns: dict) -> None: ...
+    def record_plan(
+        self, job_id: str, rows: list[tuple], columns: dict, marks: list[dict] | None = None
+    ) -> None:
+        """Record the planned chunks, their tables' source columns and, for catch-up runs,
+        each table's high-water mark (`table`, `cursor_column`, `high_water`, `window_start`,
+        `window_rows`), all at once."""
+
+    def migration_jobs(self, migration: str) -> list[dict]:
+        """The migration's jobs, newest first, each with its `status`, `parameters` and
+        high-water `marks`. Reads only."""
 
     def planned_chunks(self, job_id: str) -> list[dict]: ...
 

@@ -62,6 +62,44 @@ class MappingSettings(Strict):
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(value):
+    """'30m', '6h', '1d' to a timedelta; other values pass through for pydantic to check."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError("use a number and a unit: 30m, 6h, 1d, 1w")
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    return value
+
+
+class IncrementalSettings(Strict):
+    """Catch-up runs after the backfill: rows whose cursor moved past the last high-water mark."""
+
+    cursor_column: str | None = Field(
+        default=None,
+        description="Timestamp column the source sets on every insert and update (default: the "
+        "chunk_column, the point time of a time series)",
+    )
+    lookback: timedelta = Field(
+        default=timedelta(0),
+        description="How far before the high-water mark a catch-up reads again, for rows committed late",
+    )
+
+    @field_validator("lookback", mode="before")
+    @classmethod
+    def _parse_lookback(cls, value):
+        return parse_duration(value)
+
+    @field_validator("lookback")
+    @classmethod
+    def _not_negative(cls, value):
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+
 # A PostgreSQL type name: an optionally schema-qualified name with an optional (n) or (n,m),
 # then the words of multi-word types (double precision, timestamp(3) with time zone,
 # interval day to second), then array brackets.
@@ -99,16 +137,21 @@ class TableSpec(Strict):
         default=None, description="parquet source: a Timestream UNLOAD manifest.json"
     )
     mapping: MappingSettings | None = Field(default=None, description="influxdb target: points from rows")
+    incremental: IncrementalSettings | None = Field(
+        default=None, description="Catch-up runs after the backfill move only what changed (a cursor)"
+    )
 
     @field_validator("chunk_interval", mode="before")
     @classmethod
     def _parse_duration(cls, value):
-        if isinstance(value, str):
-            match = _DURATION.match(value)
-            if not match:
-                raise ValueError("use a number and a unit: 30m, 6h, 1d, 1w")
-            return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        return value
+        return parse_duration(value)
+
+    @property
+    def cursor_column(self) -> str | None:
+        """The column catch-up runs follow (None: the table takes no catch-up runs)."""
+        if self.incremental is None:
+            return None
+        return self.incremental.cursor_column or self.chunk_column
 
     @field_validator("chunk_interval")
     @classmethod
@@ -202,6 +245,18 @@ class MigrationSpec(Strict):
                     f"table {table.name}: load_mode {table.load_mode} is not available for {kind} "
                     f"targets; {getattr(target, 'load_modes_note', '')}"
                 )
+            if table.incremental is not None:
+                cursor = table.cursor_column
+                if target.writes_points and cursor != table.chunk_column:
+                    raise ValueError(
+                        f"table {table.name}: on {kind} targets the cursor is the point time, the "
+                        f"chunk_column {table.chunk_column}; leave incremental.cursor_column out"
+                    )
+                if not target.writes_points and not table.primary_key:
+                    raise ValueError(
+                        f"table {table.name}: incremental needs primary_key: catch-up runs upsert "
+                        "the rows that changed on it"
+                    )
             if (table.path or table.manifest) and not self.source.reads_table_files:
                 raise ValueError(
                     f"table {table.name}: path and manifest apply to {_types_with('reads_table_files', registry.SOURCES)} "

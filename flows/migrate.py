@@ -16,6 +16,17 @@ from blocks.errors import MigrationFailed, TargetGuardError
 from blocks.seam import JobStart
 from flows.heartbeats import migration_flow
 from flows.rollback import rollback
+from tasks.catch_up import (
+    RunKind,
+    catch_up_parameters,
+    catch_up_spec,
+    choose_run,
+    describe_catch_up,
+    for_run,
+    high_water_marks,
+    incremental,
+    plan_catch_up,
+)
 from tasks.config import MigrationSpec
 from tasks.connections import check_connections, validate_config
 from tasks.jobs import (
@@ -73,6 +84,7 @@ def migrate(
     resume_attempt: int = 0,
     resume_attempt_count: int = 3,
     dask_address: str | None = None,
+    catch_up: bool = False,
 ) -> MigrationReport:
     """Move the tables of migration `source_name` into its target, chunk by chunk.
 
@@ -85,6 +97,9 @@ def migrate(
     it); past `resume_attempt_count` the run fails at once instead of trying again.
     `dask_address` (or env MIGRATE_DASK_ADDRESS) is a Dask scheduler ("tcp://host:8786"): chunks
     then run on that cluster's workers instead of this process's threads.
+    Tables with `incremental` take catch-up runs once their backfill completed: a run without
+    job_id moves only what changed since the last high-water mark (`tasks.catch_up`).
+    `catch_up=true` asks for a catch-up only, and is refused while the backfill is unfinished.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -101,16 +116,30 @@ def migrate(
     picked = job_id is None
     explicit = any(v is not None for v in (start_time, end_time, batch_size))
     args = (spec, run_window, job_id, no_resume, resume_max_age_hours, explicit, picked)
-    if recorded := recorded_report(*args):  # a completed job its target agrees with: no source, no plan
+    may_catch_up = catch_up or (picked and not no_resume and bool(incremental(spec)))
+    if not may_catch_up and (recorded := recorded_report(*args)):  # no source, no plan
         report = recorded.model_copy(update={"seconds": time.perf_counter() - started})
         publish_recorded_report(report)
         logger.info(report.summary())
         return report
     check_connections(spec)
-    tables = inspect_source(spec)
+    run = choose_run(spec, job_id, catch_up, no_resume)
+    if run.kind == "up_to_date":
+        return up_to_date(spec.name, run, time.perf_counter() - started)
+    if run.kind == "catch_up":
+        spec, job_id = catch_up_spec(spec, run.tables), run.job_id
+        logger.info("Catch-up run: %s", describe_catch_up(run))
+    tables = for_run(inspect_source(spec), run)
 
     job_id, how, run_window = start_job(
-        spec, run_window, job_id, job_name, no_resume, resume_max_age_hours, explicit
+        spec,
+        run_window,
+        job_id,
+        job_name,
+        no_resume,
+        resume_max_age_hours,
+        explicit,
+        catch_up_parameters(run.tables) if run.kind == "catch_up" else None,
     )
     resumed = how is not JobStart.NEW
     kept = True
@@ -121,11 +150,12 @@ def migrate(
         failures: list[BaseException] = []
         loaded_before: set[tuple[str, str]] = set()
         try:
-            plans = (load_recorded_plan(spec, job_id, tables) if resumed else None) or plan_chunks(
-                spec, tables, run_window
-            )
+            plans, marks = (load_recorded_plan(spec, job_id, tables) if resumed else None), None
+            if not plans:  # marks first: every row that changes after them is past them
+                marks = high_water_marks(spec, run.tables or None) if incremental(spec) else None
+                plans = plan_job(spec, tables, run_window, run)
             if how is not JobStart.COMPLETED:
-                record_plan(spec, job_id, plans)
+                record_plan(spec, job_id, plans, marks)
                 prepare_targets(spec, job_id, plans, resume_max_age_hours)
             states = ledger_states(spec, job_id, plans, new_job=how is JobStart.NEW and picked)
             loaded_before = {key for key, state in states.items() if state == "loaded"}
@@ -157,6 +187,8 @@ def migrate(
         loaded_before=loaded_before,
         already_complete=how is JobStart.COMPLETED and not error,
     )
+    if run.kind == "catch_up":
+        report.catch_up = describe_catch_up(run)
     if status == "completed":  # a rerun reports it from the ledger (`recorded_report`)
         record_report(spec, report, keep_recorded=how is JobStart.COMPLETED)
     publish_report(report, loaded_before)
@@ -166,6 +198,32 @@ def migrate(
             error += rollback_after_failure(job_id, spec.name, migrations_file)
         job = f"job {job_id}" if kept else "a new job (refused, not kept in the ledger)"
         raise MigrationFailed(f"migration {spec.name!r} {job} failed: {error}")
+    return report
+
+
+def plan_job(spec: MigrationSpec, tables: list[TablePlan], window, run: RunKind) -> list[TablePlan]:
+    """A new job's chunks: a catch-up's over its cursor ranges, any other's from the source's bounds."""
+    if run.kind == "catch_up":
+        return plan_catch_up(spec, tables, run.tables)
+    return plan_chunks(spec, tables, window)
+
+
+def up_to_date(migration: str, run: RunKind, seconds: float) -> MigrationReport:
+    """The report of a catch-up that found nothing changed: no job started, nothing written."""
+    report = MigrationReport(
+        job_id=run.job_id or "",
+        migration=migration,
+        status="completed",
+        resumed=False,
+        rows=0,
+        bytes=0,
+        seconds=seconds,
+        tables=[],
+        chunks=[],
+        catch_up=run.note,
+        up_to_date=True,
+    )
+    get_run_logger().info(report.summary())
     return report
 
 

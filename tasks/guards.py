@@ -34,6 +34,15 @@ def refuse_overlap(plan: TablePlan, job_id: str, loaded: list[dict]) -> None:
     found: dict[str, list[tuple[Bound, str]]] = {}
     status: dict[str, str] = {}
     for row in loaded:
+        column = row.get("chunk_column") or plan.spec.chunk_column
+        if column != plan.spec.chunk_column:
+            # Ranges of another column (a catch-up follows its cursor) cannot be compared with
+            # this job's: its rows may be any of the table's, so they count as overlapping.
+            found.setdefault(row["job_id"], []).append(
+                (None, f"{column} in [{row['lower_bound']}, {row['upper_bound']})")
+            )
+            status[row["job_id"]] = row.get("job_status", "")
+            continue
         lo = parse_bound(plan.chunk_kind, row["lower_bound"])
         hi = parse_bound(plan.chunk_kind, row["upper_bound"])
         if any(_overlaps(c.lower, c.upper, lo, hi) for c in plan.chunks):
@@ -58,6 +67,16 @@ def refuse_overlap(plan: TablePlan, job_id: str, loaded: list[dict]) -> None:
         + "\nOr load with load_mode upsert or replace, or pick a start_time/end_time (or keys) that "
         "do not overlap. Nothing was written."
     )
+
+
+def claims_in_the_way(plan: TablePlan, migration: str, claims: list[dict]) -> list[dict]:
+    """The claims a table's points may not be written over. A catch-up writes again points its
+    own migration's jobs loaded (its lookback overlaps their ranges, and points are
+    idempotent), so only other migrations' claims are in its way; the ledger still records
+    that the jobs share those ranges."""
+    if not plan.catch_up:
+        return claims
+    return [c for c in claims if c.get("migration") != migration]
 
 
 def refuse_point_overlap(

@@ -16,21 +16,23 @@ from blocks.errors import ConfigError, TargetGuardError
 from blocks.seam import JobStart, Ledger, LoadMode
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_staging, build_target
-from tasks.guards import refuse_overlap, refuse_point_overlap
+from tasks.guards import claims_in_the_way, refuse_overlap, refuse_point_overlap
 from tasks.load_points import time_ns
 from tasks.plan import Chunk, TablePlan, bound_text, check_schema_drift, parse_bound
 from tasks.policy import run_step, step_task
 
 
-def fingerprint(spec: MigrationSpec, window: RunWindow) -> str:
-    """What decides which rows a job moves and how; a job only resumes with the same fingerprint."""
+def fingerprint(spec: MigrationSpec, window: RunWindow, catch_up: list[dict] | None = None) -> str:
+    """What decides which rows a job moves and how; a job only resumes with the same fingerprint.
+    A catch-up job's includes its cursor ranges (`catch_up`)."""
     # Guard overrides change what a run may do, not which rows it moves.
     overrides = {"allow_truncate_foreign_rows", "allow_rewrite_loaded_points"}
     tables = [t.model_dump(mode="json", exclude=overrides) for t in spec.tables]
     target = spec.target.scope(spec.lowercase_identifiers)
-    blob = json.dumps(
-        {"tables": tables, "target": target, "window": window.model_dump(mode="json")}, sort_keys=True
-    )
+    what = {"tables": tables, "target": target, "window": window.model_dump(mode="json")}
+    if catch_up is not None:
+        what["catch_up"] = catch_up
+    blob = json.dumps(what, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -43,6 +45,7 @@ def start_job(
     no_resume: bool,
     resume_max_age_hours: float,
     explicit_window: bool = False,
+    catch_up: list[dict] | None = None,
 ) -> tuple[str, JobStart, RunWindow]:
     """The job to run: the given one, the newest resumable one, the newest completed one with
     the same tables, modes and window (nothing left to do), or a new one. Returns (job_id,
@@ -50,8 +53,10 @@ def start_job(
 
     A job given by id keeps the window it started with (start_time, end_time, batch_size), so
     it resumes by its id alone. When the run also sets some of them (`explicit_window`) and
-    they differ, it raises `TargetGuardError` naming both."""
+    they differ, it raises `TargetGuardError` naming both. `catch_up`: a catch-up job's cursor
+    ranges (`tasks.catch_up`), kept in its parameters."""
     ledger = build_ledger(spec)
+    parameters = {"window": window.model_dump(mode="json"), "job_name": job_name}
     window = job_window(ledger, spec.name, window, job_id, explicit_window)
     context = get_run_context()
     flow_run = getattr(context.task_run, "flow_run_id", None)
@@ -59,8 +64,8 @@ def start_job(
         job_id=job_id,
         migration=spec.name,
         job_name=job_name,
-        fingerprint=fingerprint(spec, window),
-        parameters={"window": window.model_dump(mode="json"), "job_name": job_name},
+        fingerprint=fingerprint(spec, window, catch_up),
+        parameters={**parameters, "catch_up": catch_up} if catch_up is not None else parameters,
         flow_run_id=str(flow_run) if flow_run else None,
         no_resume=no_resume,
         resumable_within=timedelta(hours=resume_max_age_hours),
@@ -120,7 +125,11 @@ def hold_job_run(spec: MigrationSpec, job_id: str, picked: bool) -> Iterator[Non
 
 
 @step_task("record-plan")
-def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> None:
+def record_plan(
+    spec: MigrationSpec, job_id: str, plans: list[TablePlan], marks: list[dict] | None = None
+) -> None:
+    """Record the job's chunks, the columns they were planned with and, for `incremental`
+    tables, the high-water marks read before planning (`tasks.catch_up.high_water_marks`)."""
     rows = [
         (
             c.table,
@@ -135,7 +144,7 @@ def record_plan(spec: MigrationSpec, job_id: str, plans: list[TablePlan]) -> Non
     ]
     # The source columns each table was planned with; a resume compares the source with them.
     columns = {p.spec.name: [c.model_dump(mode="json") for c in p.source_columns] for p in plans}
-    build_ledger(spec).record_plan(job_id, rows, columns)
+    build_ledger(spec).record_plan(job_id, rows, columns, marks)
 
 
 @step_task("load-plan")
@@ -190,7 +199,7 @@ def prepare_targets(
                 continue
             ranges = [(time_ns(c.lower), time_ns(c.upper)) for c in plan.chunks]
             claims = ledger.point_claims(job_id, target.describe_target(), [plan.points.measurement], ranges)
-            refuse_point_overlap(plan, job_id, claims)
+            refuse_point_overlap(plan, job_id, claims_in_the_way(plan, spec.name, claims))
         return  # nothing to create; the connection check proved the bucket or database exists
     for plan in plans:
         if plan.spec.load_mode is LoadMode.APPEND:

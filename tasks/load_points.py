@@ -20,7 +20,7 @@ from blocks.errors import ValidationFailed
 from blocks.timeunits import EPOCH_UTC, NS_PER_UNIT
 from tasks.config import MigrationSpec
 from tasks.connections import build_ledger, build_target
-from tasks.guards import refuse_point_overlap
+from tasks.guards import claims_in_the_way, refuse_point_overlap
 from tasks.plan import Bound, Chunk, TablePlan
 from tasks.validate import ChunkManifest, staged_rows
 
@@ -113,12 +113,14 @@ def other_jobs_in_range(
 ) -> list[str]:
     """Other live jobs that loaded points of these measurements in the chunk's time range.
 
-    Raises `TargetGuardError` naming them, unless the table sets `allow_rewrite_loaded_points`;
-    then returns them, for the ledger to record that the jobs share the range."""
+    Raises `TargetGuardError` naming them, unless the table sets `allow_rewrite_loaded_points`
+    (or the job is a catch-up and they are its own migration's); then returns them, for the
+    ledger to record that the jobs share the range."""
     ranges = [(time_ns(chunk.lower), time_ns(chunk.upper))]
     claims = build_ledger(spec).point_claims(job_id, target, measurements, ranges)
     if not plan.spec.allow_rewrite_loaded_points:
-        refuse_point_overlap(plan, job_id, claims, where=f"chunk {chunk.chunk_id}'s points")
+        in_the_way = claims_in_the_way(plan, spec.name, claims)
+        refuse_point_overlap(plan, job_id, in_the_way, where=f"chunk {chunk.chunk_id}'s points")
     return sorted({c["job_id"] for c in claims})
 
 

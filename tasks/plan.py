@@ -52,6 +52,7 @@ class TablePlan(BaseModel):
     time_range: tuple[datetime, datetime] | None = None
     target_system: str = ""
     time_unit: str = "us"  # the finest time the target keeps: staged files carry times in it
+    catch_up: bool = False  # a catch-up job's table, chunked on its cursor (`tasks.catch_up`)
     chunks: list[Chunk] = []
 
     @property

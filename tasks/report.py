@@ -64,6 +64,10 @@ class MigrationReport(BaseModel):
     verified: str = "no chunks"
     """How the job's chunks were verified: "content" (every value read back and compared with
     the staged chunk), "counts" (row counts only), or "mixed (…)" when its runs differed."""
+    catch_up: str = ""
+    """For a catch-up run: what it caught up on, or why it had nothing to load."""
+    up_to_date: bool = False
+    """A catch-up run that found no table changed since its high-water mark: no job, nothing loaded."""
 
     def summary(self) -> str:
         unit = self.tables[0].unit if self.tables else "rows"
@@ -82,7 +86,11 @@ class MigrationReport(BaseModel):
                 f"{' (resumed)' if self.resumed else ''}, {self.rows:,} {unit}{split}, "
                 f"{self.bytes:,} staged bytes, {self.seconds:.1f} s"
             )
+        if self.up_to_date:
+            return f"Migration {self.migration!r} is up to date, nothing to load: {self.catch_up}"
         lines = [head, f"  verified: {self.verified}"]
+        if self.catch_up:
+            lines.append(f"  catch-up: {self.catch_up}")
         for t in self.tables:
             dropped = f", {t.rows_dropped:,} rows left out (see problems)" if t.rows_dropped else ""
             lines.append(

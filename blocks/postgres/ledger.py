@@ -72,7 +72,9 @@ def discard_run(conn: psycopg.Connection, job_id: str) -> bool:
     ).fetchone()[0]
     if loaded:
         return False
+    has_marks = conn.execute("SELECT to_regclass('migration_status.migration_marks')").fetchone()[0]
     for table in (
+        *(("migration_marks",) if has_marks else ()),
         "migration_chunk_status",
         "migration_plan_columns",
         "migration_table_status",

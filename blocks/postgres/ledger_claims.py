@@ -124,8 +124,8 @@ def live_chunks_for_target(conn: psycopg.Connection, exclude_job: str, target: s
     bounds and their job's status."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT c.job_id, c.table_name, c.chunk_id, c.lower_bound, c.upper_bound, r.status AS job_status "
-            "FROM migration_status.migration_chunk_status c "
+            "SELECT c.job_id, c.table_name, c.chunk_id, c.chunk_column, c.lower_bound, c.upper_bound, "
+            "r.status AS job_status FROM migration_status.migration_chunk_status c "
             "JOIN migration_status.migration_runs r USING (job_id) WHERE c.target_table = %s "
             "AND c.job_id <> %s AND c.status = 'loaded' AND r.status <> 'rolled_back'",
             (target, exclude_job),

@@ -4,7 +4,8 @@
 `migration_table_status` records what a job did to each target table before loading
 (created it, truncated it); `migration_plan_columns` the source columns each table was
 planned with; `migration_reports` the report of each completed job (JSON, no secrets), which a
-rerun of the job returns. A ledger an older version wrote gains a table the next time a job
+rerun of the job returns; `migration_marks` the high-water marks of catch-up runs
+(`ledger_marks`). A ledger an older version wrote gains a table the next time a job
 starts (`ensure_ledger`); until then its jobs have no recorded report. The rows themselves
 are read and written by `blocks.postgres.ledger`.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import psycopg
 
 from blocks.postgres.ledger_lock import ensure_run_lock
+from blocks.postgres.ledger_marks import MARKS_DDL
 
 LEDGER_DDL = """
 CREATE SCHEMA IF NOT EXISTS migration_status;
@@ -85,6 +87,7 @@ def ensure_ledger(conn: psycopg.Connection) -> None:
     # Two jobs starting at once would race on CREATE ... IF NOT EXISTS; serialise them.
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('migration_status.ddl', 0))")
     conn.execute(LEDGER_DDL)
+    conn.execute(MARKS_DDL)
 
 
 def lock(conn: psycopg.Connection, key: str) -> None:

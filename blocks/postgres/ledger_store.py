@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from blocks.errors import ConnectionCheckError, TargetGuardError, ValidationFailed
 from blocks.job_status import RELOADABLE, SUPERSEDED, UNFINISHED
 from blocks.postgres import ledger as pg_ledger
-from blocks.postgres import ledger_claims
+from blocks.postgres import ledger_claims, ledger_marks
 from blocks.postgres import pool as pg_pool
 from blocks.postgres.credentials import PostgresCredentials
 from blocks.postgres.ledger_lock import JobRunLock, ensure_run_lock, run_lock_holder
@@ -175,13 +175,28 @@ class PostgresLedger(BaseModel):
     # The plan and the chunks ---------------------------------------------------------------
 
     def record_plan(
-        self, job_id: str, rows: list[tuple], columns: dict[str, list[dict]] | None = None
+        self,
+        job_id: str,
+        rows: list[tuple],
+        columns: dict[str, list[dict]] | None = None,
+        marks: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Record planned chunks, and the source columns each table was planned with."""
+        """Record planned chunks, the source columns each table was planned with, and the
+        tables' high-water marks (`ledger_marks`), in one transaction."""
         with self.connect() as conn:
             pg_ledger.plan_chunks(conn, job_id, rows)
             if columns:
                 pg_ledger.record_plan_columns(conn, job_id, columns)
+            if marks:
+                ledger_marks.record_marks(conn, job_id, marks)
+
+    def migration_jobs(self, migration: str) -> list[dict[str, Any]]:
+        """The migration's jobs, newest first, each with its high-water `marks`; [] before any
+        ledger exists. Reads only."""
+        with self.connect() as conn:
+            if not ledger_exists(conn):
+                return []
+            return ledger_marks.migration_jobs(conn, migration)
 
     def planned_columns(self, job_id: str) -> dict[str, list[dict]]:
         """table -> source columns (`Column.model_dump`) the job planned it with."""
