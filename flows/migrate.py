@@ -126,8 +126,9 @@ def migrate(
     run = choose_run(spec, job_id, catch_up, no_resume)
     if run.kind == "up_to_date":
         return up_to_date(spec.name, run, time.perf_counter() - started)
+    job_id = run.job_id or job_id
     if run.kind == "catch_up":
-        spec, job_id = catch_up_spec(spec, run.tables), run.job_id
+        spec = catch_up_spec(spec, run.tables)
         logger.info("Catch-up run: %s", describe_catch_up(run))
     tables = for_run(inspect_source(spec), run)
 

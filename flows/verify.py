@@ -16,6 +16,7 @@ from blocks.errors import ConfigError, MigrationFailed, ValidationFailed
 from flows.heartbeats import migration_flow
 from flows.rollback import migration_of
 from tasks.config import load_migration, migrations_path
+from tasks.catch_up import spec_for_job
 from tasks.jobs import load_recorded_plan
 from tasks.plan import inspect_source
 from tasks.storage_keys import check_job_id
@@ -59,6 +60,7 @@ def verify(
         logger.warning(
             "job %s is %s, not completed: only the chunks it loaded are checked", job_id, run["status"]
         )
+    spec = spec_for_job(spec, run)  # a catch-up job's ranges are on its cursor
     plans = load_recorded_plan(spec, job_id, inspect_source(spec))
     if plans is None:
         raise ConfigError(f"job {job_id} recorded no chunks: there is nothing to verify")

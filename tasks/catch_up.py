@@ -57,7 +57,8 @@ class Chain(BaseModel):
 
 class RunKind(BaseModel):
     """How a run of the migration goes: the full way (a backfill, or a job given by id), a
-    catch-up (new, or one to resume), or nothing to do."""
+    catch-up (new, or one to resume), or nothing to do. `job_id`: the job the run takes up
+    (None: a new one, or the one the ledger picks); for `up_to_date`, the newest job."""
 
     kind: Literal["full", "catch_up", "up_to_date"]
     job_id: str | None = None
@@ -123,8 +124,8 @@ def choose_run(spec: MigrationSpec, job_id: str | None, catch_up: bool, no_resum
     chain = read_chain(spec)
     backfill = chain.backfill
     if backfill is None or backfill["status"] != "completed":
-        if not catch_up:
-            return RunKind(kind="full")
+        if not catch_up:  # the backfill, resumed whatever its age (a catch-up needs it whole)
+            return RunKind(kind="full", job_id=backfill["job_id"] if backfill else None)
         if backfill is None:
             raise TargetGuardError(
                 f"catch-up of migration {spec.name!r} refused: it has no backfill yet. Run the "
@@ -221,6 +222,14 @@ def catch_up_spec(spec: MigrationSpec, tables: list[CatchUpTable]) -> MigrationS
     if missing:
         raise ConfigError(f"catch-up job moves table(s) {missing}, which the migrations file no longer lists")
     return spec.model_copy(update={"tables": chosen})
+
+
+def spec_for_job(spec: MigrationSpec, run: dict) -> MigrationSpec:
+    """The migration as the job in ledger row `run` moved it: a catch-up job's tables chunked
+    on their cursor (for `verify`, which re-reads the job's ranges); any other job's as written."""
+    if not is_catch_up(run):
+        return spec
+    return catch_up_spec(spec, [CatchUpTable.model_validate(t) for t in run["parameters"]["catch_up"]])
 
 
 def catch_up_parameters(tables: list[CatchUpTable]) -> list[dict]:

@@ -174,3 +174,97 @@ def test_catch_up_is_refused_until_the_backfill_completed(tmp_path, orders, pg_d
     assert done.job_id == backfill and done.status == "completed" and done.resumed
     assert_same_rows(source(), target_rows(pg_connect, "analytics.orders", NAMES, "id"), NAMES)
     assert migrate(source_name="analytics", migrations_file=path, catch_up=True).up_to_date
+
+
+def test_catch_up_of_a_catch_up_rolled_back_starts_from_the_mark_before(
+    tmp_path, orders, pg_database, pg_connect
+):
+    """`verify` re-reads a catch-up job's cursor ranges; rolling a catch-up back removes its rows
+    and its mark, so the next catch-up moves them again from the mark before."""
+    from flows.migrate import migrate
+    from flows.rollback import rollback
+    from flows.verify import verify
+
+    migrations, run, source = orders
+    path = str(migrations(tmp_path / "m.yaml", pg_database))
+    backfill = migrate(source_name="analytics", migrations_file=path)
+    newer = HIGH + timedelta(hours=2)
+    run(f"INSERT INTO ORDERS VALUES (1001, 'new', 1.00, {stamp(newer)}), (1002, 'new', 2.00, {stamp(newer)})")
+    run(f"UPDATE ORDERS SET NAME = 'changed', UPDATED_AT = {stamp(newer)} WHERE ID = 7")
+    catch_up = migrate(source_name="analytics", migrations_file=path)
+    assert catch_up.rows == 11 + 3
+    assert verify(job_id=catch_up.job_id, migrations_file=path).same
+
+    # Its upserts overwrote rows of the backfill (row 7, and rows 290..300 in its lookback): the
+    # forced rollback removes them, so the backfill is incomplete (those two chunks can load
+    # again) and a catch-up waits for it.
+    rollback(job_id=catch_up.job_id, migrations_file=path, force=True)
+    ids = [r[0] for r in target_rows(pg_connect, "analytics.orders", ["id"], "id")]
+    assert 1001 not in ids and 7 not in ids
+    with pytest.raises(Exception, match=rf"its backfill, job {backfill.job_id} \(incomplete"):
+        migrate(source_name="analytics", migrations_file=path, catch_up=True)
+    resumed = migrate(source_name="analytics", migrations_file=path)  # the backfill, whatever its age
+    assert resumed.job_id == backfill.job_id and resumed.rows_loaded_now == 200
+    again = migrate(source_name="analytics", migrations_file=path, catch_up=True)
+    assert again.catch_up and backfill.job_id in again.catch_up  # from the backfill's mark
+    assert again.rows == catch_up.rows and again.job_id != catch_up.job_id
+    assert_same_rows(source(), target_rows(pg_connect, "analytics.orders", NAMES, "id"), NAMES)
+
+
+def test_points_catch_up_writes_new_and_late_points_again(tmp_path, servers, pg_database, influx_database):
+    """For a time series the cursor is the point time: a catch-up writes the points from the mark
+    less the lookback, over the range its backfill claimed (its own migration's), and the
+    target then holds exactly the source's points."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from flows.migrate import migrate
+    from tests.energy_support import (
+        FIELDS,
+        FLOAT_KEYS,
+        TAGS,
+        assert_same_points,
+        expected_points,
+        influx_migrations,
+        single_measure_records,
+        stored,
+        write_files,
+    )
+    from tests.test_energy_migration import energy_table
+
+    records = single_measure_records(2_000, days=2)
+    folder = tmp_path / "files" / "generation_data"
+    write_files(folder, records, files=2)
+    table = energy_table(incremental={"lookback": "1h"})
+    path = str(
+        influx_migrations(
+            tmp_path / "m.yaml",
+            servers,
+            pg_database,
+            influx_database,
+            [table],
+            source={"type": "parquet", "location": str(tmp_path / "files")},
+        )
+    )
+    backfill = migrate(source_name="energy", migrations_file=path)
+    assert backfill.status == "completed" and backfill.rows == records.num_rows
+
+    def shifted(part: pa.Table, by_ns: int) -> pa.Table:
+        times = pc.add(part.column("time").cast(pa.int64()), by_ns).cast(pa.timestamp("ns", tz="UTC"))
+        return part.set_column(part.schema.get_field_index("time"), "time", times)
+
+    last = pc.max(records.column("time")).cast(pa.int64()).as_py()
+    newer = shifted(
+        single_measure_records(300, days=1, seed=9), last - records.column("time")[0].value + 10**9
+    )
+    late = shifted(records.slice(0, 40), last - 30 * 60 * 10**9 - records.column("time")[0].value + 1)
+    write_files(folder / ".." / "generation_data_more", pa.concat_tables([newer, late]), files=1)
+    (folder / ".." / "generation_data_more" / "part-0.parquet").rename(folder / "part-new.parquet")
+    everything = pa.concat_tables([records, newer, late])
+
+    first = migrate(source_name="energy", migrations_file=path)
+    assert first.catch_up and first.rows >= newer.num_rows + late.num_rows, first.summary()
+    got, _ = stored(servers, influx_database)
+    assert_same_points(got, expected_points(everything, TAGS, FIELDS, "measure_name", None), FLOAT_KEYS)
+    idle = migrate(source_name="energy", migrations_file=path)
+    assert idle.up_to_date and idle.rows == 0
