@@ -15,8 +15,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.errors import ConfigError, MigrationFailed, ValidationFailed
 from flows.heartbeats import migration_flow
 from flows.rollback import migration_of
-from tasks.config import load_migration, migrations_path
 from tasks.catch_up import spec_for_job
+from tasks.config import load_migration, migrations_path
 from tasks.jobs import load_recorded_plan
 from tasks.plan import inspect_source
 from tasks.storage_keys import check_job_id
