@@ -80,6 +80,10 @@ def test_prefect_yaml_deploys(servers):
     assert nightly["parameters"] == {"source_name": "page_views_daily", "window": "previous_day"}
     (schedule,) = nightly["schedules"]
     assert schedule["schedule"]["cron"] == "0 2 * * *" and not schedule["active"]
+    catch_up = httpx.get(f"{api}/deployments/name/migrate/customers-catch-up").json()
+    assert catch_up["parameters"] == {"source_name": "customers_sync", "catch_up": True}
+    (schedule,) = catch_up["schedules"]
+    assert schedule["schedule"]["interval"] == 900 and not schedule["active"]
     by_job = httpx.get(f"{api}/deployments/name/rollback/by-job").json()
     assert by_job["entrypoint"] == "flows/rollback.py:rollback" and by_job["work_pool_name"] == "migrations"
     verify = httpx.get(f"{api}/deployments/name/verify/by-job").json()
