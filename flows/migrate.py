@@ -25,6 +25,7 @@ from tasks.catch_up import (
     for_run,
     high_water_marks,
     incremental,
+    one_catch_up_at_a_time,
     plan_catch_up,
 )
 from tasks.config import MigrationSpec
@@ -132,51 +133,52 @@ def migrate(
         logger.info("Catch-up run: %s", describe_catch_up(run))
     tables = for_run(inspect_source(spec), run)
 
-    job_id, how, run_window = start_job(
-        spec,
-        run_window,
-        job_id,
-        job_name,
-        no_resume,
-        resume_max_age_hours,
-        explicit,
-        catch_up_parameters(run.tables) if run.kind == "catch_up" else None,
-    )
-    resumed = how is not JobStart.NEW
-    kept = True
-    with hold_job_run(spec, job_id, picked):  # one live run per job; a second one refuses here
-        logger.info(JOB_START_LOG[how], job_id)
-        label_flow_run(job_id, spec.name)
-        reports: list[ChunkReport] = []
-        failures: list[BaseException] = []
-        loaded_before: set[tuple[str, str]] = set()
-        try:
-            plans, marks = (load_recorded_plan(spec, job_id, tables) if resumed else None), None
-            if not plans:  # marks first: every row that changes after them is past them
-                marks = high_water_marks(spec, run.tables or None) if incremental(spec) else None
-                plans = plan_job(spec, tables, run_window, run)
-            if how is not JobStart.COMPLETED:
-                record_plan(spec, job_id, plans, marks)
-                prepare_targets(spec, job_id, plans, resume_max_age_hours)
-            states = ledger_states(spec, job_id, plans, new_job=how is JobStart.NEW and picked)
-            loaded_before = {key for key, state in states.items() if state == "loaded"}
-            error = run_chunks(
-                spec, job_id, plans, validation_enabled, reports, dask_address, states, failures
-            )
-        except Exception as exc:
-            error = str(exc)
-            failures.append(exc)
+    with one_catch_up_at_a_time(spec, run):  # two at once could each upsert a row, the older read last
+        job_id, how, run_window = start_job(
+            spec,
+            run_window,
+            job_id,
+            job_name,
+            no_resume,
+            resume_max_age_hours,
+            explicit,
+            catch_up_parameters(run.tables) if run.kind == "catch_up" else None,
+        )
+        resumed = how is not JobStart.NEW
+        kept = True
+        with hold_job_run(spec, job_id, picked):  # one live run per job; a second one refuses here
+            logger.info(JOB_START_LOG[how], job_id)
+            label_flow_run(job_id, spec.name)
+            reports: list[ChunkReport] = []
+            failures: list[BaseException] = []
+            loaded_before: set[tuple[str, str]] = set()
+            try:
+                plans, marks = (load_recorded_plan(spec, job_id, tables) if resumed else None), None
+                if not plans:  # marks first: every row that changes after them is past them
+                    marks = high_water_marks(spec, run.tables or None) if incremental(spec) else None
+                    plans = plan_job(spec, tables, run_window, run)
+                if how is not JobStart.COMPLETED:
+                    record_plan(spec, job_id, plans, marks)
+                    prepare_targets(spec, job_id, plans, resume_max_age_hours)
+                states = ledger_states(spec, job_id, plans, new_job=how is JobStart.NEW and picked)
+                loaded_before = {key for key, state in states.items() if state == "loaded"}
+                error = run_chunks(
+                    spec, job_id, plans, validation_enabled, reports, dask_address, states, failures
+                )
+            except Exception as exc:
+                error = str(exc)
+                failures.append(exc)
 
-        status = "failed" if error else "completed"
-        refused = bool(failures) and all(isinstance(e, TargetGuardError) for e in failures)
-        if how is JobStart.NEW and refused and forget_refused_job(spec, job_id):
-            kept = False
-            unlabel_flow_run(job_id, spec.name)
-            logger.warning(
-                "job %s was refused before it wrote anything; it is not kept in the ledger", job_id
-            )
-        elif not (how is JobStart.COMPLETED and error):  # a failed check leaves a completed job as it was
-            finish_job(spec, job_id, status, error)
+            status = "failed" if error else "completed"
+            refused = bool(failures) and all(isinstance(e, TargetGuardError) for e in failures)
+            if how is JobStart.NEW and refused and forget_refused_job(spec, job_id):
+                kept = False
+                unlabel_flow_run(job_id, spec.name)
+                logger.warning(
+                    "job %s was refused before it wrote anything; it is not kept in the ledger", job_id
+                )
+            elif not (how is JobStart.COMPLETED and error):  # a failed check leaves a completed job as it was
+                finish_job(spec, job_id, status, error)
     report = build_report(
         job_id,
         spec.name,

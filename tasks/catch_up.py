@@ -17,6 +17,8 @@ Rows deleted in the source are never seen by a cursor; the `verify` flow finds t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -29,7 +31,7 @@ from blocks.spec import TableSpec
 from tasks.config import MigrationSpec, RunWindow
 from tasks.connections import build_ledger, build_source
 from tasks.plan import TablePlan, bound_text, plain_bound, plan_table_chunks
-from tasks.policy import step_task
+from tasks.policy import run_step, step_task
 
 ONE_MICROSECOND = timedelta(microseconds=1)
 DEAD = ("rolled_back", "superseded")
@@ -64,6 +66,31 @@ class RunKind(BaseModel):
     job_id: str | None = None
     tables: list[CatchUpTable] = []
     note: str = ""
+
+
+@contextmanager
+def one_catch_up_at_a_time(spec: MigrationSpec, kind: RunKind) -> Iterator[None]:
+    """Hold the migration's catch-up lock for the body of a catch-up run (other runs pass).
+
+    Two catch-ups at once could each read a row at a different moment and upsert the older
+    read last; the second one raises `TargetGuardError`, naming the run that holds the lock,
+    before it starts a job. The lock goes with the run's session, however the run ends."""
+    if kind.kind != "catch_up":
+        yield
+        return
+    from prefect.runtime import flow_run
+
+    lock = build_ledger(spec).run_lock(f"catch-up/{spec.name}", flow_run.id)
+    holder = run_step(lock.acquire, spec.retries, f"lock catch-ups of {spec.name}")
+    if holder is not None:
+        raise TargetGuardError(
+            f"another catch-up of migration {spec.name!r} is running in {holder}; this one stops before "
+            "starting a job. The next run catches up from where that one ends. " + lock.how_to_free()
+        )
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def incremental(spec: MigrationSpec) -> list[TableSpec]:

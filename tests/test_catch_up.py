@@ -112,6 +112,21 @@ def test_backfill_then_catch_ups_keep_the_target_equal_to_the_source(
     )
     assert lag.lag_seconds == 3600.0
 
+    # One catch-up at a time: while another run holds the migration's catch-up lock, a second
+    # one stops before it starts a job.
+    from tasks.connections import build_ledger
+
+    held = build_ledger(spec).run_lock("catch-up/analytics", "11111111-2222-3333-4444-555555555555")
+    assert held.acquire() is None
+    try:
+        with pytest.raises(
+            Exception, match="another catch-up of migration 'analytics' is running in flow run 1111"
+        ):
+            migrate(source_name="analytics", migrations_file=path)
+    finally:
+        held.release()
+    assert [job for job, _, _ in jobs(pg_connect)] == [backfill.job_id]
+
     first = migrate(source_name="analytics", migrations_file=path)
     assert first.status == "completed" and first.job_id != backfill.job_id, first.summary()
     assert "UPDATED_AT from" in first.catch_up and backfill.job_id in first.catch_up
