@@ -375,6 +375,7 @@ def table_lags(spec: MigrationSpec) -> list[TableLag]:
     if not tables:
         return []
     chain = read_chain(spec)
+    source = build_source(spec)
     lags = []
     for table in tables:
         mark = (
@@ -391,7 +392,7 @@ def table_lags(spec: MigrationSpec) -> list[TableLag]:
             lag_seconds=None,
         )
         try:
-            _, newest = (plain_bound(b) for b in build_source(spec).bounds(table.name, table.cursor_column))
+            _, newest = (plain_bound(b) for b in source.bounds(table.name, table.cursor_column))
         except Exception as exc:  # noqa: BLE001 - status still shows what the ledger knows
             lag.error = f"the source cannot be read: {type(exc).__name__}: {exc}"
             lags.append(lag)

@@ -27,7 +27,11 @@ def fingerprint(spec: MigrationSpec, window: RunWindow, catch_up: list[dict] | N
     A catch-up job's includes its cursor ranges (`catch_up`)."""
     # Guard overrides change what a run may do, not which rows it moves.
     overrides = {"allow_truncate_foreign_rows", "allow_rewrite_loaded_points"}
-    tables = [t.model_dump(mode="json", exclude=overrides) for t in spec.tables]
+    # A table without `incremental` leaves the key out, so jobs planned before it existed resume.
+    tables = [
+        t.model_dump(mode="json", exclude=overrides | ({"incremental"} if t.incremental is None else set()))
+        for t in spec.tables
+    ]
     target = spec.target.scope(spec.lowercase_identifiers)
     what = {"tables": tables, "target": target, "window": window.model_dump(mode="json")}
     if catch_up is not None:
