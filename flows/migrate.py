@@ -18,6 +18,8 @@ from flows.heartbeats import migration_flow
 from flows.rollback import rollback
 from tasks.config import MigrationSpec
 from tasks.connections import check_connections, validate_config
+from tasks.dry_run import MigrationPlan, dry_run_plan
+from tasks.dry_run_render import publish_plan
 from tasks.jobs import (
     finish_job,
     forget_refused_job,
@@ -73,7 +75,8 @@ def migrate(
     resume_attempt: int = 0,
     resume_attempt_count: int = 3,
     dask_address: str | None = None,
-) -> MigrationReport:
+    dry_run: bool = False,
+) -> MigrationReport | MigrationPlan:
     """Move the tables of migration `source_name` into its target, chunk by chunk.
 
     Bad config, bad times and unreachable servers fail before anything is written. A rerun
@@ -85,6 +88,10 @@ def migrate(
     it); past `resume_attempt_count` the run fails at once instead of trying again.
     `dask_address` (or env MIGRATE_DASK_ADDRESS) is a Dask scheduler ("tcp://host:8786"): chunks
     then run on that cluster's workers instead of this process's threads.
+    `dry_run` checks the config and connections and reads the source, then returns what a run
+    would do (`tasks.dry_run.MigrationPlan`: the job, each table's chunks with estimated rows,
+    DDL, guard decisions, type mapping, refusals) as artifacts `migration-plan-<name>` and
+    `migration-plan-details-<name>` and in the log. It starts no job and writes nothing.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -101,6 +108,19 @@ def migrate(
     picked = job_id is None
     explicit = any(v is not None for v in (start_time, end_time, batch_size))
     args = (spec, run_window, job_id, no_resume, resume_max_age_hours, explicit, picked)
+    if dry_run:  # what a run would do; no job starts, nothing is written
+        check_connections(spec)
+        plan = dry_run_plan(
+            spec,
+            run_window,
+            inspect_source(spec),
+            job_id=job_id,
+            no_resume=no_resume,
+            resume_max_age_hours=resume_max_age_hours,
+            explicit_window=explicit,
+        )
+        publish_plan(plan)
+        return plan
     if recorded := recorded_report(*args):  # a completed job its target agrees with: no source, no plan
         report = recorded.model_copy(update={"seconds": time.perf_counter() - started})
         publish_recorded_report(report)
