@@ -74,6 +74,7 @@ class MigrationPlan(BaseModel):
     ledger: str
     window: dict[str, Any]
     job: JobPlan
+    job_guards: list[GuardDecision] = []  # the job's own: another run holding it
     tables: list[TableDryRun]
     refusals: list[str] = []
 
@@ -155,9 +156,12 @@ def dry_run_plan(
             except ConfigError as exc:
                 chunking = GuardDecision(guard="chunks and time range", outcome="refuse", reason=str(exc))
         table = table_dry_run(spec, source, target, ledger, plan, job, within, states)
-        table.guards = [*([lock] if lock else []), *([chunking] if chunking else []), *table.guards]
+        table.guards = [*([chunking] if chunking else []), *table.guards]
         results.append(table)
     refusals += [f"job: {job.summary}"] if job.action == "refused" else []
+    refusals += (
+        [f"job {job.job_id}: {lock.guard}: {lock.reason}"] if lock and lock.outcome == "refuse" else []
+    )
     refusals += [
         f"table {t.table}: {d.guard}: {d.reason}" for t in results for d in t.guards if d.outcome == "refuse"
     ]
@@ -167,6 +171,7 @@ def dry_run_plan(
         ledger=ledger.describe_target(),
         window=run_window.model_dump(mode="json"),
         job=job,
+        job_guards=[lock] if lock else [],
         tables=results,
         refusals=list(dict.fromkeys(refusals)),
     )

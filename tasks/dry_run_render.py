@@ -51,6 +51,7 @@ def render_plan(plan: MigrationPlan) -> str:
         f"  ledger: {plan.ledger}",
         f"  window: {window}",
         f"  job:    {plan.job.summary}",
+        *[f"  {d.guard}: {d.outcome}, {d.reason}" for d in plan.job_guards],
     ]
     for table in plan.tables:
         rows = sum(c.estimated_rows for c in table.chunks)
@@ -111,6 +112,7 @@ def plan_markdown(plan: MigrationPlan) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
     parts = [f"# Dry run of `{plan.migration}`", "", f"Target: {plan.target}. Job: {cell(plan.job.summary)}"]
+    parts += [f"- {d.guard}: {d.outcome}, {cell(d.reason)}" for d in plan.job_guards]
     for t in plan.tables:
         parts += ["", f"## {t.table} → {t.target} ({t.load_mode})", "", "DDL:", ""]
         parts += ["```sql", *[f"{s};" for s in t.ddl], "```"] if t.ddl else ["(none)"]
