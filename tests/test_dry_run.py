@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import snowflake.connector
 
 from blocks.errors import ConnectionCheckError
 from tests.energy_support import TAGS, influx_migrations, single_measure_records
@@ -274,3 +275,34 @@ def test_the_staging_check_writes_nothing_and_still_refuses_a_folder_it_cannot_u
     blocker.write_text("x")
     with pytest.raises(ConnectionCheckError, match="is a file, not a folder"):
         LocalStaging(path=str(blocker / "staging")).check()
+
+
+def test_a_table_of_many_chunks_is_counted_once_and_its_rows_shared_out(
+    tmp_path, servers, pg_database, pg_connect, snowflake_kwargs, demo_source
+):
+    from tasks.dry_run import plan_migration
+
+    tables = [{"name": "EVENTS", "chunk_column": "EVENT_ID", "chunk_size": 500}]
+    path = write_migrations(tmp_path / "m.yaml", servers, pg_database, tables, name="many")
+    before = snapshot(pg_connect, tmp_path / "staging")
+    plan = plan_migration("many", str(path))
+    assert snapshot(pg_connect, tmp_path / "staging") == before
+    (table,) = plan.tables
+    with snowflake.connector.connect(**snowflake_kwargs) as conn:
+        (count,) = conn.cursor().execute("SELECT count(*) FROM ANALYTICS.PUBLIC.EVENTS").fetchone()
+    assert len(table.chunks) > 200 and table.rows_estimated
+    assert sum(c.estimated_rows for c in table.chunks) == count
+    lines = plan.render().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Table EVENTS"))
+    assert "estimated by share" in lines[start] and lines[start + 1].split() == [
+        "#",
+        "chunk",
+        "lower",
+        "upper",
+        "est.",
+        "rows",
+    ]
+    shown = [line.split()[0] for line in lines[start + 2 : start + 18]]
+    hidden = len(table.chunks) - 15
+    assert shown == [*map(str, range(10)), "…", *map(str, range(len(table.chunks) - 5, len(table.chunks)))]
+    assert lines[start + 12] == f"    … {hidden} more chunks"
