@@ -117,6 +117,13 @@ class Target(Protocol):
     def describe_target(self) -> str:
         """Where the data goes, without secrets (for messages and the ledger)."""
 
+    def type_mapping(
+        self, table: Any, source_columns: tuple[Any, ...], staged: pa.Schema, points: Any = None
+    ) -> list[Any]:
+        """A dry run's `blocks.preview.ColumnMapping` per staged column: source name and type,
+        staged Arrow type, target column (or tag, field, time) and type, flagged `lossy` or
+        `refused` with the reason. `points` is a point target's mapping. Writes nothing."""
+
 
 @runtime_checkable
 class RowTarget(Target, Protocol):
@@ -155,6 +162,20 @@ class RowTarget(Target, Protocol):
     def loaded_mismatch(self, chunks: list[dict]) -> str | None:
         """None when one cheap query finds the target table still holding what `chunks` (the
         ledger's rows of its loaded chunks) wrote; else what it found instead, as a clause."""
+
+    def preview_table(
+        self,
+        job_id: str,
+        source_table: str,
+        migration: str,
+        table: Any,
+        mode: LoadMode,
+        allow_truncate_foreign_rows: bool,
+        resumable_within: timedelta,
+    ) -> Any:
+        """What `prepare_table` would do, as a `blocks.preview.TablePreview`: the DDL it would
+        run and each guard's decision (columns, unique key, truncation). Writes nothing, not
+        even the ledger's schema."""
 
 
 @runtime_checkable
@@ -218,6 +239,10 @@ class PointTarget(Target, Protocol):
         """None when the target holds as many points in the measurements and time ranges of
         `chunks` (the ledger's rows of one table's loaded chunks) as the ledger counted; else
         both counts, as a clause."""
+
+    def preview_points(self, points: Any) -> Any:
+        """What preparing the table's points would do (`blocks.preview.TablePreview`: DDL and
+        decisions). Writes nothing."""
 
 
 class JobStart(StrEnum):
@@ -326,3 +351,16 @@ class Ledger(Protocol):
 
     def mark_rolled_back(self, job_id: str, removed: Iterable[dict] = (), reason: str = "") -> list[str]:
         """Record the job rolled back, and other jobs' chunks in `removed` as removed; returns those jobs."""
+
+    def job_to_take_up(
+        self,
+        *,
+        job_id: str | None,
+        migration: str,
+        fingerprint: str,
+        no_resume: bool,
+        resumable_within: timedelta,
+    ) -> dict | None:
+        """The job's row that `start_job` with these arguments would take up (to resume, or
+        completed), or None when it would start a new job; raises `TargetGuardError` where
+        `start_job` would refuse. Writes nothing, and creates no ledger."""

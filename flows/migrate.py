@@ -30,6 +30,8 @@ from tasks.catch_up import (
 )
 from tasks.config import MigrationSpec
 from tasks.connections import check_connections, validate_config
+from tasks.dry_run import MigrationPlan, dry_run_plan
+from tasks.dry_run_render import publish_plan
 from tasks.jobs import (
     finish_job,
     forget_refused_job,
@@ -86,7 +88,8 @@ def migrate(
     resume_attempt_count: int = 3,
     dask_address: str | None = None,
     catch_up: bool = False,
-) -> MigrationReport:
+    dry_run: bool = False,
+) -> MigrationReport | MigrationPlan:
     """Move the tables of migration `source_name` into its target, chunk by chunk.
 
     Bad config, bad times and unreachable servers fail before anything is written. A rerun
@@ -101,6 +104,10 @@ def migrate(
     Tables with `incremental` take catch-up runs once their backfill completed: a run without
     job_id moves only what changed since the last high-water mark (`tasks.catch_up`).
     `catch_up=true` asks for a catch-up only, and is refused while the backfill is unfinished.
+    `dry_run` checks the config and connections and reads the source, then returns what a run
+    would do (`tasks.dry_run.MigrationPlan`: the job, each table's chunks with estimated rows,
+    DDL, guard decisions, type mapping, refusals) as artifacts `migration-plan-<name>` and
+    `migration-plan-details-<name>` and in the log. It starts no job and writes nothing.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -117,6 +124,20 @@ def migrate(
     picked = job_id is None
     explicit = any(v is not None for v in (start_time, end_time, batch_size))
     args = (spec, run_window, job_id, no_resume, resume_max_age_hours, explicit, picked)
+    if dry_run:  # what a run would do; no job starts, nothing is written
+        check_connections(spec)
+        plan = dry_run_plan(
+            spec,
+            run_window,
+            inspect_source(spec),
+            job_id=job_id,
+            no_resume=no_resume,
+            resume_max_age_hours=resume_max_age_hours,
+            explicit_window=explicit,
+            catch_up=catch_up,
+        )
+        publish_plan(plan)
+        return plan
     may_catch_up = catch_up or (picked and not no_resume and bool(incremental(spec)))
     if not may_catch_up and (recorded := recorded_report(*args)):  # no source, no plan
         report = recorded.model_copy(update={"seconds": time.perf_counter() - started})

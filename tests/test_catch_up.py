@@ -112,6 +112,16 @@ def test_backfill_then_catch_ups_keep_the_target_equal_to_the_source(
     )
     assert lag.lag_seconds == 3600.0
 
+    # The dry run shows the catch-up a run would make, and writes nothing.
+    from tasks.dry_run import plan_migration
+
+    plan = plan_migration("analytics", path)
+    assert plan.job.action == "new" and plan.job.summary.startswith("catch-up (ORDERS: UPDATED_AT from"), plan
+    (table,) = plan.tables
+    assert (table.chunk_column, table.load_mode, table.target) == ("UPDATED_AT", "upsert", "analytics.orders")
+    assert sum(c.estimated_rows for c in table.chunks) == 35 and not plan.refusals
+    assert [job for job, _, _ in jobs(pg_connect)] == [backfill.job_id]
+
     # One catch-up at a time: while another run holds the migration's catch-up lock, a second
     # one stops before it starts a job.
     from tasks.connections import build_ledger
@@ -147,6 +157,7 @@ def test_backfill_then_catch_ups_keep_the_target_equal_to_the_source(
     assert "up to date" in idle.summary() and first.job_id in idle.summary()
     assert jobs(pg_connect) == before
     assert_same_rows(source(), in_target(), NAMES)
+    assert plan_migration("analytics", path, catch_up=True).job.action == "up_to_date"
 
     # A row committed late, inside the lookback, with no newer row: the window's count moved.
     run(f"INSERT INTO ORDERS VALUES (902, 'very late', 2.00, {stamp(newer - timedelta(minutes=2))})")
@@ -164,6 +175,10 @@ def test_catch_up_is_refused_until_the_backfill_completed(tmp_path, orders, pg_d
     path = str(migrations(tmp_path / "m.yaml", pg_database))
     with pytest.raises(TargetGuardError, match="has no backfill yet"):
         migrate(source_name="analytics", migrations_file=path, catch_up=True)
+    from tasks.dry_run import plan_migration
+
+    refused = plan_migration("analytics", path, catch_up=True)
+    assert refused.job.action == "refused" and "has no backfill yet" in refused.refusals[0]
 
     # The backfill fails on one chunk: the target refuses ID 150.
     with pg_connect() as conn:

@@ -9,7 +9,8 @@ as `SecretStr`) apart from the I/O, which its mixins carry, one job each:
 - `writes.PointWriter`: `write_chunk`, batches encoded into requests of at most `batch_lines`
   lines and sent by the `writers` pool the process shares per database;
 - `queries.PointQueries`: `count` and `delete` of a measurement's points in a time range;
-- `chunks.ChunkPoints`: the `PointTarget` methods the tasks call for one staged chunk.
+- `chunks.ChunkPoints`: the `PointTarget` methods the tasks call for one staged chunk;
+- `preview.PointPreview`: what a dry run says about a table's points, without writing.
 
 Two APIs, one behaviour: ``api="v2"`` for InfluxDB 2.x, Cloud, Timestream for InfluxDB and
 1.8+'s compatibility layer (influxdb-client's `WriteService` and `DeleteApi`); ``api="v1"`` for
@@ -26,6 +27,7 @@ from blocks.influxdb import InfluxConnection, InfluxTraits
 from blocks.influxdb.access import InfluxAccess, InfluxServerError
 from blocks.influxdb.chunks import ChunkPoints
 from blocks.influxdb.influxql import influxql_ident
+from blocks.influxdb.preview import PointPreview
 from blocks.influxdb.queries import PointQueries
 from blocks.influxdb.writes import InfluxLoad, PointWriter
 
@@ -33,7 +35,7 @@ __all__ = ["InfluxDBTarget", "InfluxLoad", "InfluxServerError", "influxql_ident"
 
 
 class InfluxDBTarget(
-    InfluxTraits, ChunkPoints, PointQueries, PointWriter, InfluxAccess, Block, InfluxConnection
+    InfluxTraits, PointPreview, ChunkPoints, PointQueries, PointWriter, InfluxAccess, Block, InfluxConnection
 ):
     """An InfluxDB bucket (v2 API) or database (v1 API) that migrations write points into."""
 

@@ -325,6 +325,24 @@ class PostgresLedger(BaseModel):
             pg_ledger.mark_job_rolled_back(conn, job_id)
             return touched
 
+    def job_to_take_up(
+        self,
+        *,
+        job_id: str | None,
+        migration: str,
+        fingerprint: str,
+        no_resume: bool,
+        resumable_within: timedelta,
+    ) -> dict[str, Any] | None:
+        """The job's row that `start_job` with these arguments would take up (to resume, or
+        completed), or None for a new job; raises `TargetGuardError` where `start_job` would
+        refuse (`_pick_run`). Reads in a READ ONLY transaction; creates no ledger."""
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            if not ledger_exists(conn):
+                return None
+            return _pick_run(conn, job_id, migration, fingerprint, no_resume, resumable_within)
+
 
 def _pick_run(
     conn: psycopg.Connection,

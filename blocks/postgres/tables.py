@@ -13,6 +13,7 @@ from blocks.columns import Column, LogicalType, TargetTable
 from blocks.errors import TargetGuardError
 from blocks.job_status import UNFINISHED
 from blocks.postgres import ledger as pg_ledger
+from blocks.postgres.ledger_schema import ledger_exists
 
 _PG_TYPE = {
     LogicalType.INTEGER: "bigint",
@@ -101,11 +102,12 @@ def truncation_guard(
     table: TargetTable,
     allow_foreign_rows: bool,
     resumable_within: timedelta,
-) -> None:
+) -> int:
     """Raise `TargetGuardError` before a `replace` truncates `table` while another unfinished,
     still resumable job has prepared it, or while it holds rows `migration` did not write
-    (unless `allow_foreign_rows`)."""
-    others = pg_ledger.other_jobs_for_target(conn, job_id, table.qualified)
+    (unless `allow_foreign_rows`). Returns the rows the truncation would remove. Reads only;
+    a database without a ledger has no other job."""
+    others = pg_ledger.other_jobs_for_target(conn, job_id, table.qualified) if ledger_exists(conn) else []
     since = datetime.now(UTC) - resumable_within
     blocking = [o for o in others if o["status"] in UNFINISHED and o["started_at"] >= since]
     if blocking:
@@ -113,8 +115,9 @@ def truncation_guard(
             f"refusing to truncate {table.qualified}: job {blocking[0]['job_id']} "
             f"({blocking[0]['status']}) is unfinished and can still resume; finish or roll it back first"
         )
+    present = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ident(table))).fetchone()[0]
     if allow_foreign_rows:
-        return
+        return present
     ours: list[str] = []
     for other in others:  # newest first, back to the last truncation by this migration
         if other["migration"] != migration or other["status"] == "rolled_back":
@@ -124,10 +127,10 @@ def truncation_guard(
             break
     chunks = pg_ledger.loaded_chunks_for_target(conn, ours, table.qualified) if ours else []
     written = sum(c["rows_after"] - c["rows_before"] for c in chunks)
-    present = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ident(table))).fetchone()[0]
     if present > written:
         raise TargetGuardError(
             f"refusing to truncate {table.qualified}: it holds {present} rows but migration "
             f"{migration!r} wrote only {written} of them; set allow_truncate_foreign_rows: true "
             "on the table to replace them anyway"
         )
+    return present

@@ -20,6 +20,7 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from blocks.chunk_rows import ChunkRows
+from blocks.columns import Column
 from blocks.errors import ConnectionCheckError, TargetGuardError, ValidationFailed
 from blocks.job_status import RELOADABLE, SUPERSEDED
 from blocks.postgres import PostgresTraits, ledger_claims
@@ -29,6 +30,7 @@ from blocks.postgres.credentials import PostgresLogin
 from blocks.postgres.ledger import refuse_final_chunk
 from blocks.postgres.ledger_schema import ensure_ledger, ledger_exists, lock, lock_job_loads
 from blocks.postgres.ledger_store import transaction
+from blocks.postgres.table_preview import column_mappings, preview_prepare
 from blocks.postgres.tables import (
     TargetTable,
     check_columns,
@@ -39,6 +41,7 @@ from blocks.postgres.tables import (
     truncation_guard,
 )
 from blocks.postgres.verify import canonical_staged, read_rows, verify_chunk
+from blocks.preview import ColumnMapping, TablePreview
 from blocks.seam import JobStart, LoadMode
 
 # JobStart, TargetTable and refuse_final_chunk are imported from here by older callers.
@@ -148,9 +151,9 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
             truncated = False
             rows_truncated = None
             if mode is LoadMode.REPLACE and not created:
-                truncation_guard(conn, job_id, migration, table, allow_foreign_rows, resumable_within)
-                count = sql.SQL("SELECT count(*) FROM {}").format(ident(table))
-                rows_truncated = conn.execute(count).fetchone()[0]
+                rows_truncated = truncation_guard(
+                    conn, job_id, migration, table, allow_foreign_rows, resumable_within
+                )
                 conn.execute(sql.SQL("TRUNCATE {}").format(ident(table)))
                 truncated = True
                 # Jobs whose rows the truncation removed no longer hold them, and never load them again.
@@ -367,3 +370,38 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         if dropped:
             conn.execute(sql.SQL("DROP TABLE {}").format(ident))
         return TableRollback(table=name, rows_deleted=deleted, dropped=dropped, rows_kept=kept)
+
+    # A dry run: what a run would do, read without writing ----------------------------------
+
+    @contextmanager
+    def _read_only(self) -> Iterator[psycopg.Connection]:
+        """A connection in a READ ONLY transaction: anything that would write raises."""
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            yield conn
+
+    def preview_table(
+        self,
+        job_id: str,
+        source_table: str,
+        migration: str,
+        table: TargetTable,
+        mode: LoadMode,
+        allow_foreign_rows: bool,
+        resumable_within: timedelta,
+    ) -> TablePreview:
+        """What `prepare_table` would do (the DDL it would run, each guard's decision), read in
+        a READ ONLY transaction; creates no table, schema or ledger (`table_preview`)."""
+        with self._read_only() as conn:
+            return preview_prepare(
+                conn, job_id, source_table, migration, table, mode, allow_foreign_rows, resumable_within
+            )
+
+    def type_mapping(
+        self, table: TargetTable, source_columns: tuple[Column, ...], staged: pa.Schema, points: Any = None
+    ) -> list[ColumnMapping]:
+        """Each column's source, staged and target type (the existing table's, else
+        `type_overrides` or the default), flagged `lossy` where the target type cannot hold
+        every source value exactly; read in a READ ONLY transaction."""
+        with self._read_only() as conn:
+            return column_mappings(conn, table, source_columns, staged)

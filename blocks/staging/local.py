@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,13 +57,21 @@ class LocalStaging(Block):
         return f"local staging folder {os.path.abspath(self.path)}"
 
     def check(self) -> None:
-        root = Path(self.path)
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=root):
-                pass
-        except OSError as exc:
-            raise ConnectionCheckError(f"cannot write to {self.describe_target()}: {exc}") from None
+        """Raise `ConnectionCheckError` unless this process may create files in the folder: in
+        the folder itself, or where a missing folder would be created (the nearest folder
+        above it that exists; `write` creates the rest). Writes nothing, so a dry run may call
+        it: the kernel answers for this process's user, on a read-only file system too."""
+        root = Path(self.path).absolute()
+        existing = next(p for p in (root, *root.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConnectionCheckError(
+                f"cannot write to {self.describe_target()}: {existing} is a file, not a folder"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            denied = "this user may not create files there (permissions, or a read-only file system)"
+            if existing != root:
+                denied = f"it does not exist, and in {existing} {denied}"
+            raise ConnectionCheckError(f"cannot write to {self.describe_target()}: {denied}")
 
     def uri(self, key: str) -> str:
         return str(Path(self.path).resolve() / key)
