@@ -20,8 +20,9 @@ app = App(
     help="Run, watch, cancel, roll back and verify data migrations orchestrated by Prefect.\n\n" + EXIT_CODES,
     help_flags=["--help", "-h"],
     version_flags=[],
-    # Flags are switches: `--json`, never `--no-json` (only `run --no-wait` has a negative form).
-    default_parameter=Parameter(negative=()),
+    # Flags are switches: `--json`, never `--no-json` (only `run --no-wait` has a negative form);
+    # help texts state the defaults that matter.
+    default_parameter=Parameter(negative=(), show_default=False),
 )
 app.command(run, name="run")
 app.command(plan, name="plan")
@@ -33,7 +34,7 @@ NoLedger = Annotated[
 
 @app.command(name="status")
 def status(
-    job: Annotated[str | None, Parameter(help="a job id, or the UUID of one of its flow runs")] = None,
+    job_id: Annotated[str | None, Parameter(help="a job id, or the UUID of one of its flow runs")] = None,
     /,
     *,
     migrations_file: MigrationsFile = None,
@@ -47,7 +48,7 @@ def status(
     """
     from flows.status import show_status
 
-    return show_status(job, as_json=as_json, migrations_file=migrations_file, ledger=not no_ledger)
+    return show_status(job_id, as_json=as_json, migrations_file=migrations_file, ledger=not no_ledger)
 
 
 @app.command(name="jobs")
@@ -55,7 +56,7 @@ def jobs(
     name: Annotated[str | None, Parameter(help="only the jobs of this migration")] = None,
     /,
     *,
-    limit: Annotated[int, Parameter(name="--limit", help="jobs to list, at most")] = 20,
+    limit: Annotated[int, Parameter(name="--limit", help="jobs to list, at most (default 20)")] = 20,
     migrations_file: MigrationsFile = None,
     no_ledger: NoLedger = False,
     as_json: Json = False,
@@ -81,7 +82,7 @@ def jobs(
 
 @app.command(name="cancel")
 def cancel(
-    job: Annotated[str, Parameter(help="a job id, or the UUID of one of its flow runs")],
+    job_id: Annotated[str, Parameter(help="a job id, or the UUID of one of its flow runs")],
     /,
     *,
     as_json: Json = False,
@@ -100,9 +101,9 @@ def cancel(
     from flows.job_runs import UnknownFlowRun, UnknownJob
 
     try:
-        result = cancel_job(job)
+        result = cancel_job(job_id)
     except UnknownJob:
-        error(f"no migration job {job!r}: no `migrate` flow run is tagged job:{job} at {prefect_api()}")
+        error(f"no migration job {job_id!r}: no `migrate` flow run is tagged job:{job_id} at {prefect_api()}")
         return USAGE
     except UnknownFlowRun as exc:
         error(str(exc))
@@ -118,7 +119,7 @@ def cancel(
                 f"{one.flow_run_name} ({one.flow_run_id}): {one.state_before} -> {one.state_after}: {one.outcome}"
             )
     if not result.cancelled:
-        who = f"job {result.job_id}" if result.job_id else f"flow run {job}"
+        who = f"job {result.job_id}" if result.job_id else f"flow run {job_id}"
         error(
             f"{who} has no active flow run ({result.ended_runs} ended): nothing to cancel. "
             "Next: run the job again to resume it, or roll it back (prefect-migrate rollback JOB_ID)"
@@ -154,8 +155,8 @@ def rollback(
     """Remove exactly what job JOB_ID wrote (rows or points, tables it created, staged files),
     in this process.
 
-    Exit 0 rolled back (or already was); 1 refused (say why, and whether --force applies) or a
-    server unreachable; 2 unknown job or migration, or a bad migrations file.
+    Exit 0 rolled back (or already was); 1 refused (the message says why, and whether --force
+    applies) or a server unreachable; 2 unknown job or migration, or a bad migrations file.
     """
     from flows.rollback import rollback as rollback_flow
 
@@ -179,7 +180,9 @@ def verify(
     ] = None,
     /,
     *,
-    sample: Annotated[int, Parameter(name="--sample", help="sample keys to list of each kind")] = 5,
+    sample: Annotated[
+        int, Parameter(name="--sample", help="sample keys to list of each kind of difference (default 5)")
+    ] = 5,
     migrations_file: MigrationsFile = None,
     as_json: Json = False,
 ) -> int:

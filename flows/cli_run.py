@@ -16,6 +16,8 @@ from flows.cli_common import FAILED, OK, USAGE, Json, MigrationsFile, error, pre
 
 WAIT_POLL_SECONDS = 2.0
 """How often `run --wait` reads the flow run's status."""
+INTERRUPTED = 130
+"""Ctrl-C while `run` waits for a deployment run: the shell's code for SIGINT; the run goes on."""
 
 Start = Annotated[str | None, Parameter(name="--start", help="start of the time window (ISO 8601)")]
 End = Annotated[str | None, Parameter(name="--end", help="end of the time window (ISO 8601)")]
@@ -48,9 +50,14 @@ def run(
     """Run migration NAME: through the Prefect deployment of `migrate` whose source_name is NAME
     when there is one (a worker runs it), else here in this process (which always waits).
 
-    Exit 0 when the run completed; 1 when it failed, crashed, was cancelled or refused, or a
-    server or the Prefect API could not be reached; 2 for bad times or sizes, an unknown
-    migration or a bad migrations file.
+    A deployment run gets the options given (and `--migrations-file` as its migrations_file,
+    a path on the worker's machine); with `--job-id` it is tagged with its job at once, so
+    `status` and `cancel` find it before it starts.
+
+    Exit 0 when the run completed (with --no-wait: was started); 1 when it failed, crashed,
+    was cancelled or refused, or a server or the Prefect API could not be reached; 2 for bad
+    times or sizes, an unknown migration or a bad migrations file; 130 on Ctrl-C while
+    waiting (the run goes on).
     """
     from tasks.config import run_window
 
@@ -147,25 +154,33 @@ def _run_deployment(deployment, name: str, params: dict[str, Any], wait: bool, a
 
 def follow(flow_run_id: UUID, started: dict[str, Any], as_json: bool) -> int:
     """Poll the flow run every WAIT_POLL_SECONDS, printing a line whenever its state or progress
-    changes, until it ends. 0 Completed; 1 Failed, Crashed or Cancelled (errors on stderr)."""
+    changes (on stderr with `as_json`), until it ends. 0 Completed; 1 Failed, Crashed or
+    Cancelled (errors on stderr); 130 on Ctrl-C, which stops the waiting, not the run."""
     import httpx
 
     from flows.job_runs import flow_run_status
 
     seen = None
-    while True:
-        try:
-            status, run = flow_run_status(flow_run_id)
-        except httpx.HTTPError as exc:
-            error(f"cannot read the Prefect API at {prefect_api()}: {exc}")
-            return FAILED
-        line = _progress_line(run.state.name if run.state else "unknown", status)
-        if line != seen:
-            seen = line
-            print(line, file=sys.stderr if as_json else sys.stdout)
-        if run.state is not None and run.state.is_final():
-            break
-        time.sleep(WAIT_POLL_SECONDS)
+    try:
+        while True:
+            try:
+                status, run = flow_run_status(flow_run_id)
+            except httpx.HTTPError as exc:
+                error(f"cannot read the Prefect API at {prefect_api()}: {exc}")
+                return FAILED
+            line = _progress_line(run.state.name if run.state else "unknown", status)
+            if line != seen:
+                seen = line
+                print(line, file=sys.stderr if as_json else sys.stdout)
+            if run.state is not None and run.state.is_final():
+                break
+            time.sleep(WAIT_POLL_SECONDS)
+    except KeyboardInterrupt:
+        error(
+            f"stopped waiting; flow run {flow_run_id} goes on "
+            f"(prefect-migrate status {flow_run_id} shows it, prefect-migrate cancel {flow_run_id} stops it)"
+        )
+        return INTERRUPTED
     completed = run.state.is_completed()
     if as_json:
         print(
@@ -182,10 +197,12 @@ def follow(flow_run_id: UUID, started: dict[str, Any], as_json: bool) -> int:
 
 
 def _progress_line(state: str, status) -> str:
-    percent = "-" if status.percent is None else f"{status.percent:.1f} %"
-    chunks = "" if status.chunks_total is None else f", {status.chunks_done}/{status.chunks_total} chunks"
+    """A line like `Running: 33.3 % (1/3 chunks), 1,000 rows`; the state alone until progress is known."""
+    if status.percent is None:
+        return state
+    chunks = "" if status.chunks_total is None else f" ({status.chunks_done}/{status.chunks_total} chunks)"
     rows = "" if status.rows is None else f", {status.rows:,} rows"
-    return f"{state}: {percent}{chunks}{rows}"
+    return f"{state}: {status.percent:.1f} %{chunks}{rows}"
 
 
 def plan(

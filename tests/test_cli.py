@@ -186,24 +186,37 @@ def test_run_starts_the_deployment_that_names_the_migration_and_cancel_cancels_i
 @pytest.mark.parametrize(("final", "exit_code"), [("Failed", 1), ("Completed", 0)])
 def test_run_waits_for_the_deployment_run_to_end(deployment, capsys, monkeypatch, final, exit_code):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
     from prefect.states import Completed, Failed, Running
 
     import flows.cli_run
+    from tasks.progress import artifact_slug
 
     monkeypatch.setattr(flows.cli_run, "WAIT_POLL_SECONDS", 0.2)
     name, _ = deployment
     job_id = f"{name}-{final.lower()}"
     outcome = {}
-    waiting = threading.Thread(target=lambda: outcome.update(code=main(["run", name, "--job-id", job_id])))
+    waiting = threading.Thread(
+        target=lambda: outcome.update(code=main(["run", name, "--job-id", job_id])), daemon=True
+    )
     waiting.start()
     deadline = time.monotonic() + 30
     while not (runs := flow_runs_tagged(f"job:{job_id}")):
         assert time.monotonic() < deadline, "no flow run was started"
         time.sleep(0.1)
     run_id = UUID(runs[0]["id"])
-    with get_client(sync_client=True) as client:  # as a worker would take it through its states
+    with get_client(sync_client=True) as client:  # as a worker and the flow would take it along
         time.sleep(0.5)
         client.set_flow_run_state(run_id, Running(), force=True)
+        client.create_artifact(
+            ArtifactCreate(
+                type="progress",
+                key=f"migration-progress-{artifact_slug(name)}",
+                data=33.3,
+                description=f"Job `{job_id}`: 1/3 chunks done, 1,000 rows moved. Current stage: idle.",
+                flow_run_id=run_id,
+            )
+        )
         time.sleep(0.8)
         end = Failed(message="chunk 00001 failed: boom") if final == "Failed" else Completed()
         client.set_flow_run_state(run_id, end, force=True)
@@ -212,7 +225,8 @@ def test_run_waits_for_the_deployment_run_to_end(deployment, capsys, monkeypatch
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[0].startswith("started flow run") and f"({run_id})" in lines[0]
-    assert "Scheduled: -" in lines and "Running: -" in lines and f"{final}: -" in lines, out
+    assert lines[1] == "Scheduled" and "Running: 33.3 % (1/3 chunks), 1,000 rows" in lines, out
+    assert lines[-1] == f"{final}: 33.3 % (1/3 chunks), 1,000 rows", out
     assert ("chunk 00001 failed: boom" in err) == (final == "Failed")
 
 
