@@ -244,11 +244,5 @@ def plan(
     except ConnectionCheckError as exc:
         error(str(exc))
         return FAILED
-    print(found.model_dump_json(indent=2) if as_json else found.render())
-    if found.refusals:
-        if not as_json:
-            print("\nA run would be refused:")
-            for refusal in found.refusals:
-                print(f"  - {refusal}")
-        return FAILED
-    return OK
+    print(found.model_dump_json(indent=2) if as_json else found.render())  # refusals come last
+    return FAILED if found.refusals else OK

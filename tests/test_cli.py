@@ -103,9 +103,14 @@ def deployment():
 
 
 def test_help_and_a_subcommand_in_a_child_process(migrated):
-    def child(*argv: str) -> subprocess.CompletedProcess:
+    def child(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "flows.cli", *argv], capture_output=True, text=True, timeout=120, cwd=ROOT
+            [sys.executable, "-m", "flows.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
 
     helped = child("--help")
@@ -119,6 +124,19 @@ def test_help_and_a_subcommand_in_a_child_process(migrated):
     status = json.loads(shown.stdout)
     assert (status["job_id"], status["state"], status["rows"]) == (migrated["job_id"], "completed", 3000)
     assert status["ledger"]["status"] == "completed"
+
+    # test-connections needs no Prefect API: here none answers.
+    dead_api = {"PREFECT_API_URL": f"http://127.0.0.1:{closed_port()}/api"}
+    checked = child(
+        "test-connections", migrated["name"], "--migrations-file", str(migrated["path"]), env=dead_api
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert [line.split()[0] for line in checked.stdout.splitlines()] == [
+        "source",
+        "staging",
+        "target",
+        "ledger",
+    ]
 
     unknown = child("frobnicate")
     assert unknown.returncode == 2 and "frobnicate" in unknown.stderr + unknown.stdout
@@ -296,6 +314,7 @@ def test_test_connections(migrated, capsys):
     )
     assert (code, out) == (1, "")
     assert "connection check failed" in err and "target:" in err and "source:" not in err, err
+    assert os.environ["PGPASSWORD"] not in err
 
     code, out, err = cli(capsys, "test-connections", "no_such_migration", "--migrations-file", str(path))
     assert (code, out) == (2, "") and "unknown source_name 'no_such_migration'" in err
