@@ -154,13 +154,14 @@ def _run_deployment(deployment, name: str, params: dict[str, Any], wait: bool, a
 
 def follow(flow_run_id: UUID, started: dict[str, Any], as_json: bool) -> int:
     """Poll the flow run every WAIT_POLL_SECONDS, printing a line whenever its state or progress
-    changes (on stderr with `as_json`), until it ends. 0 Completed; 1 Failed, Crashed or
+    changes, and the job's id once the run has picked it (on stderr with `as_json`), until it ends. 0 Completed; 1 Failed, Crashed or
     Cancelled (errors on stderr); 130 on Ctrl-C, which stops the waiting, not the run."""
     import httpx
 
     from flows.job_runs import flow_run_status
 
-    seen = None
+    seen, job_id = None, None
+    out = sys.stderr if as_json else sys.stdout
     try:
         while True:
             try:
@@ -168,10 +169,13 @@ def follow(flow_run_id: UUID, started: dict[str, Any], as_json: bool) -> int:
             except httpx.HTTPError as exc:
                 error(f"cannot read the Prefect API at {prefect_api()}: {exc}")
                 return FAILED
+            if status.job_id and status.job_id != job_id:  # known once the run has picked its job
+                job_id = status.job_id
+                print(f"job {job_id}", file=out)
             line = _progress_line(run.state.name if run.state else "unknown", status)
             if line != seen:
                 seen = line
-                print(line, file=sys.stderr if as_json else sys.stdout)
+                print(line, file=out)
             if run.state is not None and run.state.is_final():
                 break
             time.sleep(WAIT_POLL_SECONDS)

@@ -243,7 +243,9 @@ def test_run_waits_for_the_deployment_run_to_end(deployment, capsys, monkeypatch
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[0].startswith("started flow run") and f"({run_id})" in lines[0]
-    assert lines[1] == "Scheduled" and "Running: 33.3 % (1/3 chunks), 1,000 rows" in lines, out
+    assert (
+        lines[1:3] == [f"job {job_id}", "Scheduled"] and "Running: 33.3 % (1/3 chunks), 1,000 rows" in lines
+    ), out
     assert lines[-1] == f"{final}: 33.3 % (1/3 chunks), 1,000 rows", out
     assert ("chunk 00001 failed: boom" in err) == (final == "Failed")
 
