@@ -104,7 +104,7 @@ def job_status(job_id: str) -> JobStatus:
     Prefect API cannot be reached.
     """
     with get_client(sync_client=True) as client:
-        runs = _job_runs(client, job_id)
+        runs = job_flow_runs(client, job_id)
         if not runs:
             raise UnknownJob(job_id)
         return _status_of(client, job_id, runs)
@@ -127,11 +127,11 @@ def flow_run_status(flow_run_id: UUID) -> tuple[JobStatus, FlowRun]:
         if flow.name != "migrate":
             raise UnknownFlowRun(f"flow run {flow_run_id} is a run of flow {flow.name!r}, not of 'migrate'")
         job_id = tag_value(run, "job")
-        runs = _job_runs(client, job_id) if job_id else [run]
+        runs = job_flow_runs(client, job_id) if job_id else [run]
         return _status_of(client, job_id, runs or [run]), run
 
 
-def _job_runs(client: SyncPrefectClient, job_id: str) -> list[FlowRun]:
+def job_flow_runs(client: SyncPrefectClient, job_id: str) -> list[FlowRun]:
     """The job's `migrate` flow runs, newest first (start time, else expected start)."""
     return client.read_flow_runs(
         flow_filter=MIGRATE_FLOW,

@@ -50,6 +50,7 @@ __all__ = [
     "migration_of",
     "progress_fields",
     "render",
+    "show_status",
     "tag_value",
     "when",
     "with_ledger",
@@ -104,9 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
-    import httpx
-    from prefect.settings import PREFECT_API_URL
-
     parser = argparse.ArgumentParser(
         prog="python -m flows.status",
         description=__doc__.split("\n\n")[0].replace("\n", " "),
@@ -138,18 +136,48 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a JOB_ID or FLOW_RUN_ID, or --list, not both")
     if args.limit < 1:
         parser.error("--limit must be at least 1")
+    return show_status(
+        args.job,
+        migration=args.list or None,
+        limit=args.limit,
+        as_json=args.json,
+        migrations_file=args.migrations_file,
+        ledger=not args.no_ledger,
+    )
+
+
+def show_status(
+    job: str | None,
+    *,
+    migration: str | None = None,
+    limit: int = 20,
+    as_json: bool = False,
+    migrations_file: str | None = None,
+    ledger: bool = True,
+) -> int:
+    """Print the status of `job` (a job id, or the UUID of one of its `migrate` flow runs), or,
+    when `job` is None, the `limit` most recent jobs (of `migration`, when given); as JSON when
+    `as_json`. `python -m flows.status` and `prefect-migrate status`/`jobs` share it.
+
+    Returns 0 when found (a list: always, even empty); 2, with the reason on stderr and nothing
+    on stdout, for an unknown job or a flow run that does not exist or is not a `migrate` run;
+    1 when the Prefect API cannot be read. `ledger` False reads only the Prefect API.
+    """
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
     api = PREFECT_API_URL.value() or "the local (ephemeral) Prefect API"
     try:
-        if args.job is None:
+        if job is None:
             from flows.job_list import recent_jobs, render_list, with_ledgers
 
-            found = recent_jobs(args.list or None, args.limit)
-            if not args.no_ledger:
-                with_ledgers(found, args.migrations_file)
-            print(found.model_dump_json(indent=2) if args.json else render_list(found))
+            found = recent_jobs(migration, limit)
+            if ledger:
+                with_ledgers(found, migrations_file)
+            print(found.model_dump_json(indent=2) if as_json else render_list(found))
             return 0
         status, lookup_error = None, ""
-        if flow_run_id := _as_uuid(args.job):
+        if flow_run_id := _as_uuid(job):
             try:
                 status, asked = flow_run_status(flow_run_id)
             except UnknownFlowRun as exc:
@@ -163,20 +191,20 @@ def main(argv: list[str] | None = None) -> int:
                     )
         if status is None:
             try:
-                status = job_status(args.job)
+                status = job_status(job)
             except UnknownJob:
                 print(
                     (f"{lookup_error}, and " if flow_run_id else "")
-                    + f"no migration job {args.job!r}: no `migrate` flow run is tagged job:{args.job} at {api}",
+                    + f"no migration job {job!r}: no `migrate` flow run is tagged job:{job} at {api}",
                     file=sys.stderr,
                 )
                 return 2
     except httpx.HTTPError as exc:
         print(f"cannot read the Prefect API at {api}: {exc}", file=sys.stderr)
         return 1
-    if status.job_id and not args.no_ledger:
-        with_ledger(status, args.migrations_file)
-    print(status.model_dump_json(indent=2) if args.json else render(status))
+    if status.job_id and ledger:
+        with_ledger(status, migrations_file)
+    print(status.model_dump_json(indent=2) if as_json else render(status))
     return 0
 
 

@@ -12,7 +12,7 @@ import time
 from prefect import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks.errors import ConfigError, MigrationFailed, ValidationFailed
+from blocks.errors import ConfigError, MigrationError, MigrationFailed
 from flows.heartbeats import migration_flow
 from flows.rollback import migration_of
 from tasks.catch_up import spec_for_job
@@ -103,20 +103,31 @@ def main(argv: list[str] | None = None) -> int:
         "--migrations-file", help="the migrations file (default: MIGRATIONS_FILE or migrations.yaml)"
     )
     args = parser.parse_args(argv)
+    return verify_and_print(args.job_id, args.migration, args.sample, args.migrations_file)
+
+
+def verify_and_print(
+    job_id: str,
+    migration: str | None = None,
+    sample: int = 5,
+    migrations_file: str | None = None,
+    as_json: bool = False,
+) -> int:
+    """Run `verify` in this process and print its summary (its report as JSON when `as_json`).
+    `python -m flows.verify` and `prefect-migrate verify` share it.
+
+    Returns 0 when the target matches the source; 1, with the differences (or the ranges that
+    could not be read, or the server that could not be reached) on stderr, when it does not; 2, with "verify refused: <why>" on stderr,
+    for a job the ledger does not hold, one rolled back, or no migration to be found."""
     try:
-        report = verify(
-            job_id=args.job_id,
-            source_name=args.migration,
-            sample=args.sample,
-            migrations_file=args.migrations_file,
-        )
+        report = verify(job_id=job_id, source_name=migration, sample=sample, migrations_file=migrations_file)
     except ConfigError as exc:
         print(f"verify refused: {exc}", file=sys.stderr)
         return 2
-    except (ValidationFailed, MigrationFailed) as exc:
+    except MigrationError as exc:  # differences, unreadable ranges, a server that cannot be reached
         print(str(exc), file=sys.stderr)
         return 1
-    print(report.summary())
+    print(report.model_dump_json(indent=2) if as_json else report.summary())
     return 0
 
 
