@@ -22,7 +22,7 @@ from prefect.client.schemas.objects import Artifact, FlowRun
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from pydantic import BaseModel
 
-from flows.ledger_view import apply_ledger, ledger_views
+from flows.ledger_view import apply_ledger, ledger_views, migration_lags, render_lag
 from flows.status import (
     MIGRATE_FLOW,
     RUN_PAGE,
@@ -63,6 +63,8 @@ class JobSummary(BaseModel):
 class JobList(BaseModel):
     jobs: list[JobSummary]
     """Newest first."""
+    lags: dict[str, list[dict]] = {}
+    """migration -> each catch-up table's lag (`tasks.catch_up.TableLag`)."""
     runs_without_job: int = 0
     """`migrate` flow runs newer than the last job listed that carry no `job:` tag (not
     started yet, or failed before their job started)."""
@@ -131,6 +133,9 @@ def with_ledgers(found: JobList, migrations_file: str | None = None) -> JobList:
     views = ledger_views(by_migration, migrations_file)
     for job in found.jobs:
         apply_ledger(job, views.get(job.job_id))
+    for migration in by_migration:
+        if lags := migration_lags(migration, migrations_file):
+            found.lags[migration] = lags
     return found
 
 
@@ -199,6 +204,9 @@ def render_list(found: JobList) -> str:
     ]
     if not found.jobs:
         lines = ["no migration jobs found"]
+    for migration, lags in sorted(found.lags.items()):
+        lines.append(f"lag of {migration}:")
+        lines.extend(f"  {render_lag(lag)}" for lag in lags)
     if found.runs_without_job:
         lines.append(
             f"(and {found.runs_without_job} newer `migrate` flow run(s) with no job yet: not started, or "

@@ -95,6 +95,8 @@ class JobStatus(BaseModel):
     """The summary of the run's report artifact, once the run has finished."""
     ledger: LedgerView | None = None
     """The job's row in its ledger, when the migration's config and secrets allow reading it."""
+    lags: list[dict] = []
+    """For a migration with catch-up runs: each table's lag (`tasks.catch_up.TableLag`)."""
 
 
 def job_status(job_id: str) -> JobStatus:

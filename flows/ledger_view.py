@@ -69,6 +69,29 @@ def ledger_views(jobs: dict[str, list[str]], migrations_file: str | None = None)
     return views
 
 
+def migration_lags(migration: str, migrations_file: str | None = None) -> list[dict]:
+    """Each catch-up table's lag (`tasks.catch_up.table_lags`, as dicts): [] for a migration
+    without `incremental` tables. Never raises: a ledger or config that cannot be read gives
+    one entry saying why."""
+    try:
+        from tasks.catch_up import table_lags
+        from tasks.config import load_migration, migrations_path
+
+        spec = load_migration(migration, migrations_path(migrations_file))
+        return [lag.model_dump(mode="json") for lag in table_lags(spec)]
+    except Exception as exc:  # noqa: BLE001 - the lag is extra here: say why it is missing
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return [{"table": "(all)", "error": f"not read ({reason})"}]
+
+
+def render_lag(lag: dict) -> str:
+    from tasks.catch_up import TableLag
+
+    if lag.get("table") == "(all)":
+        return f"lag unknown: {lag['error']}"
+    return TableLag.model_validate(lag).render()
+
+
 def apply_ledger(summary: Any, view: LedgerView | None) -> bool:
     """Where the ledger knows better than the newest flow run (the job was rolled back, or its
     data removed or replaced by another job since), put its status and counts on `summary` (a

@@ -31,7 +31,7 @@ from flows.job_runs import (
     progress_fields,
     tag_value,
 )
-from flows.ledger_view import apply_ledger, ledger_view, render_ledger
+from flows.ledger_view import apply_ledger, ledger_view, migration_lags, render_lag, render_ledger
 
 # What other modules import from here (flows.job_list, tests): the Prefect API is read in
 # flows.job_runs, and this module renders what it gathers.
@@ -88,6 +88,7 @@ def render(status: JobStatus) -> str:
     ]
     if status.ledger is not None:
         lines.append(f"ledger:     {render_ledger(status.ledger)}")
+    lines.extend(f"lag:        {render_lag(lag)}" for lag in status.lags)
     if not status.errors:
         lines.append("errors:     none")
     else:
@@ -213,6 +214,8 @@ def with_ledger(status: JobStatus, migrations_file: str | None = None) -> JobSta
     was removed or replaced since, or it was rolled back), its status and counts win: status
     never reports data that is no longer there."""
     status.ledger = ledger_view(status.job_id, status.migration, migrations_file)
+    if status.migration:
+        status.lags = migration_lags(status.migration, migrations_file)
     if apply_ledger(status, status.ledger) and status.ledger.error:
         status.errors.append(status.ledger.error)
     return status

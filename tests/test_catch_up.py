@@ -6,11 +6,16 @@ unfinished."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+# Imported before any test captures output: Prefect's console log handler keeps the stream it
+# first sees, and a test's capsys stream is closed once that test ends.
+from flows.cli import main as cli
+from flows.migrate import migrate
 from tests.support import assert_same_rows, own_snowflake_database, source_rows, target_rows, write_migrations
 
 ROWS = 300
@@ -69,9 +74,8 @@ def marks(pg_connect, job_id: str) -> tuple:
 
 
 def test_backfill_then_catch_ups_keep_the_target_equal_to_the_source(
-    tmp_path, orders, pg_database, pg_connect
+    tmp_path, orders, pg_database, pg_connect, capsys
 ):
-    from flows.migrate import migrate
     from tasks.catch_up import table_lags
     from tasks.config import load_migration
 
@@ -111,6 +115,14 @@ def test_backfill_then_catch_ups_keep_the_target_equal_to_the_source(
         newer.isoformat(),
     )
     assert lag.lag_seconds == 3600.0
+    # `status` and `jobs` show it.
+    assert cli(["status", backfill.job_id, "--migrations-file", path]) == 0
+    assert (
+        f"lag:        ORDERS: lag 3,600 s (source UPDATED_AT up to {newer.isoformat()}"
+        in capsys.readouterr().out
+    )
+    assert cli(["jobs", "analytics", "--json", "--migrations-file", path]) == 0
+    assert json.loads(capsys.readouterr().out)["lags"]["analytics"][0]["lag_seconds"] == 3600.0
 
     # The dry run shows the catch-up a run would make, and writes nothing.
     from tasks.dry_run import plan_migration
@@ -158,6 +170,9 @@ def test_backfill_then_catch_ups_keep_the_target_equal_to_the_source(
     assert jobs(pg_connect) == before
     assert_same_rows(source(), in_target(), NAMES)
     assert plan_migration("analytics", path, catch_up=True).job.action == "up_to_date"
+    capsys.readouterr()
+    assert cli(["run", "analytics", "--catch-up", "--in-process", "--migrations-file", path]) == 0
+    assert "Migration 'analytics' is up to date, nothing to load" in capsys.readouterr().out
 
     # A row committed late, inside the lookback, with no newer row: the window's count moved.
     run(f"INSERT INTO ORDERS VALUES (902, 'very late', 2.00, {stamp(newer - timedelta(minutes=2))})")
@@ -169,7 +184,6 @@ def test_backfill_then_catch_ups_keep_the_target_equal_to_the_source(
 
 def test_catch_up_is_refused_until_the_backfill_completed(tmp_path, orders, pg_database, pg_connect):
     from blocks.errors import TargetGuardError
-    from flows.migrate import migrate
 
     migrations, _, source = orders
     path = str(migrations(tmp_path / "m.yaml", pg_database))
@@ -211,7 +225,6 @@ def test_catch_up_of_a_catch_up_rolled_back_starts_from_the_mark_before(
 ):
     """`verify` re-reads a catch-up job's cursor ranges; rolling a catch-up back removes its rows
     and its mark, so the next catch-up moves them again from the mark before."""
-    from flows.migrate import migrate
     from flows.rollback import rollback
     from flows.verify import verify
 
@@ -248,7 +261,6 @@ def test_points_catch_up_writes_new_and_late_points_again(tmp_path, servers, pg_
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from flows.migrate import migrate
     from tests.energy_support import (
         FIELDS,
         FLOAT_KEYS,
