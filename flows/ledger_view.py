@@ -74,7 +74,7 @@ def migration_lags(migration: str, migrations_file: str | None = None) -> list[d
     without `incremental` tables. Never raises: a ledger or config that cannot be read gives
     one entry saying why."""
     try:
-        from tasks.catch_up import table_lags
+        from tasks.catch_up_lag import table_lags
         from tasks.config import load_migration, migrations_path
 
         spec = load_migration(migration, migrations_path(migrations_file))
@@ -85,7 +85,7 @@ def migration_lags(migration: str, migrations_file: str | None = None) -> list[d
 
 
 def render_lag(lag: dict) -> str:
-    from tasks.catch_up import TableLag
+    from tasks.catch_up_lag import TableLag
 
     if lag.get("table") == "(all)":
         return f"lag unknown: {lag['error']}"

@@ -190,7 +190,7 @@ def changed_tables(spec: MigrationSpec, tables: list[TableSpec], chain: Chain) -
             )
         refuse_nulls(source, table)
         _, newest = (plain_bound(b) for b in source.bounds(table.name, cursor))
-        high = _parse(mark["high_water"])
+        high = parse_mark(mark["high_water"])
         lookback = table.incremental.lookback
         since = None if high is None else high - lookback
         now_rows = 0 if newest is None else source.count(table.name, cursor, since, _after(high))
@@ -227,7 +227,7 @@ def refuse_nulls(source: Any, table: TableSpec) -> None:
         )
 
 
-def _parse(text: str | None) -> datetime | None:
+def parse_mark(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
@@ -265,8 +265,8 @@ def catch_up_parameters(tables: list[CatchUpTable]) -> list[dict]:
 
 def plan_catch_up_chunks(plan: TablePlan, table: CatchUpTable, data_min: Any) -> TablePlan:
     """The table's chunks over its cursor range [since, until], by its chunk_interval."""
-    since, until = _parse(table.since), _parse(table.until)
-    window = RunWindow(start_time=_utc(since or data_min), end_time=_utc(until + ONE_MICROSECOND))
+    since, until = parse_mark(table.since), parse_mark(table.until)
+    window = RunWindow(start_time=as_utc(since or data_min), end_time=as_utc(until + ONE_MICROSECOND))
     chunks = plan_table_chunks(plan, window, since or data_min, until)
     return plan.model_copy(update={"chunks": chunks, "catch_up": True})
 
@@ -301,7 +301,7 @@ def describe_catch_up(kind: RunKind) -> str:
     return ranges + (f"; {kind.note}" if kind.note and kind.note != "resumed" else "")
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -319,7 +319,7 @@ def high_water_marks(spec: MigrationSpec, tables: list[CatchUpTable] | None = No
                 "table": t.table,
                 "cursor_column": t.cursor_column,
                 "high_water": t.until,
-                "window_start": bound_text(_parse(t.until) - lookback[t.table]),
+                "window_start": bound_text(parse_mark(t.until) - lookback[t.table]),
                 "window_rows": t.window_rows,
             }
             for t in tables
@@ -342,66 +342,3 @@ def high_water_marks(spec: MigrationSpec, tables: list[CatchUpTable] | None = No
             }
         )
     return marks
-
-
-class TableLag(BaseModel):
-    """How far a table's target lags its source: the source's newest cursor value against the
-    high-water mark of the newest completed job of the chain."""
-
-    table: str
-    cursor_column: str
-    source_max: str | None
-    high_water: str | None
-    job_id: str | None
-    lag_seconds: float | None
-    error: str | None = None
-
-    def render(self) -> str:
-        if self.error:
-            return f"{self.table}: lag unknown ({self.error})"
-        if self.job_id is None:
-            return f"{self.table}: no completed backfill yet (source {self.cursor_column} up to {self.source_max})"
-        lag = "unknown" if self.lag_seconds is None else f"{self.lag_seconds:,.0f} s"
-        return (
-            f"{self.table}: lag {lag} (source {self.cursor_column} up to {self.source_max}, "
-            f"target's high-water mark {self.high_water}, job {self.job_id})"
-        )
-
-
-def table_lags(spec: MigrationSpec) -> list[TableLag]:
-    """The lag of each `incremental` table (reads the ledger and the source's maximum cursor);
-    a source that cannot be read gives the table's `error` instead of raising."""
-    tables = incremental(spec)
-    if not tables:
-        return []
-    chain = read_chain(spec)
-    source = build_source(spec)
-    lags = []
-    for table in tables:
-        mark = (
-            chain.marks.get(table.name)
-            if chain.backfill and chain.backfill["status"] == "completed"
-            else None
-        )
-        lag = TableLag(
-            table=table.name,
-            cursor_column=table.cursor_column,
-            source_max=None,
-            high_water=mark["high_water"] if mark else None,
-            job_id=mark["job_id"] if mark else None,
-            lag_seconds=None,
-        )
-        try:
-            _, newest = (plain_bound(b) for b in source.bounds(table.name, table.cursor_column))
-        except Exception as exc:  # noqa: BLE001 - status still shows what the ledger knows
-            lag.error = f"the source cannot be read: {type(exc).__name__}: {exc}"
-            lags.append(lag)
-            continue
-        lag.source_max = bound_text(newest)
-        high = _parse(lag.high_water)
-        if newest is not None and high is not None:
-            lag.lag_seconds = max((_utc(newest) - _utc(high)).total_seconds(), 0.0)
-        elif mark is not None:
-            lag.lag_seconds = 0.0
-        lags.append(lag)
-    return lags

@@ -76,7 +76,7 @@ def marks(pg_connect, job_id: str) -> tuple:
 def test_backfill_then_catch_ups_keep_the_target_equal_to_the_source(
     tmp_path, orders, pg_database, pg_connect, capsys
 ):
-    from tasks.catch_up import table_lags
+    from tasks.catch_up_lag import table_lags
     from tasks.config import load_migration
 
     migrations, run, source = orders

@@ -368,3 +368,22 @@ def test_cancel_an_in_process_run_then_rollback_refused_until_forced(
 
     code, out, err = cli(capsys, "rollback", f"{name}-nope", "--migrations-file", path)
     assert (code, out) == (2, "") and f"job {name}-nope is not in the ledger" in err
+
+
+def test_plan_exit_codes(migrated, capsys):
+    """`plan` exits 0 when a run would go ahead, 1 when a guard would refuse it (the plan still
+    printed, naming the job in the way), 2 for an unknown migration."""
+    name, path = migrated["name"], str(migrated["path"])
+    code, out, err = cli(capsys, "plan", name, "--migrations-file", path)
+    assert code == 0, err
+    assert f"job {migrated['job_id']} already completed with the same tables and window" in out
+
+    # Another chunk size is another job, whose append would load the completed job's rows again.
+    code, out, err = cli(capsys, "plan", name, "--batch-size", "500", "--json", "--migrations-file", path)
+    assert code == 1, err
+    plan = json.loads(out)
+    assert plan["job"]["action"] == "new" and len(plan["tables"][0]["chunks"]) == 6
+    assert any(f"job {migrated['job_id']} (completed) already loaded" in r for r in plan["refusals"]), plan
+
+    code, out, err = cli(capsys, "plan", "no_such_migration", "--migrations-file", path)
+    assert (code, out) == (2, "") and "unknown source_name 'no_such_migration'" in err
