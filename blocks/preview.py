@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from blocks.errors import TargetGuardError
 
 Outcome = Literal["pass", "refuse", "note"]
-Flag = Literal["", "lossy", "refused"]
+Flag = Literal["", "note", "lossy", "refused"]
 
 
 class GuardDecision(BaseModel, frozen=True):
@@ -37,8 +37,10 @@ class TablePreview(BaseModel, frozen=True):
 class ColumnMapping(BaseModel, frozen=True):
     """Where one source column lands and how: its staged Arrow type and the target's column
     (or tag, field, time) and type. `flag` is "lossy" when the target type cannot hold every
-    source value exactly, "refused" when values that do not fit are refused at load; `reason`
-    says which values and what happens to them."""
+    source value exactly (content verification then refuses the chunk), "refused" when the
+    column's values cannot be written as asked (its chunks fail at load), "note" when only
+    some values could be refused (a time finer than the target keeps); `reason` says which
+    values and what happens to them."""
 
     source_name: str
     source_type: str

@@ -361,8 +361,8 @@ def _span(lower: Any, upper: Any) -> float:
 
 def type_mapping(source: Source, target: Target, plan: TablePlan) -> list[ColumnMapping]:
     """The target's mapping of each column (`Target.type_mapping`); a time column the source
-    keeps finer than the target (`time_unit`) is flagged `refused`: values with digits below
-    the target's unit are refused at load, never rounded."""
+    keeps finer than the target (`time_unit`) gets a `note` (unless flagged already): values
+    with digits below the target's unit are refused at load, never rounded."""
     mappings = target.type_mapping(plan.target, plan.source_columns, plan.staged_schema(), plan.points)
     finer = NS_PER_UNIT[source.time_unit] < NS_PER_UNIT[target.time_unit]
     if not finer:
@@ -373,8 +373,8 @@ def type_mapping(source: Source, target: Target, plan: TablePlan) -> list[Column
         f"values with digits below the {target.time_unit} are refused at load"
     )
     return [
-        m.model_copy(update={"flag": "refused", "reason": "; ".join(filter(None, [m.reason, reason]))})
-        if kinds[m.source_name] in _TIMES and m.flag != "refused"
+        m.model_copy(update={"flag": m.flag or "note", "reason": "; ".join(filter(None, [m.reason, reason]))})
+        if kinds[m.source_name] in _TIMES
         else m
         for m in mappings
     ]

@@ -97,7 +97,7 @@ def test_a_dry_run_on_a_fresh_target_writes_nothing_and_lists_what_the_run_then_
     assert [m.source_name for m in table.columns] == [n.upper() for n in names]
     # fakesnow's times are nanoseconds; PostgreSQL keeps microseconds.
     flagged = {m.target_name: m.flag for m in table.columns if m.flag}
-    assert flagged == {"updated_at": "refused"}, table.columns
+    assert flagged == {"updated_at": "note"}, table.columns
     text = plan.render()
     assert "Table CUSTOMERS -> analytics.customers" in text and "Refusals: none" in text
 
