@@ -70,14 +70,20 @@ def ledger_views(jobs: dict[str, list[str]], migrations_file: str | None = None)
 
 
 def migration_lags(migration: str, migrations_file: str | None = None) -> list[dict]:
-    """Each catch-up table's lag (`tasks.catch_up.table_lags`, as dicts): [] for a migration
-    without `incremental` tables. Never raises: a ledger or config that cannot be read gives
-    one entry saying why."""
-    try:
-        from tasks.catch_up_lag import table_lags
-        from tasks.config import load_migration, migrations_path
+    """Each catch-up table's lag (`tasks.catch_up_lag.table_lags`, as dicts): [] for a migration
+    without `incremental` tables, or whose config cannot be read (the ledger line says why).
+    Never raises: a ledger that cannot be read gives one entry saying why."""
+    from tasks.catch_up import incremental
+    from tasks.catch_up_lag import table_lags
+    from tasks.config import load_migration, migrations_path
 
+    try:
         spec = load_migration(migration, migrations_path(migrations_file))
+    except Exception:  # noqa: BLE001 - no config for it here: nothing to say about lags
+        return []
+    if not incremental(spec):
+        return []
+    try:
         return [lag.model_dump(mode="json") for lag in table_lags(spec)]
     except Exception as exc:  # noqa: BLE001 - the lag is extra here: say why it is missing
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
