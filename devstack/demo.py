@@ -152,7 +152,7 @@ def other_shell_lines(api_url: str, secret_files: dict[str, Path]) -> str:
     The other settings in `migrations.yaml` default to the demo's servers."""
     secrets_line = " ".join(f"{var}=$(cat {path.relative_to(ROOT)})" for var, path in secret_files.items())
     return (
-        "\nIn another shell, for the README's Operate steps (the prefect CLI, a worker, flows.status),\n"
+        "\nIn another shell, for the operator's loop (README and docs/operate.md: prefect-migrate, the prefect CLI, a worker),\n"
         "start from the repo root and point it at the demo's Prefect server and secrets (files under .demo/):\n"
         f"  cd {shlex.quote(str(ROOT))}\n"
         f"  export PREFECT_API_URL={api_url}\n"

@@ -46,6 +46,8 @@ class CancelResult(BaseModel):
     """The runs that had not ended, each asked to cancel."""
     ended_runs: int = 0
     """The job's runs that had already ended (left alone)."""
+    newest_state: str | None = None
+    """The state of the job's newest run (e.g. "Completed", "Failed")."""
 
 
 def cancel_job(job_or_run: str, message: str = "cancelled with prefect-migrate cancel") -> CancelResult:
@@ -59,6 +61,9 @@ def cancel_job(job_or_run: str, message: str = "cancelled with prefect-migrate c
     with get_client(sync_client=True) as client:
         job_id, runs = _runs_to_cancel(client, job_or_run)
         result = CancelResult(job_id=job_id)
+        if runs:
+            newest = max(runs, key=lambda r: r.created or r.expected_start_time or 0)
+            result.newest_state = newest.state.name if newest.state else None
         for run in runs:
             if run.state is not None and run.state.is_final():
                 result.ended_runs += 1

@@ -120,10 +120,14 @@ def cancel(
             )
     if not result.cancelled:
         who = f"job {result.job_id}" if result.job_id else f"flow run {job_id}"
-        error(
-            f"{who} has no active flow run ({result.ended_runs} ended): nothing to cancel. "
-            "Next: run the job again to resume it, or roll it back (prefect-migrate rollback JOB_ID)"
-        )
+        if result.newest_state == "Completed":
+            after = (
+                f"Its newest run ended Completed: the job is done "
+                f"(prefect-migrate rollback {result.job_id or 'JOB_ID'} removes what it wrote)"
+            )
+        else:
+            after = "Next: run the job again to resume it, or roll it back (prefect-migrate rollback JOB_ID)"
+        error(f"{who} has no active flow run ({result.ended_runs} ended): nothing to cancel. {after}")
         return FAILED
     if not as_json and result.job_id:
         print(
@@ -163,7 +167,7 @@ def rollback(
     try:
         report = rollback_flow(job_id=job_id, source_name=name, migrations_file=migrations_file, force=force)
     except ConfigError as exc:
-        error(f"rollback refused: {exc}")
+        error(f"rollback refused: {refusal(exc)}")
         return USAGE
     except MigrationError as exc:
         error(f"rollback refused: {refusal(exc)}")

@@ -43,5 +43,7 @@ def prefect_api() -> str:
 
 
 def refusal(exc: Exception) -> str:
-    """A refusal's message as a command-line user acts on it: the flows' `force=true` is `--force` here."""
-    return str(exc).replace("pass force=true", "pass --force").replace("force=true", "--force")
+    """A refusal's message as a command-line user acts on it: the flows' `force=true` is
+    `--force` here, and their `source_name` the migration NAME after the job id."""
+    text = str(exc).replace("pass force=true", "pass --force").replace("force=true", "--force")
+    return text.replace("pass source_name", "give the migration's NAME after the job id")

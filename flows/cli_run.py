@@ -78,7 +78,7 @@ def run(
         params["no_resume"] = True
     if catch_up:  # passed only when asked, so flows without the parameter still run
         params["catch_up"] = True
-    deployment = None if in_process else _deployment_of(name)
+    deployment = None if in_process else _deployment_of(name, catch_up)
     if deployment is False:
         return FAILED
     if deployment is None:
@@ -86,9 +86,13 @@ def run(
     return _run_deployment(deployment, name, params, wait, as_json)
 
 
-def _deployment_of(name: str):
+def _deployment_of(name: str, catch_up: bool = False):
     """The deployment of flow `migrate` whose `source_name` parameter is `name` (the first by
-    name when several are), None when there is none, False when the API cannot be read."""
+    name when several are), None when there is none, False when the API cannot be read.
+
+    A deployment whose parameters ask for a catch-up (`catch_up: true`, the scheduled loop)
+    serves only `--catch-up`, and is preferred for it: a plain run, the backfill or a job given
+    by id, must not go through it."""
     import httpx
     from prefect.client.orchestration import get_client
 
@@ -100,9 +104,10 @@ def _deployment_of(name: str):
     except httpx.HTTPError as exc:
         error(f"cannot read the Prefect API at {prefect_api()}: {exc}")
         return False
-    matches = sorted(
-        (d for d in found if (d.parameters or {}).get("source_name") == name), key=lambda d: d.name
-    )
+    mine = [d for d in found if (d.parameters or {}).get("source_name") == name]
+    catching_up = [d for d in mine if (d.parameters or {}).get("catch_up") is True]
+    others = [d for d in mine if d not in catching_up]
+    matches = sorted((catching_up or others) if catch_up else others, key=lambda d: d.name)
     if len(matches) > 1:
         error(
             f"{len(matches)} deployments of migrate run {name!r} "

@@ -209,8 +209,9 @@ def render_list(found: JobList) -> str:
         lines.extend(f"  {render_lag(lag)}" for lag in lags)
     if found.runs_without_job:
         lines.append(
-            f"(and {found.runs_without_job} newer `migrate` flow run(s) with no job yet: not started, or "
-            "failed before the job started; `prefect flow-run ls --flow-name migrate` lists them, "
-            "`python -m flows.status FLOW_RUN_ID` shows one)"
+            f"(and {found.runs_without_job} newer `migrate` flow run(s) with no job: not started, failed "
+            "before the job started, dry runs, or catch-ups that found nothing to load; "
+            "`prefect flow-run ls --flow-name migrate` lists them, `prefect-migrate status FLOW_RUN_ID` "
+            "shows one)"
         )
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 target, and diff the two (`blocks.diff`), writing nothing.
 
 The ranges checked are the chunks the ledger marks loaded, plus, where the job's scope was
-open (an integer chunk column; a time column with no `start_time` or `end_time`), the rows
-the source gained beyond the job's first and last chunk since it was planned: those are
+open (an integer chunk column; a time column with no `start_time` or `end_time`; never a
+catch-up job's cursor ranges), the rows the source gained beyond the job's first and last
+chunk since it was planned: those are
 missing in the target unless something else loaded them. Each range is read whole from both
 sides, so memory holds one chunk's worth (twice, plus the diff's join), never a table.
 
@@ -133,6 +134,8 @@ def plan_verify(spec: MigrationSpec, job_id: str, run: dict[str, Any], plans: li
     for row in ledger.loaded_chunks(job_id):
         written.setdefault(row["table_name"], set()).update((row["details"] or {}).get("measurements", []))
     window = RunWindow.model_validate((run.get("parameters") or {}).get("window") or {})
+    # A catch-up job's scope is its cursor ranges, closed on both sides: nothing lies beyond.
+    closed = "catch_up" in (run.get("parameters") or {})
     source = build_source(spec)
     ranges: list[VerifyRange] = []
     not_loaded: dict[str, int] = {}
@@ -143,7 +146,7 @@ def plan_verify(spec: MigrationSpec, job_id: str, run: dict[str, Any], plans: li
         measurements = sorted(written.get(plan.spec.name, ()))
         beyond = [
             VerifyRange(plan=bare, chunk=c, beyond=True, measurements=measurements)
-            for c in beyond_chunks(source, plan, window)
+            for c in ([] if closed else beyond_chunks(source, plan, window))
         ]
         # In key order: the pieces before the job's first chunk, its chunks, the pieces after.
         ranges += [r for r in beyond if r.chunk.index < 0]

@@ -80,6 +80,8 @@ def test_prefect_yaml_deploys(servers):
     assert nightly["parameters"] == {"source_name": "page_views_daily", "window": "previous_day"}
     (schedule,) = nightly["schedules"]
     assert schedule["schedule"]["cron"] == "0 2 * * *" and not schedule["active"]
+    backfill = httpx.get(f"{api}/deployments/name/migrate/customers-sync").json()
+    assert backfill["parameters"] == {"source_name": "customers_sync"} and not backfill["schedules"]
     catch_up = httpx.get(f"{api}/deployments/name/migrate/customers-catch-up").json()
     assert catch_up["parameters"] == {"source_name": "customers_sync", "catch_up": True}
     (schedule,) = catch_up["schedules"]

@@ -174,6 +174,31 @@ def test_run_in_process_moves_every_row_and_refuses_bad_input(
     assert os.environ["PGPASSWORD"] not in err
 
 
+def test_a_catch_up_deployment_serves_only_catch_ups(deployment, capsys):
+    """`run NAME` must not go through a deployment that fixes `catch_up: true` (the backfill
+    would be refused there); `run NAME --catch-up` prefers it."""
+    from prefect.client.orchestration import get_client
+
+    name, plain_id = deployment
+    with get_client(sync_client=True) as client:
+        loop_id = client.create_deployment(
+            flow_id=client.create_flow(migrate),
+            name=f"{name}-catch-up",
+            parameters={"source_name": name, "catch_up": True},
+            entrypoint="flows/migrate.py:migrate",
+        )
+    try:
+        for argv, chosen in (((), plain_id), (("--catch-up",), loop_id)):
+            code, out, err = cli(capsys, "run", name, *argv, "--no-wait", "--json")
+            assert code == 0, err
+            run = flow_run(json.loads(out)["flow_run_id"])
+            assert run["deployment_id"] == str(chosen), argv
+            cli(capsys, "cancel", run["id"])
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(loop_id)
+
+
 def test_run_starts_the_deployment_that_names_the_migration_and_cancel_cancels_it(deployment, capsys):
     name, deployment_id = deployment
     job_id = f"{name}-1"
@@ -368,6 +393,8 @@ def test_cancel_an_in_process_run_then_rollback_refused_until_forced(
 
     code, out, err = cli(capsys, "rollback", f"{name}-nope", "--migrations-file", path)
     assert (code, out) == (2, "") and f"job {name}-nope is not in the ledger" in err
+    code, out, err = cli(capsys, "rollback", "unknown-prefix-1", "--migrations-file", path)
+    assert (code, out) == (2, "") and "give the migration's NAME after the job id" in err, err
 
 
 def test_plan_exit_codes(migrated, capsys):

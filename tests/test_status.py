@@ -415,7 +415,7 @@ def test_list_without_an_argument_counts_newer_runs_without_a_job():
         assert cli.returncode == 0, cli.stderr
         lines = cli.stdout.splitlines()
         assert lines[0].startswith("JOB ") and any(line.startswith(f"{job_id} ") for line in lines)
-        assert "newer `migrate` flow run(s) with no job yet" in lines[-1]
+        assert "newer `migrate` flow run(s) with no job: not started" in lines[-1]
         cli = status_cli(job_id, "--list")
         assert cli.returncode == 2 and "not both" in cli.stderr
     finally:
