@@ -247,6 +247,7 @@ def up_to_date(migration: str, run: RunKind, seconds: float) -> MigrationReport:
         catch_up=run.note,
         up_to_date=True,
     )
+    publish_report(report)  # the UI, and `prefect-migrate run --wait`, show why nothing moved
     get_run_logger().info(report.summary())
     return report
 

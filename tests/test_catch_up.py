@@ -10,12 +10,14 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 # Imported before any test captures output: Prefect's console log handler keeps the stream it
 # first sees, and a test's capsys stream is closed once that test ends.
 from flows.cli import main as cli
 from flows.migrate import migrate
+from tests.prefect_support import api
 from tests.support import assert_same_rows, own_snowflake_database, source_rows, target_rows, write_migrations
 
 ROWS = 300
@@ -167,6 +169,15 @@ def test_backfill_then_catch_ups_keep_the_target_equal_to_the_source(
     idle = migrate(source_name="analytics", migrations_file=path, catch_up=True)
     assert idle.up_to_date and idle.rows == 0 and not idle.chunks, idle.summary()
     assert "up to date" in idle.summary() and first.job_id in idle.summary()
+    newest_report = httpx.post(
+        f"{api()}/artifacts/filter",
+        json={
+            "artifacts": {"key": {"any_": ["migration-report-analytics"]}},
+            "sort": "CREATED_DESC",
+            "limit": 1,
+        },
+    ).json()[0]
+    assert "Migration 'analytics' is up to date, nothing to load" in newest_report["description"]
     assert jobs(pg_connect) == before
     assert_same_rows(source(), in_target(), NAMES)
     assert plan_migration("analytics", path, catch_up=True).job.action == "up_to_date"
