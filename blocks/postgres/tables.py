@@ -41,6 +41,10 @@ def ident(table: TargetTable) -> sql.Composed:
     return sql.Identifier(table.schema_name, table.name)
 
 
+def schema_exists(conn: psycopg.Connection, schema: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+
+
 def table_exists(conn: psycopg.Connection, table: TargetTable) -> bool:
     row = conn.execute("SELECT to_regclass(%s)", (ident(table).as_string(conn),)).fetchone()
     return row[0] is not None
