@@ -7,12 +7,13 @@ session's real PostgreSQL: each test has its own database and its own login role
 from __future__ import annotations
 
 import os
+import re
 import secrets
 
 import pytest
 import yaml
 
-from blocks.errors import ConnectionCheckError
+from blocks.errors import ConnectionCheckError, MigrationFailed
 from blocks.postgres import pool as pg_pool
 from blocks.postgres.credentials import PostgresCredentials
 from blocks.postgres.ledger_schema import ensure_ledger
@@ -73,14 +74,16 @@ def login(servers, pg_database, user: str | None) -> dict:
     }
 
 
-def write_migrations(tmp_path, servers, pg_database, *, target_user=None, source_user=None) -> str:
+def write_migrations(
+    tmp_path, servers, pg_database, *, target_user=None, source_user=None, tables=(ITEMS,)
+) -> str:
     """migrations.yaml with migration `shop`: src.items to analytics.items, in one database."""
     spec = {
         "source": {**login(servers, pg_database, source_user), "schema": "src"},
         "target": {**login(servers, pg_database, target_user), "schema": "analytics"},
         "staging": {"type": "local", "path": str(tmp_path / "staging")},
         "retries": {"attempts": 1, "delay_seconds": 0.1, "jitter": 0.1},
-        "tables": [ITEMS],
+        "tables": list(tables),
     }
     path = tmp_path / "migrations.yaml"
     path.write_text(yaml.safe_dump({"migrations": {NAME: spec}}, sort_keys=False))
@@ -334,4 +337,51 @@ def test_source_role_without_usage_or_select(tmp_path, servers, pg_database, pg_
 
     with pg_connect() as conn:
         conn.execute(f"GRANT SELECT ON src.items TO {role}")
+    migrate_and_compare(file, pg_connect, items)
+
+
+def test_an_existing_target_table_the_role_may_not_load(
+    tmp_path, servers, pg_database, pg_connect, role, items, capsys
+):
+    """Schema privileges pass the connection check; the table's own are checked where the job
+    prepares it (and where `plan` previews that), before it is truncated or written."""
+    with pg_connect() as conn:
+        conn.execute("CREATE SCHEMA analytics")
+        conn.execute(
+            "CREATE TABLE analytics.items (id bigint PRIMARY KEY, name text, amount numeric(10,2), "
+            "sold_at timestamptz NOT NULL)"
+        )
+        conn.execute("INSERT INTO analytics.items VALUES (999, 'old', 1, now())")
+        with conn.transaction():
+            ensure_ledger(conn)
+        conn.execute(f"GRANT USAGE, CREATE ON SCHEMA analytics, migration_status TO {role}")
+        conn.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA migration_status TO {role}"
+        )
+        conn.execute(f"GRANT SELECT, INSERT ON analytics.items TO {role}")
+    file = write_migrations(
+        tmp_path,
+        servers,
+        pg_database,
+        target_user=role,
+        tables=[{**ITEMS, "load_mode": "replace", "allow_truncate_foreign_rows": True}],
+    )
+    check_connections.fn(load_migration(NAME, migrations_path(file)))
+    expected = (
+        f"role {role} lacks TRUNCATE on target table analytics.items (needed to replace into it). "
+        f'Fix, as a role that may grant it: GRANT TRUNCATE ON "analytics"."items" TO "{role}"'
+    )
+    found = plan_migration(NAME, migrations_file=file)
+    assert any(expected in refusal for refusal in found.refusals), found.refusals
+    code, out, err = cli(capsys, "plan", NAME, "--migrations-file", file)
+    assert code == 1 and expected in out, out
+
+    from flows.migrate import migrate
+
+    with pytest.raises(MigrationFailed, match=re.escape(expected)):  # refused, not kept in the ledger
+        migrate(source_name=NAME, migrations_file=file)
+    with pg_connect() as conn:  # not truncated, nothing loaded
+        assert conn.execute("SELECT id, name FROM analytics.items").fetchall() == [(999, "old")]
+
+    grant_from(expected, servers, pg_database)
     migrate_and_compare(file, pg_connect, items)

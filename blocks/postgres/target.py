@@ -35,6 +35,7 @@ from blocks.postgres.table_preview import column_mappings, preview_prepare
 from blocks.postgres.tables import (
     TargetTable,
     check_columns,
+    check_table_privileges,
     check_unique_key,
     create_table_sql,
     ident,
@@ -144,7 +145,9 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         Idempotent per job: a resumed job finds its ledger row and changes nothing.
         The truncation guard refuses (`TargetGuardError`) while another unfinished, still
         resumable job has prepared this table, and when the table holds rows that this
-        migration did not write, unless `allow_foreign_rows` is set.
+        migration did not write, unless `allow_foreign_rows` is set. An existing table the
+        role may not load in `mode` is refused (`TargetGuardError` naming the privilege and
+        the GRANT) before anything is changed.
         """
         with self.connect() as conn:
             lock(conn, f"prepare/{table.qualified}")
@@ -160,6 +163,7 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
             if created:
                 conn.execute(create_table_sql(table))
             else:
+                check_table_privileges(conn, table, mode)  # first: the columns a role sees depend on it
                 check_columns(conn, table)
             if mode is LoadMode.UPSERT:
                 check_unique_key(conn, table)
