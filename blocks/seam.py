@@ -111,8 +111,11 @@ class Target(Protocol):
     time_range: ClassVar[tuple[Any, Any] | None]
     display_name: ClassVar[str]
 
-    def check(self) -> None:
-        """Log in and check the destination exists; raise `ConnectionCheckError` naming it."""
+    def check(self, container: str | None = None) -> None:
+        """Log in and check the destination exists; raise `ConnectionCheckError` naming it.
+        With `container` (the settings' `container`: the schema, bucket or database the
+        migration's tables land in), also that the login may create and load them there,
+        reading only; a missing privilege is named with what grants it."""
 
     def describe_target(self) -> str:
         """Where the data goes, without secrets (for messages and the ledger)."""
@@ -263,7 +266,8 @@ class Ledger(Protocol):
     its chunk's ledger row itself, in the load's transaction."""
 
     def check(self) -> None:
-        """Log in; raise `ConnectionCheckError` naming the problem."""
+        """Log in, and check, reading only, that the login may create (or use) the ledger and
+        write its rows; raise `ConnectionCheckError` naming the problem."""
 
     def describe_target(self) -> str:
         """Where the ledger is, without secrets."""

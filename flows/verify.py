@@ -12,7 +12,7 @@ import time
 from prefect import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from blocks.errors import ConfigError, MigrationError, MigrationFailed
+from blocks.errors import ConfigError, MigrationError
 from flows.heartbeats import migration_flow
 from flows.rollback import migration_of
 from tasks.catch_up import spec_for_job
@@ -21,7 +21,7 @@ from tasks.jobs import load_recorded_plan
 from tasks.plan import inspect_source
 from tasks.storage_keys import check_job_id
 from tasks.verify import check_job, plan_verify, verify_ranges
-from tasks.verify_report import VerifyReport, announce_differences, publish_verification
+from tasks.verify_report import VerifyFailure, VerifyReport, announce_differences, publish_verification
 
 
 def run_name() -> str:
@@ -42,10 +42,11 @@ def verify(
 
     Also checks the rows the source gained beyond the job's first and last chunk, where the job
     did not bound its range. Writes nothing. Publishes the table artifact `verify-<job>`, then
-    raises `ValidationFailed` naming each differing table and sample keys if anything differs
-    (and emits `migration.validation.failed` per such table). A job the ledger does not hold,
+    raises `ValidationFailed` (`VerifyDifferences`, holding the report) naming each differing
+    table and sample keys if anything differs (and emits `migration.validation.failed` per such
+    table). A job the ledger does not hold,
     or one rolled back, raises `ConfigError`; a range that cannot be read fails the run after
-    the rest are checked.
+    the rest are checked (`VerifyUnreadable`, a `MigrationFailed` holding the report).
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -75,13 +76,9 @@ def verify(
     publish_verification(report)
     logger.info(report.summary())
     announce_differences(report)
-    if report.errors:
-        raise MigrationFailed(
-            f"verify job {job_id} ({spec.name}): {len(report.errors)} range(s) could not be read; "
-            f"first error: {report.errors[0]}"
-        )
-    if not report.same:
-        raise report.error()
+    failure = report.failure()  # holds the report, for a caller in this process (verify_and_print)
+    if failure is not None:
+        raise failure
     return report
 
 
@@ -117,14 +114,23 @@ def verify_and_print(
     `python -m flows.verify` and `prefect-migrate verify` share it.
 
     Returns 0 when the target matches the source; 1, with the differences (or the ranges that
-    could not be read, or the server that could not be reached) on stderr, when it does not; 2, with "verify refused: <why>" on stderr,
-    for a job the ledger does not hold, one rolled back, or no migration to be found."""
+    could not be read, or the server that could not be reached) on stderr, when it does not;
+    2, with "verify refused: <why>" on stderr, for a job the ledger does not hold, one rolled
+    back, or no migration to be found. With `as_json`, the report goes to stdout on 0 and on
+    1 alike (its `tables` name what differs); only a run that ended before it had a report
+    (2, a server that could not be reached) prints nothing there. The flow run fails on a
+    difference either way."""
     try:
         report = verify(job_id=job_id, source_name=migration, sample=sample, migrations_file=migrations_file)
     except ConfigError as exc:
         print(f"verify refused: {exc}", file=sys.stderr)
         return 2
-    except MigrationError as exc:  # differences, unreadable ranges, a server that cannot be reached
+    except VerifyFailure as exc:  # differences, unreadable ranges: the flow's report is in hand
+        print(str(exc), file=sys.stderr)
+        if as_json and exc.report is not None:
+            print(exc.report.model_dump_json(indent=2))
+        return 1
+    except MigrationError as exc:  # a server that cannot be reached
         print(str(exc), file=sys.stderr)
         return 1
     print(report.model_dump_json(indent=2) if as_json else report.summary())

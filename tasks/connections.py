@@ -37,26 +37,35 @@ def build_staging(spec: MigrationSpec) -> Staging:
 
 @task(name="check-connections")
 def check_connections(spec: MigrationSpec) -> None:
-    """Log in to source, staging and target; on failure name the one that failed and why.
+    """Log in to source, staging, target and ledger; on failure name the one that failed and why.
 
+    The target and the ledger are also checked, reading only, for the privileges a run needs
+    (creating and loading the migration's tables in `spec.target.container`, keeping the
+    ledger): a missing one is named, with what grants it, before anything is written.
     Every failure here is permanent (`ConnectionCheckError`): an error nobody expected while
     building or checking a block is reported with its type, not retried."""
-    failures = []
-    checks = [("source", build_source), ("staging", build_staging), ("target", build_target)]
-    if spec.ledger is not None:
-        checks.append(("ledger", build_ledger))
-    for role, build in checks:
+    checks = [
+        ("source", lambda: build_source(spec).check()),
+        ("staging", lambda: build_staging(spec).check()),
+        ("target", lambda: build_target(spec).check(spec.target.container)),
+        # Also a ledger kept in the target's own database: its schema needs privileges of its own.
+        ("ledger", lambda: build_ledger(spec).check()),
+    ]
+    failures: dict[str, str] = {}  # problem -> the first role that has it
+    for role, check in checks:
         try:
-            build(spec).check()
+            check()
         except (ConnectionCheckError, ConfigError) as exc:
-            failures.append(f"{role}: {exc}")
+            # A ledger in the target's database fails a login as the target does: named once.
+            failures.setdefault(str(exc), role)
         except MigrationError:
             raise
         except Exception as exc:  # noqa: BLE001 - any other failure of a check is permanent too
-            failures.append(f"{role}: {type(exc).__name__}: {exc}")
+            failures.setdefault(f"{type(exc).__name__}: {exc}", role)
     if failures:
         raise ConnectionCheckError(
-            "connection check failed, nothing was touched:\n  " + "\n  ".join(failures)
+            "connection check failed, nothing was touched:\n  "
+            + "\n  ".join(f"{role}: {problem}" for problem, role in failures.items())
         )
 
 

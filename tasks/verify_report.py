@@ -9,9 +9,30 @@ from prefect.events import emit_event
 from prefect.futures import PrefectFuture
 from pydantic import BaseModel, PrivateAttr
 
-from blocks.errors import ValidationFailed
+from blocks.errors import MigrationError, MigrationFailed, ValidationFailed
 from tasks.progress import artifact_slug
 from tasks.verify import ChangedValue, ChunkDiff, VerifyPlan
+
+
+class VerifyFailure(MigrationError):
+    """What the `verify` flow raises when the target differs or a range could not be read,
+    holding the whole `report` (None only when unpickled without one), so a caller in the
+    same process (`prefect-migrate verify --json`) can still print it."""
+
+    def __init__(self, message: str, report: VerifyReport | None = None):
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self):  # pickled with its report (Prefect may persist a failed run's error)
+        return type(self), (str(self), self.report)
+
+
+class VerifyDifferences(VerifyFailure, ValidationFailed):
+    """The target differs from the source."""
+
+
+class VerifyUnreadable(VerifyFailure, MigrationFailed):
+    """Ranges could not be read (whatever the rest found)."""
 
 
 class TableVerification(BaseModel):
@@ -142,14 +163,26 @@ class VerifyReport(BaseModel):
         lines += [f"  error: {e}" for e in self.errors[:5]]
         return "\n".join(lines)
 
-    def error(self) -> ValidationFailed:
+    def error(self) -> VerifyDifferences:
         """The error the flow raises when the target differs: each differing table, with a
-        sample key of each kind of difference."""
+        sample key of each kind of difference; it holds this report."""
         differ = [t.describe() for t in self.tables if not t.same]
-        return ValidationFailed(
+        return VerifyDifferences(
             f"verify job {self.job_id} ({self.migration}): the target differs from the source in "
-            f"{len(differ)} table(s): " + " | ".join(differ)
+            f"{len(differ)} table(s): " + " | ".join(differ),
+            self,
         )
+
+    def failure(self) -> VerifyFailure | None:
+        """The error the flow raises for this report (holding it), or None when the target
+        matches: `VerifyUnreadable` when a range could not be read, else `VerifyDifferences`."""
+        if self.errors:
+            return VerifyUnreadable(
+                f"verify job {self.job_id} ({self.migration}): {len(self.errors)} range(s) could not "
+                f"be read; first error: {self.errors[0]}",
+                self,
+            )
+        return None if self.same else self.error()
 
 
 def keys(rows: list[dict[str, Any]]) -> str:

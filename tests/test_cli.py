@@ -302,6 +302,11 @@ def test_verify_clean_then_edited_then_unknown(migrated, capsys):
     code, out, err = cli(capsys, "verify", job_id, "--migrations-file", path)
     assert code == 0, err
     assert f"Verified job {job_id} ({migrated['name']}, completed)" in out and "the target matches" in out
+    code, out, err = cli(capsys, "verify", job_id, "--json", "--migrations-file", path)
+    assert code == 0, err
+    clean = json.loads(out)
+    assert clean["job_id"] == job_id and [t["table"] for t in clean["tables"]] == ["CUSTOMERS"]
+    assert (clean["tables"][0]["source_rows"], clean["tables"][0]["changed"]) == (3000, 0)
 
     with connect() as conn:
         key, name = conn.execute(
@@ -310,17 +315,52 @@ def test_verify_clean_then_edited_then_unknown(migrated, capsys):
         conn.execute("UPDATE analytics.customers SET name = 'edited' WHERE customer_id = %s", (key,))
     try:
         code, out, err = cli(capsys, "verify", job_id, migrated["name"], "--migrations-file", path)
+        json_code, json_out, json_err = cli(capsys, "verify", job_id, "--json", "--migrations-file", path)
     finally:
         with connect() as conn:
             conn.execute("UPDATE analytics.customers SET name = %s WHERE customer_id = %s", (name, key))
     assert (code, out) == (1, "")
     assert "the target differs from the source in 1 table(s)" in err and f"customer_id={key}" in err, err
+    # --json: the report on stdout on exit 1 too, naming the table, the key and the value.
+    assert json_code == 1 and "the target differs from the source in 1 table(s)" in json_err
+    report = json.loads(json_out)
+    assert (report["job_id"], report["migration"], report["errors"]) == (job_id, migrated["name"], [])
+    (table,) = report["tables"]
+    assert (table["table"], table["target"], table["key"]) == (
+        "CUSTOMERS",
+        "analytics.customers",
+        ["customer_id"],
+    )
+    assert (table["missing"], table["extra"], table["changed"], table["changed_columns"]) == (
+        0,
+        0,
+        1,
+        {"name": 1},
+    )
+    (changed,) = table["sample_changed"]
+    assert changed["key"] == {"customer_id": key} and changed["column"] == "name"
+    assert changed["source"] == name and changed["target"] == "edited"
 
     code, out, err = cli(capsys, "verify", f"{migrated['name']}-nope", "--migrations-file", path)
     assert (code, out) == (
         2,
         "",
     ) and f"verify refused: job {migrated['name']}-nope is not in the ledger" in err
+
+
+def test_verify_failure_keeps_its_report_when_pickled():
+    """Prefect may persist a failed run's error: the report `--json` prints goes with it."""
+    import pickle
+
+    from tasks.verify_report import TableVerification, VerifyDifferences, VerifyReport
+
+    table = TableVerification(table="T", target="s.t", key=["id"], missing=2, source_rows=5, target_rows=3)
+    report = VerifyReport(job_id="j", migration="m", job_status="completed", tables=[table])
+    failure = report.failure()
+    assert isinstance(failure, VerifyDifferences) and failure.report is report
+    again = pickle.loads(pickle.dumps(failure))
+    assert type(again) is VerifyDifferences and str(again) == str(failure)
+    assert again.report.model_dump() == report.model_dump()
 
 
 def test_test_connections(migrated, capsys):

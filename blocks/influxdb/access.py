@@ -269,8 +269,10 @@ class InfluxAccess:
 
     # --- check ----------------------------------------------------------------------------
 
-    def check(self) -> None:
+    def check(self, container: str | None = None) -> None:
         """Raise `ConnectionCheckError` unless the target takes writes and answers InfluxQL.
+        (`container`, the seam's, is this block's own bucket or database: the empty write
+        below proves the login may write there.)
 
         Two cheap calls: an empty write (v2 ``/api/v2/write``, v1 ``/write``; InfluxDB answers
         204 from 1.x and 2.0.9 on) proves the URL answers, the credentials are accepted, the

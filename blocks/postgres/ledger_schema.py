@@ -12,13 +12,16 @@ are read and written by `blocks.postgres.ledger`.
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 
 from blocks.postgres.ledger_lock import ensure_run_lock
 from blocks.postgres.ledger_marks import MARKS_DDL
 
+LEDGER_SCHEMA = "migration_status"
+
 LEDGER_DDL = """
-CREATE SCHEMA IF NOT EXISTS migration_status;
 CREATE TABLE IF NOT EXISTS migration_status.migration_runs (
     job_id          text PRIMARY KEY,
     migration       text NOT NULL,
@@ -78,14 +81,56 @@ CREATE TABLE IF NOT EXISTS migration_status.migration_reports (
 """
 
 
+# What `ensure_ledger` makes sure of, read from its own DDL: the tables it creates, and the
+# columns it adds to tables an older version created.
+_DDL = LEDGER_DDL + MARKS_DDL
+LEDGER_TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS migration_status\.(\w+)", _DDL))
+ADDED_COLUMNS = tuple(re.findall(r"ALTER TABLE migration_status\.(\w+) ADD COLUMN IF NOT EXISTS (\w+)", _DDL))
+
+# The ledger schema's tables and their columns, from the catalog: reading it needs no privilege.
+_LEDGER_COLUMNS_SQL = """
+SELECT c.relname, a.attname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p')
+"""
+
+
 def ledger_exists(conn: psycopg.Connection) -> bool:
-    """Whether any migration has written a ledger into this database yet."""
-    return conn.execute("SELECT to_regclass('migration_status.migration_runs')").fetchone()[0] is not None
+    """Whether any migration has written a ledger into this database yet. Reads the catalog
+    only, so it answers (instead of failing) for a role without USAGE on the schema."""
+    found = conn.execute(
+        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = 'migration_runs'",
+        (LEDGER_SCHEMA,),
+    ).fetchone()
+    return found is not None
+
+
+def ledger_upgrades(conn: psycopg.Connection) -> list[str]:
+    """What `ensure_ledger` would still create or add, in order: "schema migration_status",
+    "table migration_status.<t>", "column migration_status.<t>.<c>"; [] for a ledger this
+    version wrote. Reads the catalog only."""
+    schema = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (LEDGER_SCHEMA,)).fetchone()
+    present = set(conn.execute(_LEDGER_COLUMNS_SQL, (LEDGER_SCHEMA,)).fetchall())
+    tables = {t for t, _ in present}
+    todo = [] if schema else [f"schema {LEDGER_SCHEMA}"]
+    todo += [f"table {LEDGER_SCHEMA}.{t}" for t in LEDGER_TABLES if t not in tables]
+    todo += [f"column {LEDGER_SCHEMA}.{t}.{c}" for t, c in ADDED_COLUMNS if (t, c) not in present]
+    return todo
 
 
 def ensure_ledger(conn: psycopg.Connection) -> None:
+    """Create the ledger, or bring one an older version wrote up to date; on a current ledger
+    it runs no DDL at all, so a role that may only read and write the ledger's rows (not own
+    its tables, nor create schemas in the database) can run jobs."""
+    if not ledger_upgrades(conn):
+        return
     # Two jobs starting at once would race on CREATE ... IF NOT EXISTS; serialise them.
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('migration_status.ddl', 0))")
+    if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (LEDGER_SCHEMA,)).fetchone() is None:
+        # Only when missing: CREATE SCHEMA IF NOT EXISTS asks for CREATE on the database even
+        # when the schema exists.
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA}")
     conn.execute(LEDGER_DDL)
     conn.execute(MARKS_DDL)
 

@@ -27,6 +27,7 @@ from blocks.postgres import pool as pg_pool
 from blocks.postgres.credentials import PostgresCredentials
 from blocks.postgres.ledger_lock import JobRunLock, ensure_run_lock, run_lock_holder
 from blocks.postgres.ledger_schema import ensure_ledger, ledger_exists, lock, lock_job_loads
+from blocks.postgres.privileges import ledger_needs, refuse_missing
 from blocks.seam import JobStart
 
 
@@ -63,10 +64,16 @@ class PostgresLedger(BaseModel):
         return transaction(self.credentials)
 
     def check(self) -> None:
-        """Log in once; any failure, even a server only down for now, raises `ConnectionCheckError`."""
+        """Log in once; any failure, even a server only down for now, raises `ConnectionCheckError`.
+
+        Also check, reading only, that the role may create or use the ledger (schema
+        `migration_status`, `blocks.postgres.privileges.ledger_needs`): a missing privilege
+        raises `ConnectionCheckError` naming the role, the schema or database, the privilege
+        and the GRANT that fixes it."""
         try:
             with self.connect() as conn:
-                conn.execute("SELECT 1")
+                conn.execute("SET TRANSACTION READ ONLY")
+                refuse_missing(conn, f"ledger in {self.describe_target()}", ledger_needs(conn))
         except ConnectionError as exc:
             raise ConnectionCheckError(str(exc)) from None
 

@@ -96,7 +96,9 @@ class PostgresSource(PostgresTraits, Block, PostgresLogin):
         try:
             with self.connect() as conn:
                 found = conn.execute(
-                    "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema_name,)
+                    "SELECT has_schema_privilege(oid, 'USAGE'), current_user FROM pg_namespace "
+                    "WHERE nspname = %s",
+                    (self.schema_name,),
                 ).fetchone()
         except ConnectionError as exc:
             raise ConnectionCheckError(str(exc)) from None
@@ -104,10 +106,18 @@ class PostgresSource(PostgresTraits, Block, PostgresLogin):
             raise ConnectionCheckError(
                 f"{self.describe_target()} has no schema {self.schema_name!r} (source.schema)"
             )
+        usage, role = found
+        if not usage:
+            raise ConnectionCheckError(
+                f"{self.describe_target()}: role {role} lacks USAGE on schema {self.schema_name} "
+                f"(needed to read its tables). Fix, as a role that may grant it: GRANT USAGE ON "
+                f"SCHEMA {sql.Identifier(self.schema_name).as_string()} TO {sql.Identifier(role).as_string()}"
+            )
 
     def describe(self, table: str) -> TableSchema:
         """The table's (or view's) columns in order. A missing table, or a column whose type
-        has no mapping, raises `SourceSchemaError` naming it."""
+        has no mapping, raises `SourceSchemaError` naming it; a table (or column) the role may
+        not SELECT raises `ConnectionCheckError` naming the role, the table and the GRANT."""
         with self.connect() as conn:
             schema = self._describe(conn, table)
         _DESCRIBED[self._described_key(table)] = schema
@@ -119,7 +129,9 @@ class PostgresSource(PostgresTraits, Block, PostgresLogin):
     def _describe(self, conn: psycopg.Connection, table: str) -> TableSchema:
         rows = conn.execute(
             "SELECT a.attname, t.typname, a.atttypmod, format_type(a.atttypid, a.atttypmod), "
-            "a.attnotnull FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "a.attnotnull, has_table_privilege(c.oid, 'SELECT') "
+            "OR has_column_privilege(c.oid, a.attnum, 'SELECT') "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
             "LEFT JOIN pg_type t ON t.oid = a.atttypid "
             "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
@@ -130,8 +142,11 @@ class PostgresSource(PostgresTraits, Block, PostgresLogin):
             raise SourceSchemaError(
                 f"table {table!r} not found in schema {self.schema_name!r} of {self.describe_target()}"
             )
+        unreadable = [row[0] for row in rows if row[0] is not None and not row[5]]
+        if unreadable:
+            self._refuse_unreadable(conn, table, unreadable, len(unreadable) == len(rows))
         columns = []
-        for name, type_name, typmod, formatted, not_null in rows:
+        for name, type_name, typmod, formatted, not_null, _ in rows:
             if name is None:
                 continue  # a table without columns
             try:
@@ -139,6 +154,24 @@ class PostgresSource(PostgresTraits, Block, PostgresLogin):
             except SourceSchemaError as exc:
                 raise SourceSchemaError(f"table {table}: {exc}") from None
         return TableSchema(table=table, columns=tuple(columns))
+
+    def _refuse_unreadable(
+        self, conn: psycopg.Connection, table: str, columns: list[str], whole: bool
+    ) -> None:
+        """Raise `ConnectionCheckError`: the role may not SELECT `columns` of `table` (`whole`:
+        any of its columns). Every column a table has is read, so one it may not read is a
+        refusal before the run, not a bare "permission denied" in the middle of it."""
+        role = conn.execute("SELECT current_user").fetchone()[0]
+        what = (
+            f"table {self.schema_name}.{table}"
+            if whole
+            else f"column(s) {columns} of table {self.schema_name}.{table}"
+        )
+        raise ConnectionCheckError(
+            f"{self.describe_target()}: role {role} lacks SELECT on {what} (needed to read it). "
+            f"Fix, as a role that may grant it: GRANT SELECT ON {self._table(table).as_string(conn)} "
+            f"TO {sql.Identifier(role).as_string(conn)}"
+        )
 
     def _range(
         self, column: str, lower: Any, upper: Any, inline: bool = False

@@ -19,6 +19,7 @@ from blocks.postgres import ledger as pg_ledger
 from blocks.postgres.ledger_schema import ledger_exists
 from blocks.postgres.tables import (
     check_columns,
+    check_table_privileges,
     check_unique_key,
     create_table_sql,
     pg_type,
@@ -42,7 +43,8 @@ def preview_prepare(
 ) -> TablePreview:
     """The DDL and the guard decisions of `prepare_table` for this table: a job that already
     prepared it changes nothing; a missing table is created (CREATE SCHEMA when the schema is
-    missing too); an existing one must have the columns, for `upsert` a unique key, and for
+    missing too); an existing one must be one the role may load (`check_table_privileges`),
+    have the columns, for `upsert` a unique key, and for
     `replace` pass the truncation guard ("would truncate N rows" or its refusal)."""
     name = table.qualified
     if job_id and ledger_exists(conn) and pg_ledger.get_table_status(conn, job_id, source_table):
@@ -60,8 +62,17 @@ def preview_prepare(
         return TablePreview(ddl=ddl, decisions=decisions)
     decisions = [
         _decision("create table", f"{name} exists: not created"),
-        guard("columns", lambda: check_columns(conn, table), f"{name} has every column the job loads"),
+        guard(
+            "privileges",
+            lambda: check_table_privileges(conn, table, mode),
+            f"the role may {mode.value} into {name}",
+        ),
     ]
+    if decisions[-1].outcome == "refuse":
+        return TablePreview(decisions=decisions)  # the other guards would read what it may not
+    decisions.append(
+        guard("columns", lambda: check_columns(conn, table), f"{name} has every column the job loads")
+    )
     if mode is LoadMode.UPSERT:
         keys = list(table.primary_key)
         decisions.append(guard("unique key", lambda: check_unique_key(conn, table), f"unique key on {keys}"))

@@ -14,6 +14,7 @@ from blocks.errors import TargetGuardError
 from blocks.job_status import UNFINISHED
 from blocks.postgres import ledger as pg_ledger
 from blocks.postgres.ledger_schema import ledger_exists
+from blocks.seam import LoadMode
 
 _PG_TYPE = {
     LogicalType.INTEGER: "bigint",
@@ -39,6 +40,10 @@ def pg_type(column: Column) -> str:
 def ident(table: TargetTable) -> sql.Composed:
     """The table's schema-qualified identifier, quoted for SQL."""
     return sql.Identifier(table.schema_name, table.name)
+
+
+def schema_exists(conn: psycopg.Connection, schema: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
 
 
 def table_exists(conn: psycopg.Connection, table: TargetTable) -> bool:
@@ -77,6 +82,30 @@ def check_columns(conn: psycopg.Connection, table: TargetTable) -> None:
     missing = [c.name for c in table.columns if c.name not in existing]
     if missing:
         raise TargetGuardError(f"target table {table.qualified} exists but lacks column(s) {missing}")
+
+
+def check_table_privileges(conn: psycopg.Connection, table: TargetTable, mode: LoadMode) -> None:
+    """Raise `TargetGuardError` when the session's role may not load the existing `table` in
+    `mode`: SELECT and INSERT always, UPDATE for `upsert`, TRUNCATE for `replace`. The message
+    names the role, the table, each missing privilege and the GRANT that fixes it. Reads only."""
+    needed = ["SELECT", "INSERT"] + (["UPDATE"] if mode is LoadMode.UPSERT else [])
+    needed += ["TRUNCATE"] if mode is LoadMode.REPLACE else []
+    role, *held = conn.execute(
+        sql.SQL("SELECT current_user, {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("has_table_privilege(%(t)s::regclass, {})").format(p)
+                for p in map(sql.Literal, needed)
+            )
+        ),
+        {"t": ident(table).as_string(conn)},
+    ).fetchone()
+    missing = [p for p, ok in zip(needed, held, strict=True) if not ok]
+    if missing:
+        grant = f"GRANT {', '.join(missing)} ON {ident(table).as_string(conn)} TO {sql.Identifier(role).as_string(conn)}"
+        raise TargetGuardError(
+            f"role {role} lacks {', '.join(missing)} on target table {table.qualified} (needed to "
+            f"{mode.value} into it). Fix, as a role that may grant it: {grant}"
+        )
 
 
 def check_unique_key(conn: psycopg.Connection, table: TargetTable) -> None:

@@ -30,13 +30,16 @@ from blocks.postgres.credentials import PostgresLogin
 from blocks.postgres.ledger import refuse_final_chunk
 from blocks.postgres.ledger_schema import ensure_ledger, ledger_exists, lock, lock_job_loads
 from blocks.postgres.ledger_store import transaction
+from blocks.postgres.privileges import refuse_missing, target_needs
 from blocks.postgres.table_preview import column_mappings, preview_prepare
 from blocks.postgres.tables import (
     TargetTable,
     check_columns,
+    check_table_privileges,
     check_unique_key,
     create_table_sql,
     ident,
+    schema_exists,
     table_exists,
     truncation_guard,
 )
@@ -103,12 +106,20 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         with transaction(self.credentials) as conn:
             yield conn
 
-    def check(self) -> None:
+    def check(self, container: str | None = None) -> None:
         """Log in once; any failure, even a server that is only down for now, raises
-        `ConnectionCheckError`: before a run, waiting gains nothing."""
+        `ConnectionCheckError`: before a run, waiting gains nothing.
+
+        With `container` (the schema the migration's tables land in), also check, reading
+        only, that the role may create and load tables there (`blocks.postgres.privileges`):
+        a missing privilege raises `ConnectionCheckError` naming the role, the schema or
+        database, the privilege and the GRANT that fixes it. The ledger is checked apart
+        (`PostgresLedger.check`)."""
         try:
             with self.connect() as conn:
-                conn.execute("SELECT 1")
+                conn.execute("SET TRANSACTION READ ONLY")
+                if container is not None:
+                    refuse_missing(conn, self.describe_target(), target_needs(conn, container))
         except ConnectionError as exc:
             raise ConnectionCheckError(str(exc)) from None
 
@@ -134,17 +145,25 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         Idempotent per job: a resumed job finds its ledger row and changes nothing.
         The truncation guard refuses (`TargetGuardError`) while another unfinished, still
         resumable job has prepared this table, and when the table holds rows that this
-        migration did not write, unless `allow_foreign_rows` is set.
+        migration did not write, unless `allow_foreign_rows` is set. An existing table the
+        role may not load in `mode` is refused (`TargetGuardError` naming the privilege and
+        the GRANT) before anything is changed.
         """
         with self.connect() as conn:
             lock(conn, f"prepare/{table.qualified}")
             if pg_ledger.get_table_status(conn, job_id, source_table):
                 return PreparedTable(created=False, truncated=False, resumed=True)
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema_name)))
+            if not schema_exists(conn, table.schema_name):
+                # Only then: CREATE SCHEMA IF NOT EXISTS asks for CREATE on the database even
+                # when the schema exists.
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema_name))
+                )
             created = not table_exists(conn, table)
             if created:
                 conn.execute(create_table_sql(table))
             else:
+                check_table_privileges(conn, table, mode)  # first: the columns a role sees depend on it
                 check_columns(conn, table)
             if mode is LoadMode.UPSERT:
                 check_unique_key(conn, table)
