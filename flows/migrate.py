@@ -145,7 +145,8 @@ def migrate(
         logger.info(report.summary())
         return report
     check_connections(spec)
-    run = choose_run(spec, job_id, catch_up, no_resume)
+    follows_cursors = catch_up or bool(incremental(spec))  # else every run goes the full way
+    run = choose_run(spec, job_id, catch_up, no_resume) if follows_cursors else RunKind(kind="full")
     if run.kind == "up_to_date":
         return up_to_date(spec.name, run, time.perf_counter() - started)
     job_id = run.job_id or job_id
