@@ -328,3 +328,38 @@ def test_points_catch_up_writes_new_and_late_points_again(tmp_path, servers, pg_
     assert_same_points(got, expected_points(everything, TAGS, FIELDS, "measure_name", None), FLOAT_KEYS)
     idle = migrate(source_name="energy", migrations_file=path)
     assert idle.up_to_date and idle.rows == 0
+
+
+def test_an_unfinished_catch_up_is_resumed_not_started_again(tmp_path, orders, pg_database, pg_connect):
+    """A catch-up that failed is taken up again by the next run, with its own cursor ranges and
+    exactly once, before any new catch-up: one catch-up job in the ledger, then the target
+    equals the source."""
+    from tasks.dry_run import plan_migration
+
+    migrations, run, source = orders
+    path = str(migrations(tmp_path / "m.yaml", pg_database))
+    backfill = migrate(source_name="analytics", migrations_file=path)
+    with pg_connect() as conn:
+        conn.execute("ALTER TABLE analytics.orders ADD CONSTRAINT no_bad CHECK (name <> 'bad')")
+    newer = HIGH + timedelta(hours=1)
+    run(f"UPDATE ORDERS SET NAME = 'bad', UPDATED_AT = {stamp(newer)} WHERE ID = 150")
+    with pytest.raises(Exception, match="failed"):
+        migrate(source_name="analytics", migrations_file=path)
+    (failed,) = [job for job, _, catch in jobs(pg_connect) if catch]
+    # Rows changed meanwhile do not make a new catch-up: the unfinished one goes first.
+    run(f"INSERT INTO ORDERS VALUES (700, 'meanwhile', 7.00, {stamp(newer + timedelta(hours=1))})")
+    plan = plan_migration("analytics", path, catch_up=True)
+    assert plan.job.action == "resume" and plan.job.job_id == failed, plan.job
+    with pytest.raises(Exception, match=failed):
+        migrate(source_name="analytics", migrations_file=path, catch_up=True)
+
+    with pg_connect() as conn:
+        conn.execute("ALTER TABLE analytics.orders DROP CONSTRAINT no_bad")
+    resumed = migrate(source_name="analytics", migrations_file=path, catch_up=True)
+    assert resumed.job_id == failed and resumed.resumed and resumed.status == "completed"
+    assert [(s, c) for _, s, c in jobs(pg_connect)] == [("completed", False), ("completed", True)]
+    # Row 700 came after the resumed job's range: the next catch-up moves it.
+    assert 700 not in [r[0] for r in target_rows(pg_connect, "analytics.orders", ["id"], "id")]
+    following = migrate(source_name="analytics", migrations_file=path, catch_up=True)
+    assert following.job_id not in (failed, backfill.job_id) and following.rows >= 1
+    assert_same_rows(source(), target_rows(pg_connect, "analytics.orders", NAMES, "id"), NAMES)
