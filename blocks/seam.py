@@ -311,8 +311,9 @@ class Ledger(Protocol):
         `window_rows`), all at once."""
 
     def migration_jobs(self, migration: str) -> list[dict]:
-        """The migration's jobs, newest first, each with its `status`, `parameters` and
-        high-water `marks`. Reads only."""
+        """The jobs of the migration's chain, newest first, each with its `status`,
+        `parameters` and high-water `marks`: its newest full job not rolled back or
+        superseded, and every job started after it ([] without one). Reads only."""
 
     def planned_chunks(self, job_id: str) -> list[dict]: ...
 

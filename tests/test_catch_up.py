@@ -363,3 +363,21 @@ def test_an_unfinished_catch_up_is_resumed_not_started_again(tmp_path, orders, p
     following = migrate(source_name="analytics", migrations_file=path, catch_up=True)
     assert following.job_id not in (failed, backfill.job_id) and following.rows >= 1
     assert_same_rows(source(), target_rows(pg_connect, "analytics.orders", NAMES, "id"), NAMES)
+
+
+def test_the_backfill_is_found_however_many_catch_ups_followed_it(tmp_path, orders, pg_database, pg_connect):
+    """Months of catch-ups every 15 minutes leave thousands of jobs after the backfill: the
+    chain still starts from it (here 250 completed catch-ups that recorded no mark)."""
+    migrations, run, source = orders
+    path = str(migrations(tmp_path / "m.yaml", pg_database))
+    backfill = migrate(source_name="analytics", migrations_file=path)
+    with pg_connect() as conn:
+        conn.execute(
+            "INSERT INTO migration_status.migration_runs (job_id, migration, status, fingerprint, parameters, "
+            "started_at) SELECT 'analytics-old-' || n, 'analytics', 'completed', 'x', '{\"catch_up\": []}', "
+            "now() + n * interval '1 millisecond' FROM generate_series(1, 250) AS n"
+        )
+    run(f"UPDATE ORDERS SET NAME = 'changed', UPDATED_AT = {stamp(HIGH + timedelta(hours=1))} WHERE ID = 9")
+    caught = migrate(source_name="analytics", migrations_file=path, catch_up=True)
+    assert backfill.job_id in caught.catch_up and caught.rows == 11 + 1, caught.summary()
+    assert_same_rows(source(), target_rows(pg_connect, "analytics.orders", NAMES, "id"), NAMES)

@@ -14,6 +14,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from blocks.job_status import SUPERSEDED
+
 MARKS_DDL = """
 CREATE TABLE IF NOT EXISTS migration_status.migration_marks (
     job_id          text NOT NULL REFERENCES migration_status.migration_runs (job_id),
@@ -42,8 +44,11 @@ def record_marks(conn: psycopg.Connection, job_id: str, marks: list[dict[str, An
         )
 
 
-def migration_jobs(conn: psycopg.Connection, migration: str, limit: int = 200) -> list[dict[str, Any]]:
-    """The migration's newest jobs first, each with its marks (`marks`: a list, maybe empty)."""
+def migration_jobs(conn: psycopg.Connection, migration: str) -> list[dict[str, Any]]:
+    """The jobs of the migration's chain, newest first, each with its marks (`marks`: a list,
+    maybe empty): its newest full job (not a catch-up) that is neither rolled back nor
+    superseded, and every job started after it; [] when it has no such full job. However many
+    catch-ups ran, the backfill is always there."""
     has_marks = conn.execute("SELECT to_regclass('migration_status.migration_marks')").fetchone()[0]
     marks = (
         "COALESCE((SELECT jsonb_agg(jsonb_build_object('table', m.table_name, 'cursor_column', "
@@ -55,9 +60,13 @@ def migration_jobs(conn: psycopg.Connection, migration: str, limit: int = 200) -
     params: list[Any] = [] if has_marks else [Jsonb([])]
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
+            "WITH base AS (SELECT started_at, job_id FROM migration_status.migration_runs "
+            "WHERE migration = %s AND NOT parameters ? 'catch_up' AND status <> ALL(%s) "
+            "ORDER BY started_at DESC, job_id DESC LIMIT 1) "
             f"SELECT r.job_id, r.status, r.parameters, r.started_at, r.finished_at, r.chunks_total, "
-            f"r.chunks_done, r.error, {marks} AS marks FROM migration_status.migration_runs r "
-            "WHERE r.migration = %s ORDER BY r.started_at DESC, r.job_id DESC LIMIT %s",
-            [*params, migration, limit],
+            f"r.chunks_done, r.error, {marks} AS marks FROM migration_status.migration_runs r, base "
+            "WHERE r.migration = %s AND (r.started_at, r.job_id) >= (base.started_at, base.job_id) "
+            "ORDER BY r.started_at DESC, r.job_id DESC",
+            [migration, ["rolled_back", SUPERSEDED], *params, migration],
         )
         return cur.fetchall()

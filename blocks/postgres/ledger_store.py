@@ -198,8 +198,8 @@ class PostgresLedger(BaseModel):
                 ledger_marks.record_marks(conn, job_id, marks)
 
     def migration_jobs(self, migration: str) -> list[dict[str, Any]]:
-        """The migration's jobs, newest first, each with its high-water `marks`; [] before any
-        ledger exists. Reads only."""
+        """The jobs of the migration's chain, newest first, each with its high-water `marks`
+        (`ledger_marks.migration_jobs`); [] before any ledger exists. Reads only."""
         with self.connect() as conn:
             if not ledger_exists(conn):
                 return []
