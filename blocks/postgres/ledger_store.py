@@ -47,6 +47,15 @@ def transaction(credentials: PostgresCredentials) -> Iterator[psycopg.Connection
             raise
 
 
+@contextmanager
+def read_only(credentials: PostgresCredentials) -> Iterator[psycopg.Connection]:
+    """A pooled connection in one READ ONLY transaction (see `transaction`): anything that
+    would write raises, so checks, previews and read-backs cannot change the database."""
+    with transaction(credentials) as conn:
+        conn.execute("SET TRANSACTION READ ONLY")
+        yield conn
+
+
 def _open(credentials: PostgresCredentials) -> psycopg.Connection:
     return credentials.get_connection("prefect-migrate")
 
@@ -71,8 +80,7 @@ class PostgresLedger(BaseModel):
         raises `ConnectionCheckError` naming the role, the schema or database, the privilege
         and the GRANT that fixes it."""
         try:
-            with self.connect() as conn:
-                conn.execute("SET TRANSACTION READ ONLY")
+            with read_only(self.credentials) as conn:
                 refuse_missing(conn, f"ledger in {self.describe_target()}", ledger_needs(conn))
         except ConnectionError as exc:
             raise ConnectionCheckError(str(exc)) from None
@@ -344,8 +352,7 @@ class PostgresLedger(BaseModel):
         """The job's row that `start_job` with these arguments would take up (to resume, or
         completed), or None for a new job; raises `TargetGuardError` where `start_job` would
         refuse (`_pick_run`). Reads in a READ ONLY transaction; creates no ledger."""
-        with self.connect() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION READ ONLY")
+        with read_only(self.credentials) as conn:
             if not ledger_exists(conn):
                 return None
             return _pick_run(conn, job_id, migration, fingerprint, no_resume, resumable_within)

@@ -29,7 +29,7 @@ from blocks.postgres.copy_in import copy_batches, upsert_batches
 from blocks.postgres.credentials import PostgresLogin
 from blocks.postgres.ledger import refuse_final_chunk
 from blocks.postgres.ledger_schema import ensure_ledger, ledger_exists, lock, lock_job_loads
-from blocks.postgres.ledger_store import transaction
+from blocks.postgres.ledger_store import read_only, transaction
 from blocks.postgres.privileges import refuse_missing, target_needs
 from blocks.postgres.table_preview import column_mappings, preview_prepare
 from blocks.postgres.tables import (
@@ -116,8 +116,7 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         database, the privilege and the GRANT that fixes it. The ledger is checked apart
         (`PostgresLedger.check`)."""
         try:
-            with self.connect() as conn:
-                conn.execute("SET TRANSACTION READ ONLY")
+            with read_only(self.credentials) as conn:
                 if container is not None:
                     refuse_missing(conn, self.describe_target(), target_needs(conn, container))
         except ConnectionError as exc:
@@ -327,8 +326,7 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         """The rows of `table` in a chunk's range, in the canonical form content verification
         compares (`blocks.postgres.verify.read_rows`), read in one transaction that writes nothing."""
         where, params = self._range_clause(table, lower, upper)
-        with self.connect() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION READ ONLY")
+        with read_only(self.credentials) as conn:
             return read_rows(conn, table, schema, where, params)
 
     def canonical(self, table: TargetTable, rows: pa.Table) -> pa.Table:
@@ -392,13 +390,6 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
 
     # A dry run: what a run would do, read without writing ----------------------------------
 
-    @contextmanager
-    def _read_only(self) -> Iterator[psycopg.Connection]:
-        """A connection in a READ ONLY transaction: anything that would write raises."""
-        with self.connect() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION READ ONLY")
-            yield conn
-
     def preview_table(
         self,
         job_id: str,
@@ -411,7 +402,7 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
     ) -> TablePreview:
         """What `prepare_table` would do (the DDL it would run, each guard's decision), read in
         a READ ONLY transaction; creates no table, schema or ledger (`table_preview`)."""
-        with self._read_only() as conn:
+        with read_only(self.credentials) as conn:
             return preview_prepare(
                 conn, job_id, source_table, migration, table, mode, allow_foreign_rows, resumable_within
             )
@@ -422,5 +413,5 @@ class PostgresTarget(PostgresTraits, Block, PostgresLogin):
         """Each column's source, staged and target type (the existing table's, else
         `type_overrides` or the default), flagged `lossy` where the target type cannot hold
         every source value exactly; read in a READ ONLY transaction."""
-        with self._read_only() as conn:
+        with read_only(self.credentials) as conn:
             return column_mappings(conn, table, source_columns, staged)
